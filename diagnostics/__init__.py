@@ -1,0 +1,1 @@
+"""Diagnostics for Muon-type orthogonalisation maps: controlled inputs, metrics, timing."""
