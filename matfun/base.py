@@ -1,0 +1,84 @@
+"""The :class:`Map` base class shared by every orthogonalising map.
+
+A map turns a matrix ``G`` of shape ``(..., H, W)`` (numpy array or torch tensor)
+into a matrix of the same shape.  Subclasses implement one generator,
+:meth:`Map._compute_iterates`, that works on the compute array and yields every
+iterate ``X₀ … X_K``; :meth:`Map.__call__` (the final output) and
+:meth:`Map.iterates` (every step, for diagnostics) both consume that one
+generator, so the per-step curves and the output come from the same code path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+from . import _backend as B
+
+
+class Map(ABC):
+    """Base class of the orthogonalising maps.
+
+    Subclasses set :attr:`precision` and :attr:`prefers_torch`, and implement
+    :meth:`_compute_iterates` and :meth:`flops`.
+    """
+
+    #: compute precision (see :mod:`matfun._backend`); ``None`` follows the input.
+    precision: str | None = None
+    #: run numpy inputs on torch through a zero-copy view (matmul-heavy maps).
+    prefers_torch: bool = True
+
+    def __call__(self, G: Any, *, check_finite: bool = True) -> Any:
+        """Apply the map; returns the same library, device, shape and dtype as ``G``."""
+        X, precision = self._prepare(G, check_finite)
+        out = None
+        for out in self._compute_iterates(X, precision):
+            pass
+        return B.from_compute(out, G)
+
+    def iterates(self, G: Any, *, check_finite: bool = True) -> Iterator[Any]:
+        """Yield every iterate ``X₀, X₁, …, X_K`` of one run (``[P]`` for one-shot maps).
+
+        The iterates come from the same generator as :meth:`__call__`, so the
+        last one equals the map's output exactly.
+        """
+        X, precision = self._prepare(G, check_finite)
+        for Y in self._compute_iterates(X, precision):
+            yield B.from_compute(Y, G)
+
+    def _prepare(self, G: Any, check_finite: bool) -> tuple[Any, B.Precision]:
+        B.validate_matrix(G, check_finite=check_finite)
+        precision = self._resolve_precision(G)
+        return B.to_compute(G, precision, self.prefers_torch), precision
+
+    def _resolve_precision(self, G: Any) -> B.Precision:
+        return B.resolve_precision(self.precision, G)
+
+    @abstractmethod
+    def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
+        """Yield the iterates for the compute array ``X`` of shape ``(..., H, W)``."""
+
+    @abstractmethod
+    def flops(self, shape: tuple[int, ...]) -> int:
+        """Matrix-product FLOPs of one application to an input of ``shape``."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def batch_size(shape: tuple[int, ...]) -> int:
+    """Number of matrices in a ``(..., H, W)`` shape."""
+    n = 1
+    for d in shape[:-2]:
+        n *= int(d)
+    return n
+
+
+def check_shape(shape: Any) -> tuple[int, ...]:
+    """Validate a ``(..., H, W)`` shape given to :meth:`Map.flops`."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2 or any(d < 0 for d in shape):
+        raise ValueError(f"shape must be (..., H, W) with non-negative sizes, got {shape}")
+    return shape
