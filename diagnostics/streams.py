@@ -198,7 +198,10 @@ def _resolve_record_names(
     model: nn.Module, record: Sequence[str] | None, default: Sequence[str]
 ) -> dict[str, nn.Parameter]:
     matrices = {name: p for name, p in model.named_parameters() if p.ndim == 2}
-    names = list(default) if record is None else [record] if isinstance(record, str) else list(record)
+    if record is None:
+        names = list(default)
+    else:
+        names = [record] if isinstance(record, str) else list(record)
     if not names:
         raise ValueError("record must name at least one weight matrix")
     unknown = [name for name in names if name not in matrices]
@@ -210,7 +213,9 @@ def _resolve_record_names(
     return {name: matrices[name] for name in sorted(set(names), key=order.index)}
 
 
-def _make_optimizer(name: str, parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def _make_optimizer(
+    name: str, parameters: Iterable[nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     if name == "sgd":
@@ -247,7 +252,9 @@ class _RunSettings:
 
 def _export(tensor: torch.Tensor, settings: _RunSettings) -> Any:
     snapshot = tensor.detach().cpu().numpy().copy()  # own memory: M and V change in place
-    return to_backend(snapshot, backend=settings.backend, dtype=settings.dtype, device=settings.device)
+    return to_backend(
+        snapshot, backend=settings.backend, dtype=settings.dtype, device=settings.device
+    )
 
 
 def _train_and_record(
@@ -260,7 +267,9 @@ def _train_and_record(
 ) -> GradientStream:
     optimizer = _make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     momentum = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in recorded.items()}
-    second_moment = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in recorded.items()}
+    second_moment = {
+        name: torch.zeros_like(p, dtype=torch.float64) for name, p in recorded.items()
+    }
     record_set = set(settings.record_steps)
     losses = np.empty(settings.steps, dtype=np.float64)
     samples: list[GradientSample] = []
@@ -391,7 +400,9 @@ def teacher_student_stream(
     GradientStream
         Samples named ``"weight"``.
     """
-    settings = _settings(steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device)
+    settings = _settings(
+        steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device
+    )
     d_in = _check_int(d_in, "d_in", minimum=1)
     d_out = _check_int(d_out, "d_out", minimum=1)
     batch = _check_int(batch, "batch", minimum=1)
@@ -401,7 +412,8 @@ def teacher_student_stream(
 
     generator = torch.Generator().manual_seed(seed)
     teacher = torch.randn(d_out, d_in, generator=generator) / d_in**0.5
-    student = nn.Linear(d_in, d_out, bias=False)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
+        student = nn.Linear(d_in, d_out, bias=False)
     with torch.no_grad():
         student.weight.copy_(torch.randn(d_out, d_in, generator=generator) / d_in**0.5)
 
@@ -481,12 +493,16 @@ def mlp_stream(
     -------
     GradientStream
     """
-    settings = _settings(steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device)
+    settings = _settings(
+        steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device
+    )
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
         raise ValueError(f"sizes must be a sequence of at least two layer widths, got {sizes!r}")
     sizes = tuple(_check_int(s, "every layer size", minimum=1) for s in sizes)
     if sizes[-1] < 2:
-        raise ValueError(f"the last size is the number of classes and must be >= 2, got {sizes[-1]}")
+        raise ValueError(
+            f"the last size is the number of classes and must be >= 2, got {sizes[-1]}"
+        )
     batch = _check_int(batch, "batch", minimum=1)
     input_power = _check_positive(input_power, "input_power", allow_zero=True)
     teacher_width = _check_int(teacher_width, "teacher_width", minimum=1)
@@ -510,7 +526,8 @@ def mlp_stream(
 
     config = dict(
         steps=settings.steps, sizes=sizes, batch=batch, input_power=input_power,
-        teacher_width=teacher_width, activation=activation, optimizer=optimizer, lr=lr, seed=seed,
+        teacher_width=teacher_width, activation=activation, optimizer=optimizer, lr=lr,
+        seed=seed,
     )
     return _train_and_record("mlp", student, compute_loss, recorded, settings, config)
 
@@ -579,7 +596,9 @@ def transformer_stream(
     -------
     GradientStream
     """
-    settings = _settings(steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device)
+    settings = _settings(
+        steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device
+    )
     d_model = _check_int(d_model, "d_model", minimum=1)
     heads = _check_int(heads, "heads", minimum=1)
     if d_model % heads:
