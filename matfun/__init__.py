@@ -5,16 +5,23 @@ Maps (numpy arrays and torch tensors of shape ``(..., H, W)``, CPU or CUDA):
 * :func:`polar`, :func:`smoothed_polar` — exact (smoothed) polar factor via SVD;
 * :func:`newton_schulz`, :func:`newton_schulz_iterates` — full-matrix
   Newton–Schulz with the published schedules (:data:`SCHEDULES`);
+* :func:`tiled_newton_schulz`, :func:`tiled_newton_schulz_many` — HiMuon's
+  per-tile map, with cross-matrix batching and memory-bounded chunks;
+* :func:`preconditioned_newton_schulz`, :class:`SecondMoment` — Muon²'s
+  second-moment preconditioning (full or factorised);
 * :func:`transfer_function` — the scalar map ``p_K`` of a schedule.
 
 Each function is a thin wrapper over a map object (:class:`Polar`,
-:class:`SmoothedPolar`, :class:`NewtonSchulz`) with ``__call__``,
+:class:`SmoothedPolar`, :class:`NewtonSchulz`, :class:`Tiled`,
+:class:`Preconditioned`) with ``__call__``,
 ``iterates`` and ``flops``.
 """
 
 from .base import Map
 from .newton_schulz import NewtonSchulz, newton_schulz, newton_schulz_iterates
 from .polar import Polar, SmoothedPolar, polar, smoothed_polar
+from .precondition import Preconditioned, SecondMoment, precondition, preconditioned_newton_schulz
+from .tiling import Tiled, check_tile, tiled_newton_schulz, tiled_newton_schulz_many
 from .schedules import SCHEDULES, Schedule, get_schedule, transfer_function
 from ._backend import PRECISIONS
 
@@ -22,6 +29,9 @@ __all__ = [
     "Map",
     "NewtonSchulz",
     "Polar",
+    "Preconditioned",
+    "SecondMoment",
+    "Tiled",
     "SmoothedPolar",
     "Schedule",
     "SCHEDULES",
@@ -30,6 +40,11 @@ __all__ = [
     "newton_schulz",
     "newton_schulz_iterates",
     "polar",
+    "precondition",
+    "preconditioned_newton_schulz",
+    "check_tile",
+    "tiled_newton_schulz",
+    "tiled_newton_schulz_many",
     "smoothed_polar",
     "transfer_function",
 ]

@@ -32,10 +32,7 @@ class Map(ABC):
     def __call__(self, G: Any, *, check_finite: bool = True) -> Any:
         """Apply the map; returns the same library, device, shape and dtype as ``G``."""
         X, precision = self._prepare(G, check_finite)
-        out = None
-        for out in self._compute_iterates(X, precision):
-            pass
-        return B.from_compute(out, G)
+        return B.from_compute(self._compute_final(X, precision), G)
 
     def iterates(self, G: Any, *, check_finite: bool = True) -> Iterator[Any]:
         """Yield every iterate ``X₀, X₁, …, X_K`` of one run (``[P]`` for one-shot maps).
@@ -58,6 +55,13 @@ class Map(ABC):
     @abstractmethod
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
         """Yield the iterates for the compute array ``X`` of shape ``(..., H, W)``."""
+
+    def _compute_final(self, X: Any, precision: B.Precision) -> Any:
+        """The last iterate of :meth:`_compute_iterates` (maps may bound memory here)."""
+        out = None
+        for out in self._compute_iterates(X, precision):
+            pass
+        return out
 
     @abstractmethod
     def flops(self, shape: tuple[int, ...]) -> int:
