@@ -669,7 +669,9 @@ def information_loss(
 
     Parameters
     ----------
-    G : array of shape (..., H, W)
+    G : array of shape (..., H, W) or :class:`Reference`
+        The map runs on ``G`` as given (library, device, dtype); given a
+        :class:`Reference` it runs on the float64 copy ``ref.G``.
     tile : int or (int, int)
     steps : int, default 5
     coefficients : str or sequence of (a, b, c), default "jordan"
@@ -848,7 +850,8 @@ def metric_along(map_: Any, G: Any, metric: Callable[..., Any], *, rtol: float |
 
     ``map_`` is any :class:`matfun.Map` (``NewtonSchulz``, ``Polar``, ``Tiled``,
     ...); one call to ``map_.iterates(G)`` produces ``X_0 … X_K`` (the last equals
-    ``map_(G)``).  Returns ``per_step(metric, map_.iterates(G), G, **kwargs)``:
+    ``map_(G)``).  Pass the original ``G`` (not a :class:`Reference`) to run the
+    map at the input's precision; a Reference runs it on its float64 copy.  Returns ``per_step(metric, map_.iterates(G), G, **kwargs)``:
     shape ``(K+1, ...batch)``.
     """
     source = G.G if isinstance(G, Reference) else G
