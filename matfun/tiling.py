@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 from . import _backend as B
@@ -43,16 +44,16 @@ CPU_CHUNK_BYTES = 8 * 2**20
 
 def check_tile(tile: Any) -> tuple[int, int]:
     """Validate ``tile`` (``T`` or ``(Th, Tw)``, positive integers) and return ``(Th, Tw)``."""
-    if isinstance(tile, (int,)) and not isinstance(tile, bool):
+    if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
         tile = (tile, tile)
     try:
         Th, Tw = tile
     except (TypeError, ValueError):
         raise ValueError(f"tile must be a positive integer T or a pair (Th, Tw), got {tile!r}") from None
     for t in (Th, Tw):
-        if isinstance(t, bool) or not isinstance(t, int) or t <= 0:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0:
             raise ValueError(f"tile sizes must be positive integers, got {tile!r}")
-    return Th, Tw
+    return int(Th), int(Tw)
 
 
 def tile_groups(H: int, W: int, tile: TileLike) -> list[tuple[slice, slice, int, int, int, int]]:
