@@ -2,15 +2,25 @@
 
 * :class:`Muon` — torch.optim.Muon's algorithm on :class:`matfun.NewtonSchulz`
   (any schedule, step count, precision);
-* :class:`HiMuon` — tiled Newton–Schulz with cross-layer batching and a
-  tile-size schedule;
+* :class:`HiMuon` — tile-wise Newton–Schulz (:func:`matfun.tiled_newton_schulz_many`)
+  with cross-layer batching, a memory budget and a tile-size schedule;
 * :class:`Muon2` — Newton–Schulz on the second-moment-preconditioned momentum
-  (Muon², full or factorised Muon²-F).
+  (Muon², full or factorised Muon²-F, optionally tiled).
 
 All three optimise matrices (conv kernels are flattened to ``(out, in·k·k)``);
-give vectors and scalars to ``torch.optim.AdamW``.
+give vectors and scalars to ``torch.optim.AdamW``.  On CPU the default compute
+precision is float32 (native bf16 matmuls there are hundreds of times slower);
+on CUDA it is bfloat16, as in torch.optim.Muon.
+
+References
+----------
+K. Jordan et al., *Muon: An optimizer for hidden layers in neural networks* (2024).
+*Hierarchical Muon (HiMuon)*; *Muon²* (second-moment preconditioning, Muon²-F).
+``torch.optim.Muon``.
 """
 
+from .himuon import HiMuon
 from .muon import Muon
+from .muon2 import Muon2
 
-__all__ = ["Muon"]
+__all__ = ["HiMuon", "Muon", "Muon2"]
