@@ -1,0 +1,752 @@
+"""Validate an orthogonaliser (a Muon-type ``matrix → matrix`` map) in CI.
+
+:func:`check_orthogonalizer` runs a battery of checks on a user's function and
+returns a :class:`Report`; :func:`assert_orthogonalizer` raises
+``AssertionError`` with the report's table when a check fails (for pytest)::
+
+    import matfun.testing as mt
+
+    def test_my_newton_schulz():
+        mt.assert_orthogonalizer(my_ns, schedule="jordan", steps=5)
+
+The function under test receives one 2-D matrix — a torch tensor of ``dtype`` on
+``device`` (``backend="torch"``) or a numpy array (``backend="numpy"``) — and must
+return a matrix of the same shape, dtype, device and library.  An exception
+raised by the function fails the check that called it (its message is the
+check's detail); it never aborts the battery.
+
+Checks (``Report.checks``, in this order; names are stable)
+------------------------------------------------------------
+``shape``, ``dtype``, ``device``
+    the output follows the input on a square, a wide and a tall matrix
+    (``device`` also checks the library: torch in → torch out, numpy in → numpy out).
+``input_unchanged``
+    the function does not modify its input in place.
+``zero``
+    a zero matrix maps to exactly zero (finite).
+``finite``
+    outputs are finite on ill-conditioned inputs: condition numbers 1e6 and 1e12,
+    and an exactly rank-deficient matrix (rank r/2).
+``scale_invariance``
+    ``‖f(sG) − f(G)‖_F / ‖f(G)‖_F`` for ``s`` in ``scales`` (1e-4, 1e4) and a
+    unit-variance Gaussian ``G`` (``‖G‖_F ≈ 40`` at 32×48).  A fixed additive
+    ``eps`` in the normalisation costs about ``eps/(1e-4·‖G‖_F)``: Muon's
+    ``1e-7`` passes, ``1e-5`` and larger fail.
+``orthogonal_equivariance``
+    ``‖f(Q₁GQ₂) − Q₁f(G)Q₂‖_F / ‖f(G)‖_F`` for Haar-random orthogonal ``Q₁, Q₂``
+    (every spectral map — polar, full Newton–Schulz — satisfies it exactly).
+``transpose_equivariance``
+    ``‖f(Gᵀ) − f(G)ᵀ‖_F / ‖f(G)‖_F`` on a wide and a tall matrix (catches a
+    missing transpose-back for tall matrices).
+``alignment``
+    the worst ``cos(f(G), polar(G)) = ⟨X,P⟩/(‖X‖‖P‖)`` over the standard set:
+    Gaussian square / wide / tall, geometric spectra with κ = 10 and 1e3,
+    rank-4 plus 5 % noise; the detail names the worst matrix.
+``schedule_agreement`` (only with ``schedule=``)
+    ``‖f(G) − NS(G)‖_F / ‖NS(G)‖_F`` against
+    ``matfun.newton_schulz(G, steps, schedule, precision=...)`` in the matching
+    precision (``"float32"`` for the fp32 profile; ``"bfloat16-emulated"`` on CPU
+    and ``"bfloat16"`` on CUDA for the bf16 profile) on the Gaussian matrices and
+    the κ = 10 one (well conditioned, so that bf16 rounding noise, which NS
+    amplifies on tiny singular values, does not mask coefficient errors).  Catches a wrong coefficient, a wrong step count, a wrong
+    normalisation.
+
+Maps that are not spectral by design (tiled Newton–Schulz with tiles smaller
+than the matrix, element-wise preconditioning) legitimately fail the
+equivariance checks; leave those out with ``skip=("orthogonal_equivariance",)``.
+
+Default thresholds (``PROFILES``)
+---------------------------------
+=========================  ===========  ===========
+threshold                  ``"fp32"``   ``"bf16"``
+=========================  ===========  ===========
+``min_alignment``          0.85         0.85
+``scale_tol``              1e-3         1e-1
+``equivariance_tol``       1e-3         1e-1
+``schedule_tol``           1e-3         1e-1
+=========================  ===========  ===========
+
+Calibration (default shapes, seeds 0–9, torch CPU, on the toolkit's own maps;
+``tests/test_testing.py`` re-checks them):
+
+* ``min_alignment``: 5-step Jordan Newton–Schulz is worst on the κ = 1e3
+  geometric matrix at ≈ 0.96 (float32, bf16-emulated and native bf16 alike;
+  ≈ 0.90 at 512×1024) — Jordan's quintic leaves singular values in
+  ≈[0.5, 1.2], so it never reaches 0.999.  You ≥ 0.97, Polar Express ≥ 0.98,
+  the exact polar factor 1.  ``0.85`` keeps a margin below Jordan and sits
+  far above maps that do not orthogonalise: the identity map scores ≈ 0.4–0.55
+  on the κ = 1e3 matrix, 3-step cubic NS ≈ 0.42.
+* ``scale_tol``: float32 NS / polar change by ≲ 2e-6 (rounding of ``sG``);
+  Muon's reference code with ``‖G‖ + 1e-7`` by ≈ 5e-5; ``eps = 1e-5`` by
+  ≈ 5e-3 (fails fp32).  Native bf16 NS (input rounded to bf16 after
+  scaling) ≈ 2e-2.  Broken normalisation gives O(1) errors (identity: 1e4).
+* ``equivariance_tol``: float32 ≲ 2e-6; bf16 (emulated, native, plain torch
+  bf16 ops) ≈ 5e-3 – 3e-2 — bf16's 2⁻⁸ rounding of each product, amplified
+  by NS's slope (≤ 3.4445⁵ ≈ 490) on small singular values.
+* ``schedule_tol``: two float32 implementations of Jordan's schedule with a
+  different operation order agree to ≈ 3e-6; native / plain-torch bf16 against
+  the bf16-emulated reference ≈ 2e-2; one wrong coefficient (a = 3.0 instead
+  of 3.4445) gives ≈ 0.3 in any precision, another schedule ≥ 0.25.
+* TF32 matmuls on CUDA (``torch.backends.cuda.matmul.allow_tf32``) have a
+  10-bit mantissa: test such code under ``precision_profile="bf16"``.
+
+Every threshold is an argument; pass your own for a different regime.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .newton_schulz import newton_schulz
+from .polar import polar
+from .schedules import SCHEDULES, get_schedule
+
+__all__ = [
+    "CHECK_NAMES",
+    "CheckResult",
+    "PROFILES",
+    "Report",
+    "Thresholds",
+    "assert_orthogonalizer",
+    "check_orthogonalizer",
+]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Default thresholds of a precision profile (see the module docstring)."""
+
+    min_alignment: float
+    scale_tol: float
+    equivariance_tol: float
+    schedule_tol: float
+
+
+PROFILES: dict[str, Thresholds] = {
+    "fp32": Thresholds(min_alignment=0.85, scale_tol=1e-3, equivariance_tol=1e-3, schedule_tol=1e-3),
+    "bf16": Thresholds(min_alignment=0.85, scale_tol=1e-1, equivariance_tol=1e-1, schedule_tol=1e-1),
+}
+
+CHECK_NAMES = (
+    "shape",
+    "dtype",
+    "device",
+    "input_unchanged",
+    "zero",
+    "finite",
+    "scale_invariance",
+    "orthogonal_equivariance",
+    "transpose_equivariance",
+    "alignment",
+    "schedule_agreement",
+)
+
+DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((32, 32), (32, 48), (48, 32))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`CHECK_NAMES`.
+    passed : bool
+    value : float or int or None
+        The measured worst case (a count of failing cases for the yes/no
+        checks, ``nan`` when nothing could be measured).
+    threshold : float or int or None
+        The bound ``value`` is compared with (see ``comparison``).
+    detail : str
+        Human-readable explanation: the worst case's name, an exception message.
+    comparison : str
+        ``"<="`` (value must not exceed threshold) or ``">="``.
+    """
+
+    name: str
+    passed: bool
+    value: float | int | None
+    threshold: float | int | None
+    detail: str = ""
+    comparison: str = "<="
+
+
+@dataclass
+class Report:
+    """Result of :func:`check_orthogonalizer`.
+
+    ``report.passed`` is true when every check passed; ``report.failures`` lists
+    the failed :class:`CheckResult` objects; ``report.table()`` (and ``str``)
+    renders a fixed-width text table.
+    """
+
+    checks: list[CheckResult] = field(default_factory=list)
+    target: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def failed_names(self) -> list[str]:
+        return [c.name for c in self.failures]
+
+    def __getitem__(self, name: str) -> CheckResult:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check named {name!r}; checks run: {[c.name for c in self.checks]}")
+
+    def table(self) -> str:
+        """A fixed-width text table, one row per check, and a summary line."""
+        head = f"orthogonaliser check: {self.target}" if self.target else "orthogonaliser check"
+        if self.settings:
+            head += "  (" + ", ".join(f"{k}={v}" for k, v in self.settings.items()) + ")"
+        rows = [("check", "result", "value", "threshold", "detail")]
+        for c in self.checks:
+            thr = "-" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
+            rows.append((c.name, "PASS" if c.passed else "FAIL", _fmt(c.value), thr, c.detail))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [head]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(r[j].ljust(widths[j]) for j in range(4)) + "  " + r[4])
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        n_fail = len(self.failures)
+        if n_fail:
+            lines.append(f"FAILED: {n_fail} of {len(self.checks)} checks ({', '.join(self.failed_names)})")
+        else:
+            lines.append(f"PASSED: all {len(self.checks)} checks")
+        return "\n".join(line.rstrip() for line in lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.4g}"
+
+
+# ---------------------------------------------------------------------------
+# Test matrices (float64 numpy; matfun must not import diagnostics)
+# ---------------------------------------------------------------------------
+
+
+def _haar(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``n×k`` matrix with Haar-distributed orthonormal columns."""
+    Q, R = np.linalg.qr(rng.standard_normal((n, k)))
+    return Q * np.sign(np.diag(R))
+
+
+def _with_spectrum(rng: np.random.Generator, shape: tuple[int, int], sigma: np.ndarray) -> np.ndarray:
+    H, W = shape
+    r = min(H, W)
+    return (_haar(rng, H, r) * sigma) @ _haar(rng, W, r).T
+
+
+def _gaussian(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def _geometric(kappa: float):
+    def make(rng, shape):
+        r = min(shape)
+        return _with_spectrum(rng, shape, np.geomspace(1.0, 1.0 / kappa, r))
+
+    return make
+
+
+def _rank_deficient(rng, shape):
+    r = min(shape)
+    sigma = np.zeros(r)
+    sigma[: max(r // 2, 1)] = np.geomspace(1.0, 0.1, max(r // 2, 1))
+    return _with_spectrum(rng, shape, sigma)
+
+
+def _low_rank_noise(rng, shape, rank: int = 4, noise: float = 0.05):
+    r = min(shape)
+    k = min(rank, r)
+    L = _haar(rng, shape[0], k) @ _haar(rng, shape[1], k).T
+    N = rng.standard_normal(shape)
+    return L + N * (noise * math.sqrt(k) / np.linalg.norm(N))
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *key])
+
+
+# ---------------------------------------------------------------------------
+# Backend plumbing
+# ---------------------------------------------------------------------------
+
+
+class _Env:
+    """Converts float64 numpy matrices to the function's input type and calls it."""
+
+    def __init__(self, fn, backend, dtype, device):
+        self.fn = fn
+        self.backend = backend
+        self.dtype = dtype
+        self.device = device
+        if backend == "torch":
+            try:
+                self.tdtype = getattr(torch, dtype)
+                assert isinstance(self.tdtype, torch.dtype) and self.tdtype.is_floating_point
+            except (AttributeError, AssertionError):
+                raise ValueError(f"dtype must name a torch floating dtype, got {dtype!r}") from None
+            self.tdevice = torch.device(device)
+        else:
+            if dtype == "bfloat16":
+                raise ValueError("numpy has no bfloat16; use backend='torch' or dtype='float32'")
+            try:
+                self.ndtype = np.dtype(dtype)
+            except TypeError:
+                raise ValueError(f"dtype must name a numpy floating dtype, got {dtype!r}") from None
+            if not np.issubdtype(self.ndtype, np.floating):
+                raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
+            if str(device) != "cpu":
+                raise ValueError(f"backend='numpy' runs on device 'cpu', got device={device!r}")
+
+    def make(self, A: np.ndarray) -> Any:
+        if self.backend == "torch":
+            return torch.as_tensor(A, dtype=torch.float64).to(device=self.tdevice, dtype=self.tdtype)
+        return np.asarray(A, dtype=np.float64).astype(self.ndtype)
+
+    def call(self, X: Any) -> tuple[Any, str | None]:
+        """``(fn(X), None)`` or ``(None, "fn raised ...")``."""
+        try:
+            return self.fn(X), None
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return None, f"fn raised {type(exc).__name__}: {msg}"[:200]
+
+
+def _f64(X: Any) -> np.ndarray:
+    """float64 numpy copy of an input or output (raises TypeError if not an array)."""
+    if isinstance(X, torch.Tensor):
+        return X.detach().to(device="cpu", dtype=torch.float64).numpy()
+    if isinstance(X, np.ndarray):
+        if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+            raise TypeError(f"output has dtype {X.dtype}")
+        return X.astype(np.float64)
+    raise TypeError(f"output is a {type(X).__name__}, not an array")
+
+
+def _lib_dtype_device(X: Any) -> tuple[str, str, str]:
+    if isinstance(X, torch.Tensor):
+        return "torch", str(X.dtype).removeprefix("torch."), str(X.device)
+    if isinstance(X, np.ndarray):
+        return "numpy", str(X.dtype), "cpu"
+    return type(X).__name__, "?", "?"
+
+
+def _cos(X: np.ndarray, P: np.ndarray) -> float:
+    nx, npp = np.linalg.norm(X), np.linalg.norm(P)
+    if not (nx > 0 and npp > 0):
+        return 0.0
+    return float(np.sum(X * P) / (nx * npp))
+
+
+def _relerr(X: np.ndarray, R: np.ndarray) -> float:
+    if X.shape != R.shape:
+        raise ValueError(f"shape {X.shape} != expected {R.shape}")
+    if not np.all(np.isfinite(X)):
+        return math.inf
+    d = np.linalg.norm(X - R)
+    n = np.linalg.norm(R)
+    return float(d / n) if n > 0 else (0.0 if d == 0 else math.inf)
+
+
+class _Worst:
+    """Track the worst value of an error (``<=``) or score (``>=``) over cases."""
+
+    def __init__(self, name: str, threshold: float, comparison: str = "<="):
+        self.name, self.threshold, self.comparison = name, threshold, comparison
+        self.value: float | None = None
+        self.where = ""
+        self.errors: list[str] = []
+        self.n = 0
+
+    def add(self, case: str, value: float) -> None:
+        self.n += 1
+        value = float(value)
+        bad = (lambda v: -v) if self.comparison == ">=" else (lambda v: v)
+        if math.isnan(value):
+            value = -math.inf if self.comparison == ">=" else math.inf
+        if self.value is None or bad(value) > bad(self.value):
+            self.value, self.where = value, case
+
+    def error(self, case: str, msg: str) -> None:
+        self.errors.append(f"{case}: {msg}")
+
+    def result(self, what: str) -> CheckResult:
+        if self.errors:
+            more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            return CheckResult(self.name, False, math.nan, self.threshold, self.errors[0] + more, self.comparison)
+        v = self.value
+        ok = v is not None and (v >= self.threshold if self.comparison == ">=" else v <= self.threshold)
+        if v is not None and math.isinf(v):
+            detail = f"non-finite output on {self.where}"
+            v = math.nan if self.comparison == ">=" else v  # no alignment of a NaN matrix
+        else:
+            detail = f"worst {what} on {self.where}" if self.n > 1 else f"{what} on {self.where}"
+        return CheckResult(self.name, bool(ok), v, self.threshold, detail, self.comparison)
+
+
+def _name(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"
+
+
+# ---------------------------------------------------------------------------
+# The battery
+# ---------------------------------------------------------------------------
+
+
+def check_orthogonalizer(
+    fn: Callable[[Any], Any],
+    *,
+    backend: str = "torch",
+    dtype: str = "float32",
+    device: str = "cpu",
+    precision_profile: str = "fp32",
+    min_alignment: float | None = None,
+    scale_tol: float | None = None,
+    equivariance_tol: float | None = None,
+    schedule: str | None = None,
+    steps: int = 5,
+    schedule_tol: float | None = None,
+    schedule_precision: str | None = None,
+    seed: int = 0,
+    shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES,
+    scales: Sequence[float] = (1e-4, 1e4),
+    skip: Sequence[str] = (),
+) -> Report:
+    """Run the orthogonaliser battery on ``fn`` and return a :class:`Report`.
+
+    Parameters
+    ----------
+    fn : callable
+        ``matrix → matrix``; receives a 2-D torch tensor (``backend="torch"``) of
+        ``dtype`` on ``device``, or a numpy array (``backend="numpy"``).
+    backend : {"torch", "numpy"}
+    dtype : str
+        Input dtype: ``"float32"``, ``"float64"``, ``"bfloat16"`` (torch only).
+    device : str
+        Torch device (``"cpu"``, ``"cuda"``); must be ``"cpu"`` for numpy.
+    precision_profile : {"fp32", "bf16"}
+        Selects default thresholds (:data:`PROFILES`) and the precision of the
+        schedule reference.  Use ``"bf16"`` for implementations that compute in
+        bfloat16, whatever the input dtype.
+    min_alignment, scale_tol, equivariance_tol, schedule_tol : float, optional
+        Override the profile's thresholds (see the module docstring for the
+        defaults and how they were calibrated).
+    schedule : str, optional
+        Name in :data:`matfun.SCHEDULES`: adds ``schedule_agreement`` against
+        ``matfun.newton_schulz(G, steps, schedule, precision=...)``.
+    steps : int
+        Newton–Schulz steps of the schedule reference.
+    schedule_precision : str, optional
+        Precision of the schedule reference; default ``"float32"`` (fp32
+        profile), ``"bfloat16"`` on CUDA or ``"bfloat16-emulated"`` elsewhere
+        (bf16 profile).
+    seed : int
+        Seed of every random test matrix (the battery is deterministic).
+    shapes : sequence of (H, W)
+        Matrix shapes; the default square 32×32, wide 32×48, tall 48×32 keeps
+        the battery at a few hundred milliseconds.  Structured matrices use
+        the wide shape (the first with ``H < W``) and the tall one.
+    scales : sequence of float
+        Factors of the scale-invariance check.
+    skip : sequence of str
+        Check names to leave out.
+
+    Returns
+    -------
+    Report
+
+    Raises
+    ------
+    ValueError
+        Bad arguments (unknown profile, schedule, backend, dtype, device).
+        Errors raised *by fn* never propagate: they fail the check.
+    """
+    if precision_profile not in PROFILES:
+        raise ValueError(f"unknown precision_profile {precision_profile!r}; choose one of {sorted(PROFILES)}")
+    if backend not in ("torch", "numpy"):
+        raise ValueError(f"backend must be 'torch' or 'numpy', got {backend!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    unknown = set(skip) - set(CHECK_NAMES)
+    if unknown:
+        raise ValueError(f"unknown check names in skip: {sorted(unknown)}; valid: {list(CHECK_NAMES)}")
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if not shapes or any(len(s) != 2 or min(s) < 2 for s in shapes):
+        raise ValueError(f"shapes must be a non-empty list of (H, W) with H, W >= 2, got {shapes}")
+    if schedule is not None:
+        get_schedule(schedule)  # raises ValueError on an unknown name
+        if not isinstance(schedule, str) or schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be a name in matfun.SCHEDULES {sorted(SCHEDULES)}, got {schedule!r}")
+    defaults = PROFILES[precision_profile]
+    thr = Thresholds(
+        min_alignment=defaults.min_alignment if min_alignment is None else float(min_alignment),
+        scale_tol=defaults.scale_tol if scale_tol is None else float(scale_tol),
+        equivariance_tol=defaults.equivariance_tol if equivariance_tol is None else float(equivariance_tol),
+        schedule_tol=defaults.schedule_tol if schedule_tol is None else float(schedule_tol),
+    )
+    env = _Env(fn, backend, dtype, device)
+    wide = next((s for s in shapes if s[0] < s[1]), shapes[0])
+    tall = next((s for s in shapes if s[0] > s[1]), (wide[1], wide[0]))
+
+    settings = {"backend": backend, "dtype": dtype, "device": device, "profile": precision_profile}
+    if schedule is not None:
+        settings.update(schedule=schedule, steps=steps)
+    report = Report(target=getattr(fn, "__qualname__", None) or repr(fn), settings=settings)
+
+    def run(name: str, check: Callable[[], CheckResult]) -> None:
+        if name in skip:
+            return
+        try:
+            report.checks.append(check())
+        except Exception as exc:  # noqa: BLE001 - e.g. a weird output object
+            report.checks.append(CheckResult(name, False, math.nan, None, f"check errored: {type(exc).__name__}: {exc}"))
+
+    # ---- shape / dtype / device / input_unchanged -------------------------
+    basic: dict[str, list[str]] = {"shape": [], "dtype": [], "device": [], "input_unchanged": []}
+    raised: list[str] = []
+    want_lib = "torch" if backend == "torch" else "numpy"
+    for i, shape in enumerate(shapes):
+        G = env.make(_gaussian(_rng(seed, 0, i), shape))
+        before = _f64(G).copy()
+        out, err = env.call(G)
+        case = _name(shape)
+        if err:
+            raised.append(f"{case}: {err}")
+            continue
+        lib, odt, odev = _lib_dtype_device(out)
+        oshape = tuple(getattr(out, "shape", ()))
+        if oshape != shape:
+            basic["shape"].append(f"{case} -> {'x'.join(map(str, oshape)) or type(out).__name__}")
+        if odt != dtype:
+            basic["dtype"].append(f"{case}: {odt} (want {dtype})")
+        if lib != want_lib or (lib == "torch" and torch.device(odev) != _norm_device(env.tdevice)):
+            basic["device"].append(f"{case}: {lib} on {odev} (want {want_lib} on {device})")
+        if not np.array_equal(_f64(G), before):
+            basic["input_unchanged"].append(f"{case}: input modified in place")
+    what = {"shape": "shape follows input", "dtype": f"dtype {dtype}", "device": f"{want_lib} on {device}",
+            "input_unchanged": "input left unchanged"}
+    for name, bad in basic.items():
+        def make(name=name, bad=bad) -> CheckResult:
+            if raised:
+                return CheckResult(name, False, len(raised), 0, raised[0] + (f" (+{len(raised) - 1} more)" if len(raised) > 1 else ""))
+            detail = "; ".join(bad) if bad else f"{what[name]} on {', '.join(map(_name, shapes))}"
+            return CheckResult(name, not bad, len(bad), 0, detail)
+        run(name, make)
+
+    # ---- zero --------------------------------------------------------------
+    def zero() -> CheckResult:
+        bad, worst = [], 0.0
+        for shape in (wide, tall):
+            out, err = env.call(env.make(np.zeros(shape)))
+            if err:
+                return CheckResult("zero", False, math.nan, 0, f"{_name(shape)}: {err}")
+            X = _f64(out)
+            if not np.all(np.isfinite(X)):
+                worst = math.inf
+                bad.append(f"{_name(shape)}: f(0) has {int(np.sum(~np.isfinite(X)))} non-finite entries")
+                continue
+            m = float(np.max(np.abs(X))) if X.size else 0.0
+            worst = max(worst, m)
+            if m != 0.0:
+                bad.append(f"{_name(shape)}: max |f(0)| = {_fmt(m)}")
+        return CheckResult("zero", not bad, worst, 0, "; ".join(bad) or "f(0) = 0 exactly", "<=")
+
+    run("zero", zero)
+
+    # ---- finite on ill-conditioned inputs ----------------------------------
+    def finite() -> CheckResult:
+        cases = [
+            (f"kappa=1e6 {_name(wide)}", _geometric(1e6), wide),
+            (f"kappa=1e12 {_name(tall)}", _geometric(1e12), tall),
+            (f"rank-deficient {_name(wide)}", _rank_deficient, wide),
+        ]
+        bad = []
+        for i, (case, gen, shape) in enumerate(cases):
+            out, err = env.call(env.make(gen(_rng(seed, 1, i), shape)))
+            if err:
+                bad.append(f"{case}: {err}")
+                continue
+            X = _f64(out)
+            if not np.all(np.isfinite(X)):
+                bad.append(f"{case}: {int(np.sum(~np.isfinite(X)))} non-finite entries")
+        detail = "; ".join(bad) or "finite on " + ", ".join(c[0] for c in cases)
+        return CheckResult("finite", not bad, len(bad), 0, detail)
+
+    run("finite", finite)
+
+    # ---- scale invariance --------------------------------------------------
+    def scale_invariance() -> CheckResult:
+        w = _Worst("scale_invariance", thr.scale_tol)
+        A = _gaussian(_rng(seed, 2, 0), wide)
+        ref, err = env.call(env.make(A))
+        if err:
+            return CheckResult("scale_invariance", False, math.nan, thr.scale_tol, f"reference: {err}")
+        R = _f64(ref)
+        if not np.all(np.isfinite(R)):
+            return CheckResult("scale_invariance", False, math.inf, thr.scale_tol, "non-finite output on the reference")
+        for s in scales:
+            case = f"scale {s:g}"
+            out, err = env.call(env.make(A * s))
+            if err:
+                w.error(case, err)
+                continue
+            try:
+                w.add(case, _relerr(_f64(out), R))
+            except ValueError as exc:
+                w.error(case, str(exc))
+        return w.result("relative change")
+
+    run("scale_invariance", scale_invariance)
+
+    # ---- orthogonal equivariance -------------------------------------------
+    def orthogonal() -> CheckResult:
+        w = _Worst("orthogonal_equivariance", thr.equivariance_tol)
+        for i, shape in enumerate((wide, tall)):
+            rng = _rng(seed, 3, i)
+            A = env.make(_gaussian(rng, shape))
+            A64 = _f64(A)
+            Q1, Q2 = _haar(rng, shape[0], shape[0]), _haar(rng, shape[1], shape[1])
+            case = _name(shape)
+            out1, err1 = env.call(A)
+            out2, err2 = env.call(env.make(Q1 @ A64 @ Q2))
+            if err1 or err2:
+                w.error(case, err1 or err2)
+                continue
+            try:
+                X = _f64(out1)
+                if X.shape != shape:
+                    raise ValueError(f"output shape {X.shape} != input shape {shape}")
+                w.add(case, _relerr(_f64(out2), Q1 @ X @ Q2))
+            except ValueError as exc:
+                w.error(case, str(exc))
+        return w.result("relative error")
+
+    run("orthogonal_equivariance", orthogonal)
+
+    # ---- transpose equivariance --------------------------------------------
+    def transpose() -> CheckResult:
+        w = _Worst("transpose_equivariance", thr.equivariance_tol)
+        for i, shape in enumerate((wide, tall)):
+            A = env.make(_gaussian(_rng(seed, 4, i), shape))
+            A64 = _f64(A)
+            case = f"{_name(shape)} vs its transpose"
+            out1, err1 = env.call(A)
+            out2, err2 = env.call(env.make(A64.T))
+            if err1 or err2:
+                w.error(case, err1 or err2)
+                continue
+            try:
+                w.add(case, _relerr(_f64(out2), _f64(out1).T))
+            except ValueError as exc:
+                w.error(case, f"f(G^T) {exc.args[0].removeprefix('shape ')}")
+        return w.result("relative error")
+
+    run("transpose_equivariance", transpose)
+
+    # ---- alignment with the exact polar factor -----------------------------
+    square = next((s for s in shapes if s[0] == s[1]), None)
+    standard: list[tuple[str, Callable, tuple[int, int]]] = []
+    for label, shape in (("square", square), ("wide", wide), ("tall", tall)):
+        if shape is not None:
+            standard.append((f"gaussian {label} {_name(shape)}", _gaussian, shape))
+    standard += [
+        (f"geometric kappa=10 {_name(wide)}", _geometric(10.0), wide),
+        (f"geometric kappa=1e3 {_name(tall)}", _geometric(1e3), tall),
+        (f"low-rank(4)+noise {_name(wide)}", _low_rank_noise, wide),
+    ]
+
+    def alignment() -> CheckResult:
+        w = _Worst("alignment", thr.min_alignment, ">=")
+        for i, (case, gen, shape) in enumerate(standard):
+            G = env.make(gen(_rng(seed, 5, i), shape))
+            P = polar(_f64(G))  # before the call, in case fn modifies its input
+            out, err = env.call(G)
+            if err:
+                w.error(case, err)
+                continue
+            X = _f64(out)
+            if X.shape != shape:
+                w.error(case, f"output shape {X.shape} != input shape {shape}")
+                continue
+            w.add(case, _cos(X, P) if np.all(np.isfinite(X)) else math.nan)
+        return w.result("alignment")
+
+    run("alignment", alignment)
+
+    # ---- agreement with a named schedule -----------------------------------
+    if schedule is not None:
+        if schedule_precision is None:
+            if precision_profile == "fp32":
+                schedule_precision = "float64" if dtype == "float64" else "float32"
+            else:
+                schedule_precision = "bfloat16" if (backend == "torch" and env.tdevice.type == "cuda") else "bfloat16-emulated"
+
+        def agreement() -> CheckResult:
+            w = _Worst("schedule_agreement", thr.schedule_tol)
+            cases = [c for c in standard if c[0].startswith("gaussian")]
+            cases.append((f"geometric kappa=10 {_name(wide)}", _geometric(10.0), wide))
+            for i, (case, gen, shape) in enumerate(cases):
+                G = env.make(gen(_rng(seed, 6, i), shape))
+                ref = _f64(newton_schulz(G, steps, schedule, precision=schedule_precision))
+                out, err = env.call(G)
+                if err:
+                    w.error(case, err)
+                    continue
+                try:
+                    w.add(case, _relerr(_f64(out), ref))
+                except ValueError as exc:
+                    w.error(case, str(exc))
+            return w.result(f"relative error vs {schedule} K={steps} ({schedule_precision})")
+
+        run("schedule_agreement", agreement)
+    return report
+
+
+def _norm_device(d: torch.device) -> torch.device:
+    """``cuda`` → ``cuda:<current>`` so that ``cuda`` and ``cuda:0`` compare equal."""
+    if d.type == "cuda" and d.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return d
+
+
+def assert_orthogonalizer(fn: Callable[[Any], Any], **kwargs: Any) -> Report:
+    """Run :func:`check_orthogonalizer` and raise ``AssertionError`` with the table on failure.
+
+    Accepts the same keyword arguments; returns the (passing) report.
+    """
+    report = check_orthogonalizer(fn, **kwargs)
+    if not report.passed:
+        raise AssertionError("orthogonaliser failed " + ", ".join(report.failed_names) + "\n" + report.table())
+    return report
