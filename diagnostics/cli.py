@@ -1,0 +1,320 @@
+"""Command line of the diagnostics: ``matfun-diagnostics`` / ``python -m diagnostics``.
+
+Subcommands::
+
+    list                                   experiments, one line each
+    run NAME [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+             [--force | --replot] [--no-progress]
+    figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+             [--only NAME ...] [--force | --replot] [--no-progress]
+    validate ...                           delegated to diagnostics.validate
+
+Output directories: results (cell cache + ``results.csv``) go to
+``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
+``figures/``; ``--out DIR`` means ``--results DIR/results --figures DIR/figures``.
+With ``--quick`` the defaults become ``results/quick`` and ``figures/quick`` so a
+smoke run never overwrites full-size figures (explicit directories are used as given).
+
+Exit codes: 0 success; 2 bad arguments (unknown experiment, bad device, CUDA
+requested without a GPU, unwritable output directory, ``--replot`` without a
+cache, missing ``diagnostics.validate``).  An exception inside an experiment is a
+bug and propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+PROG = "matfun-diagnostics"
+DEVICES = ("cpu", "cuda")
+
+
+class UsageError(Exception):
+    """A bad command line: reported as one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _epilog(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip("\n"), "  ")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="DIR", help="shorthand for --results DIR/results --figures DIR/figures")
+    g.add_argument("--results", metavar="DIR", help="results root (cell cache, results.csv); default results/ "
+                   "(results/quick with --quick)")
+    g.add_argument("--figures", metavar="DIR", help="figures root; default figures/ (figures/quick with --quick)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU; what the tests run)")
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="torch device: cpu (default), cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="base random seed (default 0)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
+    mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_output_options(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import experiments
+
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=_formatter,
+        description="Diagnostics for Muon-type orthogonalisation maps: run experiments, "
+        "regenerate paper figures, validate optimizer math.",
+        epilog=_epilog(
+            f"""
+            {PROG} list
+            {PROG} run transfer --quick
+            {PROG} figures --out paper/
+            python -m diagnostics run transfer --device cuda --seed 1
+            """
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser(
+        "list", help="list the experiments", formatter_class=_formatter,
+        description="List the registered experiments, one line each: name and description.",
+        epilog=_epilog(f"{PROG} list"),
+    )
+
+    p = sub.add_parser(
+        "run", help="run one experiment and draw its figures", formatter_class=_formatter,
+        description="Run one experiment (resuming from its cell cache), write RESULTS/NAME/results.csv "
+        "and draw its figures into FIGURES/NAME/.",
+        epilog=_epilog(
+            f"""
+            {PROG} run transfer --quick                 # seconds, results/quick + figures/quick
+            {PROG} run transfer --device cuda --seed 3
+            {PROG} run transfer --out /tmp/paper --force  # recompute everything
+            {PROG} run transfer --replot                # redraw from cache only
+            """
+        ),
+    )
+    p.add_argument("name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())}")
+    _add_run_options(p)
+
+    p = sub.add_parser(
+        "figures", help="run every experiment and draw all figures", formatter_class=_formatter,
+        description="Run every registered experiment (or those given with --only), resuming from "
+        "the cache, and draw all figures.",
+        epilog=_epilog(
+            f"""
+            {PROG} figures --quick
+            {PROG} figures --device cuda --out paper/
+            {PROG} figures --only transfer --replot
+            """
+        ),
+    )
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
+    _add_run_options(p)
+
+    p = sub.add_parser(
+        "validate", help="validate optimizer math (diagnostics.validate)", formatter_class=_formatter,
+        description="Check a user's orthogonalisation / optimizer code against the reference maps. "
+        "Implemented in diagnostics.validate.",
+        epilog=_epilog(f"{PROG} validate --help"),
+    )
+    validate = _import_validate()
+    if validate is not None and hasattr(validate, "add_arguments"):
+        validate.add_arguments(p)
+    else:
+        p.add_argument("validate_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _import_validate() -> Any:
+    """``diagnostics.validate`` or ``None`` if it does not exist (other errors propagate)."""
+    import importlib
+
+    name = f"{__package__ or 'diagnostics'}.validate"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def check_device(device: str) -> str:
+    """``device`` if usable here, else :class:`UsageError` with a clear message."""
+    base, _, index = device.partition(":")
+    if base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise UsageError(f"bad device {device!r}: choose cpu, cuda or cuda:N")
+    if base == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device} requested but no CUDA GPU is available "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use --device cpu"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+def check_writable(directory: Path, what: str) -> Path:
+    """Create ``directory`` if needed and prove it is writable, else :class:`UsageError`."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"cannot write to {what} directory '{directory}': {reason}") from None
+    return directory
+
+
+def _output_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.out is not None and (args.results is not None or args.figures is not None):
+        raise UsageError("--out cannot be combined with --results/--figures")
+    if args.out is not None:
+        return Path(args.out) / "results", Path(args.out) / "figures"
+    suffix = "quick" if args.quick else ""
+    results = Path(args.results) if args.results is not None else Path("results") / suffix
+    figures = Path(args.figures) if args.figures is not None else Path("figures") / suffix
+    return results, figures
+
+
+def _resolve_names(names: Sequence[str]) -> list[Any]:
+    from . import experiments
+
+    unknown = [n for n in names if n not in experiments.REGISTRY]
+    if unknown:
+        raise UsageError(
+            f"unknown experiment {', '.join(repr(n) for n in unknown)}; valid: {', '.join(experiments.names())}"
+        )
+    return [experiments.get(n) for n in names]
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    width = max((len(n) for n in experiments.names()), default=0)
+    for name in experiments.names():
+        print(f"{name:<{width}}  {experiments.get(name).DESCRIPTION.strip()}")
+    return 0
+
+
+def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
+    from . import store
+
+    if args.seed < 0:
+        raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    device = check_device(args.device)
+    results_dir, figures_dir = _output_dirs(args)
+    if not args.replot:
+        check_writable(results_dir, "results")
+    check_writable(figures_dir, "figures")
+    progress = False if args.no_progress else None
+    total_computed = total_cached = total_figures = 0
+    for module in modules:
+        try:
+            result = store.run_experiment(
+                module,
+                results_dir=results_dir,
+                figures_dir=figures_dir,
+                device=device,
+                seed=args.seed,
+                force=args.force,
+                replot=args.replot,
+                quick=args.quick,
+                progress=progress,
+            )
+        except store.CacheMissingError as exc:
+            raise UsageError(str(exc)) from None
+        print(result.summary())
+        total_computed += result.computed
+        total_cached += result.cached
+        total_figures += len(result.figures)
+    if len(modules) > 1:
+        print(
+            f"all: {len(modules)} experiment(s), {total_computed} cell(s) computed, {total_cached} cached; "
+            f"results in {results_dir}, {total_figures} figure file(s) in {figures_dir}"
+        )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _run_many(_resolve_names([args.name]), args)
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    names = experiments.names() if not args.only else list(dict.fromkeys(args.only))
+    return _run_many(_resolve_names(names), args)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    validate = _import_validate()
+    if validate is None:
+        raise UsageError("the validate command is not available: module diagnostics.validate is missing")
+    entry = getattr(validate, "run", None) or getattr(validate, "main", None)
+    if entry is None:
+        raise UsageError("diagnostics.validate defines neither run(args) nor main(args)")
+    return int(entry(args) or 0)
+
+
+_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 success, 2 bad arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    try:
+        with warnings.catch_warnings():
+            from .store import CorruptCacheWarning
+
+            warnings.simplefilter("always", CorruptCacheWarning)
+            previous = warnings.showwarning
+            warnings.showwarning = _show_warning
+            try:
+                return _COMMANDS[args.command](args)
+            finally:
+                warnings.showwarning = previous
+    except UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

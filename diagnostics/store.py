@@ -1,0 +1,517 @@
+"""Results cache and sweep runner for diagnostics experiments.
+
+Layout (``RESULTS`` is the results root, e.g. ``results/``)::
+
+    RESULTS/NAME/cells/<hash>.csv    one finished cell: tidy rows
+    RESULTS/NAME/cells/<hash>.json   its completion marker (see below)
+    RESULTS/NAME/results.csv         all cells of the last run, concatenated
+    FIGURES/NAME/<stem>.pdf|.png     the experiment's figures
+
+Cache key
+    ``<hash>`` is the first 20 hex digits of the SHA-256 of the canonical JSON of
+    ``{"store_format", "experiment", "config", "cell", "seed", "device"}`` (keys
+    sorted, tuples as lists).  Library versions are *recorded* in every row but are
+    not part of the key: upgrading numpy does not invalidate the cache (use
+    ``force=True``).
+
+Completion marker
+    A cell's CSV is written first (temporary file in the same directory, flushed,
+    ``fsync``-ed, then ``os.replace``-d into place), and only then its JSON sidecar
+    ``{"format", "key", "rows", "columns", "sha256"}`` (same atomic procedure).  A
+    cell counts as cached only if the sidecar exists, parses, its ``key`` equals the
+    requested key, and the CSV's SHA-256, row count and columns match it.  Anything
+    else — CSV without sidecar (crash between the two writes), truncated or edited
+    CSV, stale sidecar — raises a :class:`CorruptCacheWarning` and the cell is
+    recomputed; a bad cache file is never trusted.
+
+Rows
+    Every row of a cell carries the experiment's own columns followed by one column
+    per config field and per cell entry (a cell entry wins over a config field of the
+    same name; a column the experiment already returned is left alone), and
+    ``experiment``, ``seed``, ``device``, ``numpy_version``, ``torch_version``,
+    ``matfun_version`` (the installed package version, not a git hash).  Non-scalar
+    values (tuples, lists, dicts) are stored as JSON strings.
+
+Resuming
+    Cells are computed in order and each is written as soon as it finishes, so an
+    interrupted sweep (exception, Ctrl-C, crash) resumes at the first unfinished
+    cell.  ``force=True`` recomputes every cell; ``replot=True`` computes nothing and
+    fails with :class:`CacheMissingError` if any cell is not cached.
+
+Seeds
+    ``run_cell`` receives the run's seed unchanged; experiments that draw random
+    numbers derive per-cell streams from it, e.g. with :func:`cell_seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "STORE_FORMAT",
+    "StoreError",
+    "CacheMissingError",
+    "CorruptCacheWarning",
+    "RunResult",
+    "cell_key",
+    "cell_hash",
+    "cell_seed",
+    "config_for",
+    "version_columns",
+    "run_experiment",
+    "load_results",
+    "atomic_write_bytes",
+]
+
+#: Bump when the on-disk format or the key changes: old caches are then ignored.
+STORE_FORMAT = 1
+_HASH_DIGITS = 20
+
+
+class StoreError(RuntimeError):
+    """A results-store operation that cannot proceed (message says why)."""
+
+
+class CacheMissingError(StoreError):
+    """``replot`` was asked for but some cells have no valid cache file."""
+
+
+class CorruptCacheWarning(UserWarning):
+    """A cache file failed its completion check and is being recomputed."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Outcome of :func:`run_experiment`."""
+
+    name: str
+    frame: pd.DataFrame
+    computed: int
+    cached: int
+    corrupt: int
+    results_path: Path
+    figures: list[Path]
+    figures_dir: Path
+    seconds: float
+
+    def summary(self) -> str:
+        """One line: cells computed/cached, where results and figures went."""
+        n = self.computed + self.cached
+        bad = f", {self.corrupt} corrupt cache file(s) recomputed" if self.corrupt else ""
+        figs = (
+            f"{len(self.figures)} figure file(s) in {self.figures_dir}"
+            if self.figures
+            else "no figures"
+        )
+        return (
+            f"{self.name}: {n} cell(s), {self.computed} computed, {self.cached} cached{bad}; "
+            f"{len(self.frame)} rows -> {self.results_path}; {figs} ({self.seconds:.1f} s)"
+        )
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _jsonable(value: Any) -> Any:
+    """Canonical JSON-compatible form (tuples → lists, numpy scalars → Python)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(
+        f"cannot use {value!r} (type {type(value).__name__}) in a cache key: config fields and "
+        "cell values must be numbers, strings, booleans, None, or lists/tuples/dicts of those"
+    )
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def cell_key(name: str, config: Any, cell: Mapping[str, Any], seed: int, device: str) -> dict[str, Any]:
+    """The JSON-able dictionary a cell's cache file is keyed by."""
+    return _jsonable(
+        {
+            "store_format": STORE_FORMAT,
+            "experiment": name,
+            "config": dataclasses.asdict(config),
+            "cell": dict(cell),
+            "seed": int(seed),
+            "device": str(device),
+        }
+    )
+
+
+def cell_hash(key: Mapping[str, Any]) -> str:
+    """Stable hash of a :func:`cell_key` (identical across runs, machines, processes)."""
+    return hashlib.sha256(_canonical(key).encode()).hexdigest()[:_HASH_DIGITS]
+
+
+def cell_seed(seed: int, cell: Mapping[str, Any]) -> int:
+    """A per-cell 63-bit seed derived from the run's seed and the cell (stable)."""
+    digest = hashlib.sha256(_canonical({"seed": int(seed), "cell": dict(cell)}).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# ------------------------------------------------------------------------- configs
+
+
+def config_for(module: ModuleType, quick: bool = False) -> Any:
+    """The experiment's quick or full config.
+
+    Quick: ``Config.quick()`` if defined, else ``module.QUICK``.  Full:
+    ``Config.full()`` if defined, else ``module.FULL``, else ``Config()``.
+    """
+    Config = module.Config
+    if quick:
+        if hasattr(Config, "quick"):
+            return Config.quick()
+        if hasattr(module, "QUICK"):
+            return module.QUICK
+        raise StoreError(f"experiment {module.NAME!r} defines neither Config.quick() nor QUICK")
+    if hasattr(Config, "full"):
+        return Config.full()
+    if hasattr(module, "FULL"):
+        return module.FULL
+    return Config()
+
+
+# ------------------------------------------------------------------------ versions
+
+
+def _package_version(dist: str, module: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        mod = sys.modules.get(module)
+        if mod is None:
+            try:
+                mod = __import__(module)
+            except ImportError:
+                return "unknown"
+        return str(getattr(mod, "__version__", "unknown"))
+
+
+def version_columns() -> dict[str, str]:
+    """``numpy_version``, ``torch_version``, ``matfun_version`` of this process."""
+    import torch
+
+    return {
+        "numpy_version": np.__version__,
+        "torch_version": str(torch.__version__),
+        "matfun_version": _package_version("matfun", "matfun"),
+    }
+
+
+# -------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue().encode("utf-8")
+
+
+def _read_csv(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), float_precision="round_trip")
+
+
+# ----------------------------------------------------------------------- the cells
+
+
+def _column_value(value: Any) -> Any:
+    """A config/cell value as a CSV cell (non-scalars as JSON)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return _canonical(value)
+
+
+def _annotate(frame: pd.DataFrame, config: Any, cell: Mapping[str, Any], extra: Mapping[str, Any]) -> pd.DataFrame:
+    frame = frame.reset_index(drop=True).copy()
+    values: dict[str, Any] = {}
+    for k, v in dataclasses.asdict(config).items():
+        values[k] = _column_value(v)
+    for k, v in cell.items():
+        values[str(k)] = _column_value(v)
+    values.update(extra)
+    for k, v in values.items():
+        if k not in frame.columns:
+            frame[k] = v
+    return frame
+
+
+def _cell_paths(cells_dir: Path, digest: str) -> tuple[Path, Path]:
+    return cells_dir / f"{digest}.csv", cells_dir / f"{digest}.json"
+
+
+def _load_cell(cells_dir: Path, key: Mapping[str, Any], digest: str) -> tuple[pd.DataFrame | None, str | None]:
+    """``(frame, None)`` for a valid cache file, ``(None, reason)`` otherwise.
+
+    ``reason`` is ``None`` too when there is simply no cache file.
+    """
+    csv_path, meta_path = _cell_paths(cells_dir, digest)
+    if not csv_path.exists() and not meta_path.exists():
+        return None, None
+    if not csv_path.exists():
+        return None, f"{meta_path.name} has no {csv_path.name}"
+    if not meta_path.exists():
+        return None, f"{csv_path.name} has no completion marker {meta_path.name} (interrupted write?)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable completion marker {meta_path.name}: {exc}"
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        return None, f"{meta_path.name} has an unknown format"
+    if meta.get("key") != key:
+        return None, f"{meta_path.name} belongs to a different cell (hash collision or edited file)"
+    data = csv_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        return None, f"{csv_path.name} does not match its checksum (truncated or modified)"
+    try:
+        frame = _read_csv(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        return None, f"{csv_path.name} cannot be parsed: {exc}"
+    if len(frame) != meta.get("rows") or list(frame.columns) != meta.get("columns"):
+        return None, f"{csv_path.name} has {len(frame)} rows / columns that differ from its marker"
+    return frame, None
+
+
+def _store_cell(cells_dir: Path, key: Mapping[str, Any], digest: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Write a cell (CSV, then marker) and return it as it reads back from disk."""
+    csv_path, meta_path = _cell_paths(cells_dir, digest)
+    data = _csv_bytes(frame)
+    stored = _read_csv(data) if len(frame.columns) else frame
+    # Remove a stale marker first: a crash after the CSV write must not leave an old
+    # marker next to a new CSV (the checksum would catch it anyway; this is belt and braces).
+    meta_path.unlink(missing_ok=True)
+    atomic_write_bytes(csv_path, data)
+    meta = {
+        "format": STORE_FORMAT,
+        "key": key,
+        "rows": int(len(stored)),
+        "columns": [str(c) for c in stored.columns],
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    atomic_write_bytes(meta_path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+    return stored
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def _check_module(module: ModuleType) -> None:
+    from .experiments import check_experiment
+
+    check_experiment(module)
+
+
+def run_experiment(
+    module: ModuleType,
+    config: Any = None,
+    *,
+    results_dir: str | os.PathLike = "results",
+    figures_dir: str | os.PathLike | None = "figures",
+    device: str = "cpu",
+    seed: int = 0,
+    force: bool = False,
+    replot: bool = False,
+    quick: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
+    """Run (or resume, or replot) one experiment and draw its figures.
+
+    Parameters
+    ----------
+    module
+        An experiment module (see :mod:`diagnostics.experiments`).
+    config
+        Its ``Config`` instance; default: :func:`config_for` ``(module, quick)``.
+    results_dir
+        Results root: cells go to ``results_dir/NAME/cells``, the combined frame to
+        ``results_dir/NAME/results.csv``.
+    figures_dir
+        Figures root: ``plot`` writes into ``figures_dir/NAME``; ``None`` skips plotting.
+    device, seed
+        Passed to ``run_cell`` and part of the cache key.
+    force
+        Recompute every cell even if cached.
+    replot
+        Compute nothing: redraw the figures from the cache; raises
+        :class:`CacheMissingError` if a cell is missing or corrupt.
+    progress
+        tqdm progress bar over the cells: ``True``, ``False``, or ``None`` (only
+        when stderr is a terminal).
+    """
+    from tqdm.auto import tqdm
+
+    _check_module(module)
+    if force and replot:
+        raise StoreError("force and replot exclude each other (replot computes nothing)")
+    name = module.NAME
+    if config is None:
+        config = config_for(module, quick)
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        raise StoreError(f"{name}: config must be a Config dataclass instance, got {config!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise StoreError(f"seed must be a non-negative integer, got {seed!r}")
+    start = time.perf_counter()
+    exp_dir = Path(results_dir) / name
+    cells_dir = exp_dir / "cells"
+    cells = list(module.cells(config))
+    if not cells:
+        raise StoreError(f"{name}: cells(config) returned no cells")
+    for cell in cells:
+        if not isinstance(cell, Mapping):
+            raise StoreError(f"{name}: each cell must be a dict, got {cell!r}")
+
+    keys = [cell_key(name, config, cell, seed, device) for cell in cells]
+    digests = [cell_hash(k) for k in keys]
+    if len(set(digests)) != len(digests):
+        raise StoreError(f"{name}: cells(config) returned duplicate cells")
+
+    if replot:
+        frames, missing = [], []
+        for cell, key, digest in zip(cells, keys, digests):
+            frame, reason = _load_cell(cells_dir, key, digest)
+            if frame is None:
+                missing.append(f"{_canonical(cell)}" + (f" ({reason})" if reason else ""))
+            frames.append(frame)
+        if missing:
+            raise CacheMissingError(
+                f"cannot replot {name!r}: {len(missing)} of {len(cells)} cell(s) have no valid cache "
+                f"under {cells_dir} for this config/seed/device (first: {missing[0]}); "
+                f"run it without --replot first"
+            )
+        computed, cached, corrupt = 0, len(cells), 0
+    else:
+        cells_dir.mkdir(parents=True, exist_ok=True)
+        extra = {"experiment": name, "seed": int(seed), "device": str(device), **version_columns()}
+        frames = []
+        computed = cached = corrupt = 0
+        bar = tqdm(
+            list(zip(cells, keys, digests)),
+            desc=name,
+            unit="cell",
+            disable=(not sys.stderr.isatty()) if progress is None else (not progress),
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        try:
+            for cell, key, digest in bar:
+                if not force:
+                    frame, reason = _load_cell(cells_dir, key, digest)
+                    if frame is not None:
+                        frames.append(frame)
+                        cached += 1
+                        continue
+                    if reason is not None:
+                        corrupt += 1
+                        warnings.warn(
+                            f"{name}: ignoring corrupt cache file in {cells_dir}: {reason}; recomputing the cell",
+                            CorruptCacheWarning,
+                            stacklevel=2,
+                        )
+                bar.set_postfix_str(_canonical(cell)[:60], refresh=False)
+                raw = module.run_cell(config, dict(cell), device, int(seed))
+                if not isinstance(raw, pd.DataFrame):
+                    raise StoreError(f"{name}: run_cell must return a pandas DataFrame, got {type(raw).__name__}")
+                frames.append(_store_cell(cells_dir, key, digest, _annotate(raw, config, cell, extra)))
+                computed += 1
+        finally:
+            bar.close()
+
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    results_path = exp_dir / "results.csv"
+    atomic_write_bytes(results_path, _csv_bytes(frame))
+
+    figures: list[Path] = []
+    fig_dir = Path(figures_dir) / name if figures_dir is not None else exp_dir
+    if figures_dir is not None:
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        stems = module.plot(frame, config, fig_dir) or []
+        for stem in stems:
+            stem = Path(stem)
+            found = [p for p in (stem.with_name(stem.name + ".pdf"), stem.with_name(stem.name + ".png")) if p.exists()]
+            if not found:
+                raise StoreError(f"{name}: plot() reported {stem} but wrote neither {stem}.pdf nor {stem}.png")
+            figures.extend(found)
+    return RunResult(
+        name=name,
+        frame=frame,
+        computed=computed,
+        cached=cached,
+        corrupt=corrupt,
+        results_path=results_path,
+        figures=figures,
+        figures_dir=fig_dir,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def load_results(name: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
+    """The combined frame ``results_dir/NAME/results.csv`` of the last run."""
+    path = Path(results_dir) / name / "results.csv"
+    if not path.exists():
+        raise CacheMissingError(f"no results for {name!r} at {path}; run the experiment first")
+    return _read_csv(path.read_bytes())
