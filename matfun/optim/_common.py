@@ -195,12 +195,18 @@ class MatrixOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = self._collect()
-        self._step_groups(work)
+        work, stats = self._collect()
+        self._step_groups(work, stats)
         return loss
 
-    def _collect(self) -> list[tuple[dict, list[Tensor], list[Tensor]]]:
-        """``(group, params, grads)`` per group, gradients checked before any state changes."""
+    def _pre_sync_stats(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor] | None:
+        """0-d device tensors a subclass needs on the host, fetched with the finiteness flags
+        (one host synchronisation per step and device for both).  Must not change any state."""
+        return None
+
+    def _collect(self) -> tuple[list[tuple[dict, list[Tensor], list[Tensor]]], list[list[float] | None]]:
+        """``(group, params, grads)`` per group and the host values of :meth:`_pre_sync_stats`;
+        gradients are checked before any state changes."""
         work, to_check = [], []
         for gi, group in enumerate(self.param_groups):
             params, grads = [], []
@@ -226,10 +232,19 @@ class MatrixOptimizer(Optimizer):
                 if group.get("check_finite", True):
                     to_check.append((gi, j, g))
             work.append((group, params, grads))
-        check_finite_grads(to_check, self.param_groups, self._name)
-        return work
+        stats = [self._pre_sync_stats(group, params, grads) if params else None for group, params, grads in work]
+        flat = [t for s in stats if s is not None for t in s]
+        values = check_finite_grads(to_check, self.param_groups, self._name, flat)
+        out, k = [], 0
+        for s in stats:
+            if s is None:
+                out.append(None)
+            else:
+                out.append(values[k : k + len(s)])
+                k += len(s)
+        return work, out
 
-    def _step_groups(self, work: list[tuple[dict, list[Tensor], list[Tensor]]]) -> None:  # pragma: no cover
+    def _step_groups(self, work, stats) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def _momentum(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
@@ -265,20 +280,30 @@ def param_name(group: dict, gi: int, j: int) -> str:
     return f"param_groups[{gi}][{j}]"
 
 
-def check_finite_grads(items: list[tuple[int, int, Tensor]], groups: list[dict], opt_name: str) -> None:
-    """Raise on the first NaN/Inf gradient; one host synchronisation per device."""
-    if not items:
-        return
+def check_finite_grads(
+    items: list[tuple[int, int, Tensor]], groups: list[dict], opt_name: str, extras: list[Tensor] = ()
+) -> list[float]:
+    """Raise on the first NaN/Inf gradient; return the host values of ``extras`` (0-d tensors).
+
+    Flags and extras travel together: one host synchronisation per device.
+    """
+    scalars = [torch.isfinite(g).all().to(torch.float64) for _, _, g in items]
+    scalars += [t.detach().reshape(()).to(torch.float64) for t in extras]
+    if not scalars:
+        return []
     by_device: dict[torch.device, list[int]] = {}
-    for k, (_, _, g) in enumerate(items):
-        by_device.setdefault(g.device, []).append(k)
+    for k, t in enumerate(scalars):
+        by_device.setdefault(t.device, []).append(k)
+    values = [0.0] * len(scalars)
     for ks in by_device.values():
-        flags = torch.stack([torch.isfinite(items[k][2]).all() for k in ks]).cpu().tolist()
-        for k, ok in zip(ks, flags):
-            if not ok:
-                gi, j, _ = items[k]
-                raise ValueError(
-                    f"{opt_name}: the gradient of parameter {param_name(groups[gi], gi, j)} contains NaN or Inf; "
-                    "no parameter or optimizer state was updated in this step "
-                    "(check the loss, or use gradient clipping / a loss scaler that skips such steps)"
-                )
+        for k, v in zip(ks, torch.stack([scalars[k] for k in ks]).cpu().tolist()):
+            values[k] = v
+    for k, ok in enumerate(values[: len(items)]):
+        if not ok:
+            gi, j, _ = items[k]
+            raise ValueError(
+                f"{opt_name}: the gradient of parameter {param_name(groups[gi], gi, j)} contains NaN or Inf; "
+                "no parameter or optimizer state was updated in this step "
+                "(check the loss, or use gradient clipping / a loss scaler that skips such steps)"
+            )
+    return values[len(items) :]

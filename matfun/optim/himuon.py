@@ -216,7 +216,7 @@ class HiMuon(MatrixOptimizer):
         g = self.param_groups[group]
         return resolve_tile(g["tile"], g["step_count"])
 
-    def _step_groups(self, work) -> None:
+    def _step_groups(self, work, stats) -> None:
         jobs: dict[tuple, list[tuple[dict, Tensor, Tensor]]] = {}
         for group, params, grads in work:
             tile = resolve_tile(group["tile"], group["step_count"])

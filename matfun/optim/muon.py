@@ -104,8 +104,10 @@ class Muon(MatrixOptimizer):
       precision is float32, and the map normalises in float32 before rounding to
       bf16 (torch divides by a bf16-rounded norm).  With ``precision="bfloat16"``
       the two agree to bf16 round-off (``tests/test_optim.py`` measures it).
-    * The floor ``eps`` costs one host sync per step (all parameters' norms
-      together).
+    * One host synchronisation per step (per device) fetches the finiteness
+      flags and the norms ``‖U‖_F`` needed by the ``eps`` floor together; the norms
+      are computed out of place with the same operations as the momentum
+      update, so they are exact.  ``check_finite=False, eps=0`` has no sync.
     * State per parameter: ``"momentum_buffer"`` (same name and meaning as torch's).
 
     Examples
@@ -156,8 +158,24 @@ class Muon(MatrixOptimizer):
         check_nonneg("eps", group["eps"])
         check_adjust_lr_fn(group["adjust_lr_fn"])
 
-    def _step_groups(self, work) -> None:
-        for group, params, grads in work:
+    def _pre_sync_stats(self, group, params, grads):
+        """‖U‖_F of each update-to-be (for the ``eps`` floor), computed out of place with the
+        same operations as :meth:`_momentum`, so the value is exact and the host sees it in
+        the same synchronisation as the finiteness flags."""
+        if not group["eps"] > 0:
+            return None
+        momentum, nesterov = group["momentum"], group["nesterov"]
+        norms = []
+        for p, g in zip(params, grads):
+            buf = self.state[p].get("momentum_buffer")
+            buf = torch.zeros_like(g, memory_format=torch.preserve_format) if buf is None else buf
+            new = buf.lerp(g, 1 - momentum)
+            u = g.lerp(new, momentum) if nesterov else new
+            norms.append(torch.linalg.vector_norm(_wide(u)))
+        return norms
+
+    def _step_groups(self, work, stats) -> None:
+        for (group, params, grads), norms in zip(work, stats):
             if not params:
                 continue
             updates = self._momentum(group, params, grads)
@@ -167,6 +185,7 @@ class Muon(MatrixOptimizer):
                 group["ns_coefficients"],
                 group["precision"],
                 group["eps"],
+                norms,
             )
             lr = to_scalar(group["lr"])
             for p, o in zip(params, outs):
@@ -186,12 +205,21 @@ def check_common(group: dict[str, Any]) -> None:
 
 
 def orthogonalize(
-    mats: list[Tensor], steps: int, coefficients: Any, precision: str | None, eps: float
+    mats: list[Tensor],
+    steps: int,
+    coefficients: Any,
+    precision: str | None,
+    eps: float,
+    norms: list[float] | None = None,
 ) -> list[Tensor]:
-    """``NS_K(U / max(‖U‖_F, eps))`` for each matrix, through :class:`matfun.NewtonSchulz`."""
+    """``NS_K(U / max(‖U‖_F, eps))`` for each matrix, through :class:`matfun.NewtonSchulz`.
+
+    ``norms``: the host values of ``‖U‖_F`` (computed here, one sync, when omitted).
+    """
     schedule = resolve_coefficients(coefficients)
     maps: dict[str, NewtonSchulz] = {}
-    norms = _norms(mats) if eps > 0 else [math.inf] * len(mats)
+    if norms is None:
+        norms = _norms(mats) if eps > 0 else [math.inf] * len(mats)
     outs = []
     for X, n in zip(mats, norms):
         prec = default_precision(precision, X.device)

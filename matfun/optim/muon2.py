@@ -157,7 +157,7 @@ class Muon2(MatrixOptimizer):
             raise ValueError(f"factorized must be a bool, got {group['factorized']!r}")
         check_tile_spec(group["tile"])
 
-    def _step_groups(self, work) -> None:
+    def _step_groups(self, work, stats) -> None:
         for group, params, grads in work:
             tile = resolve_tile(group["tile"], group["step_count"])
             group["step_count"] += 1
