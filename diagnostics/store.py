@@ -270,8 +270,13 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+# pandas < 3 parses floats with a fast, not exactly round-tripping parser by default;
+# pandas >= 3 round-trips by default and deprecates the option.
+_READ_CSV_KW = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
 def _read_csv(data: bytes) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(data), float_precision="round_trip")
+    return pd.read_csv(io.BytesIO(data), **_READ_CSV_KW)
 
 
 # ----------------------------------------------------------------------- the cells
