@@ -17,7 +17,8 @@ misalignment ``1 − min_ij cos(X_ij, P(G_ij))`` against that tile's own polar
 factor (how far the per-tile iteration is from converging; the tiling loss
 itself is in (a)).  Colour: schedule; linestyle and marker: tile size (solid
 circles: full matrix).  Log y axes; the misalignment is computed as
-``½‖X/‖X‖_F − P/‖P‖_F‖_F²`` so values down to 1e-16 are resolved.
+``½‖X/‖X‖_F − P/‖P‖_F‖_F²`` (no cancellation: float64 runs resolve it down to
+about 1e-30), and values below :data:`FLOOR` (1e-16) are drawn at 1e-16.
 
 Rows: one per (schedule, condition number, map, step) with ``map``
 (``"full"``/``"tiled"``), ``tile`` (0 for full), ``step``, ``alignment``
@@ -31,12 +32,15 @@ the tiled curves in (a); 0 for full), ``spectral_error`` (``‖X − P‖₂``) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator
 
@@ -48,8 +52,12 @@ from ..store import cell_seed
 NAME = "ns_convergence"
 DESCRIPTION = "alignment and error of full and tiled Newton-Schulz vs step K, per schedule and condition number"
 
-#: Smallest value drawn on the log axes (float64 resolution of ½‖X̂ − P̂‖²).
-FLOOR = 1e-17
+#: Smallest value drawn on the log axes: misalignments below it (float64 runs resolve
+#: ``½‖X̂ − P̂‖²`` down to about 1e-30) are drawn at it; the columns keep the exact values.
+FLOOR = 1e-16
+
+#: Matrices with at most this many entries run with one torch thread on the CPU.
+SMALL_ENTRIES = 1 << 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +102,26 @@ def geometric_input(shape: tuple[int, int], condition_number: float, seed: int) 
     return matrices.geometric(tuple(shape), condition_number, seed=cell_seed(seed, {"condition_number": float(condition_number)}))
 
 
+@contextlib.contextmanager
+def cpu_threads_for(shape: tuple[int, ...], device: str) -> Iterator[None]:
+    """One torch CPU thread for small matrices, restored afterwards.
+
+    At quick-test sizes (64×128) a matmul takes ~0.2 ms single-threaded, and the
+    OpenMP hand-off of a second thread costs more than it saves — up to 50× more
+    on a loaded shared machine (measured: 12 ms per ``baddbmm`` with 2 threads at
+    load 8 on 2 cores).  Results are unchanged up to float rounding order.
+    """
+    small = str(device) == "cpu" and int(np.prod(shape)) <= SMALL_ENTRIES
+    before = torch.get_num_threads()
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def to_float64(X: Any) -> np.ndarray:
     if hasattr(X, "detach"):
         return X.detach().cpu().double().numpy()
@@ -123,7 +151,8 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
     maps: list[tuple[int, matfun.Map]] = [(0, inner)] + [(int(t), matfun.Tiled(inner, int(t))) for t in config.tiles]
     frames = []
     for tile, map_ in maps:
-        iterates = [to_float64(X) for X in map_.iterates(G)]  # one run: X_0 … X_K
+        with cpu_threads_for(config.shape, device):
+            iterates = [to_float64(X) for X in map_.iterates(G)]  # one run: X_0 … X_K
         align = metrics.per_step(metrics.alignment, iterates, ref)
         rows = {
             "map": "full" if tile == 0 else "tiled",
