@@ -44,6 +44,7 @@ __all__ = ["MODULES", "REGISTRY", "check_experiment", "get", "names", "register"
 MODULES: tuple[str, ...] = (
     "transfer",
     "ns_convergence",
+    "precision",
     "tile_sweep",
 )
 
