@@ -4,7 +4,8 @@ Full Newton–Schulz is a spectral map, ``NS_K(G) = U p_K(Σ/‖G‖_F) Vᵀ``, 
 scalar composition ``p_K`` (:func:`matfun.transfer_function`) is the whole story
 for it.  For each schedule and step count this experiment evaluates ``p_K`` on a
 log grid of normalised singular values ``σ ∈ [σ_min, σ_max]`` and fits the closest
-smoothed polar map ``σ ↦ σ/√(σ² + ε̂²)`` (least squares over the log grid), which
+smoothed polar map ``σ ↦ σ/√(σ² + ε̂²)`` (least squares over the log grid, with
+:func:`diagnostics.metrics.smoothing_level`), which
 summarises "how smoothed" a finite NS map is by one number ``ε̂``.
 
 Figure ``transfer_functions``: (a) ``p_K(σ)`` at ``K = panel_steps`` with the
@@ -12,7 +13,8 @@ fitted smoothed-polar curves dashed and the exact polar factor (1) dotted;
 (b) ``ε̂`` against ``K``.
 
 Rows: one per (schedule, steps, σ) with ``sigma``, ``p``, ``smoothed_fit``,
-``eps_hat``, ``fit_rmse`` (the root-mean-square fit residual over the grid) and
+``eps_hat``, ``fit_rmse`` / ``fit_max_residual`` (RMS and largest fit residual over
+the grid) and
 ``eps_resolved`` (``ε̂ ≥ 2 σ_min``: otherwise ``p_K`` is already flat over the whole
 grid, ε̂ is only bounded above by ``2 σ_min`` and panel (b) shows it as an upper limit).
 """
@@ -26,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.lines import Line2D
-from scipy.optimize import minimize_scalar
 
 import matfun
 
 from .. import plotting
+from ..metrics import smoothing_level
 
 NAME = "transfer"
 DESCRIPTION = "scalar transfer functions p_K(sigma) of each NS schedule, with the best-fitting smoothed polar map"
@@ -72,35 +74,6 @@ def smoothed_polar_scalar(sigma: np.ndarray, eps: float) -> np.ndarray:
     return sigma / np.sqrt(sigma * sigma + eps * eps)
 
 
-def fit_smoothing_level(sigma: np.ndarray, values: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``ε̂`` with ``σ/√(σ²+ε̂²) ≈ values`` on the given σ grid.
-
-    Returns ``(ε̂, rmse)``.  The search runs over ``log10 ε`` in
-    ``[min σ / 100, 10]``: a coarse grid (the objective can have several local
-    minima for oscillating schedules) and a bounded scalar refinement around its
-    best point.  An ``ε̂`` far below the smallest grid value is not identified by
-    the data (every such ε fits equally well); see :data:`RESOLUTION`.
-
-    TODO: switch to ``diagnostics.metrics.smoothing_level`` once that exists, so
-    there is one definition of ε̂ in the package.
-    """
-    sigma = np.asarray(sigma, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = np.log10(sigma.min()) - 2.0, 1.0
-
-    def loss(log_eps: float) -> float:
-        r = smoothed_polar_scalar(sigma, 10.0**log_eps) - values
-        return float(np.mean(r * r))
-
-    grid = np.linspace(lo, hi, 241)
-    losses = np.array([loss(g) for g in grid])
-    i = int(np.argmin(losses))
-    a, b = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    res = minimize_scalar(loss, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
-    best = float(res.x) if res.fun <= losses[i] else float(grid[i])
-    return 10.0**best, float(np.sqrt(loss(best)))
-
-
 #: ``ε̂`` counts as resolved by a grid starting at ``σ_min`` when ``ε̂ ≥ RESOLUTION·σ_min``
 #: (then the fitted ramp is below 0.45 at ``σ_min``: its rise lies inside the grid).
 RESOLUTION = 2.0
@@ -113,14 +86,16 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
     )
     p = matfun.transfer_function(sigma, cell["steps"], cell["schedule"]).cpu().numpy()
     s = sigma.cpu().numpy()
-    eps_hat, rmse = fit_smoothing_level(s, p)
+    fit = smoothing_level(p, s)  # least squares over log ε on the log σ grid
+    eps_hat = fit["eps"]
     return pd.DataFrame(
         {
             "sigma": s,
             "p": p,
             "smoothed_fit": smoothed_polar_scalar(s, eps_hat),
             "eps_hat": eps_hat,
-            "fit_rmse": rmse,
+            "fit_rmse": fit["residual"],
+            "fit_max_residual": fit["max_residual"],
             "eps_resolved": bool(eps_hat >= RESOLUTION * config.sigma_min),
         }
     )
