@@ -45,6 +45,7 @@ MODULES: tuple[str, ...] = (
     "transfer",
     "ns_convergence",
     "precision",
+    "duality",
     "tile_sweep",
 )
 
