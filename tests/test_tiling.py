@@ -443,4 +443,6 @@ class TestCuda:
         # copies that do not depend on the budget (see the generic-path test): ≤ 5 inputs
         bounded = peak(budget)
         assert bounded <= budget + 5 * G.numel() * G.element_size(), bounded / 2**20
-        assert peak(None) > 1.5 * bounded
+        # torch's fused baddbmm path needs less than the (conservative, generic-path)
+        # per-tile estimate: on an H100 one batch peaks at ~4 inputs, 16 MiB chunks at ~3.
+        assert peak(None) > 1.2 * bounded
