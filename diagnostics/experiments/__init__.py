@@ -47,6 +47,7 @@ MODULES: tuple[str, ...] = (
     "precision",
     "duality",
     "tile_sweep",
+    "preconditioning",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
