@@ -85,7 +85,7 @@ class ScalingFit:
         ``log`` of the time predicted at n = 1.
     r_squared : float
         Coefficient of determination of the fit in log space (1 when the points are
-        exactly on a line, including the degenerate case of all-equal times).
+        exactly on a line, including the degenerate case of times equal up to rounding).
     """
 
     slope: float
@@ -407,5 +407,7 @@ def scaling_exponent(ns: Sequence[float], times: Sequence[float]) -> ScalingFit:
     intercept = float(log_t.mean() - slope * log_n.mean())
     residual = float(np.sum((centred_t - slope * centred_n) ** 2))
     total = float(np.dot(centred_t, centred_t))
-    r_squared = 1.0 if total == 0.0 else 1.0 - residual / total
+    # Times equal up to rounding (centred_t is then pure rounding noise): a flat line fits.
+    rounding = 64 * np.finfo(np.float64).eps * max(1.0, float(np.max(np.abs(log_t))))
+    r_squared = 1.0 if total <= rounding**2 * log_t.size else 1.0 - residual / total
     return ScalingFit(slope=slope, intercept=intercept, r_squared=r_squared)

@@ -33,9 +33,9 @@ def tiny_stream(kind: str, steps: int = 30, **options) -> gs.GradientStream:
 
 @pytest.mark.parametrize("kind", list(TINY))
 def test_reproducible_bit_for_bit_and_seed_dependent(kind):
-    first = tiny_stream(kind, record_steps=[3, 29], seed=5)
-    second = tiny_stream(kind, record_steps=[3, 29], seed=5)
-    other = tiny_stream(kind, record_steps=[3, 29], seed=6)
+    first = tiny_stream(kind, steps=15, record_steps=[3, 14], seed=5)
+    second = tiny_stream(kind, steps=15, record_steps=[3, 14], seed=5)
+    other = tiny_stream(kind, steps=15, record_steps=[3, 14], seed=6)
     np.testing.assert_array_equal(first.losses, second.losses)
     for a, b, c in zip(first, second, other):
         assert (a.step, a.name) == (b.step, b.name) == (c.step, c.name)
@@ -85,15 +85,15 @@ def test_momentum_and_second_moment_obey_their_recurrences(kind):
 @pytest.mark.parametrize(
     "kind, steps, options",
     [
-        ("teacher_student", 120, {}),
-        ("teacher_student", 120, {"optimizer": "sgd", "lr": 0.05}),
-        ("mlp", 120, {}),
-        ("transformer", 120, {}),
+        ("teacher_student", 60, {"lr": 1e-2}),
+        ("teacher_student", 60, {"optimizer": "sgd", "lr": 0.05}),
+        ("mlp", 60, {"lr": 1e-2}),
+        ("transformer", 100, {}),
     ],
 )
 def test_loss_decreases(kind, steps, options):
     losses = tiny_stream(kind, steps=steps, **options).losses
-    assert losses[-15:].mean() < 0.7 * losses[:15].mean()
+    assert losses[-10:].mean() < 0.7 * losses[:10].mean()
 
 
 def test_momentum_spectrum_is_steeper_than_gaussian():

@@ -95,7 +95,9 @@ def test_achieved_gflops_arithmetic():
 
 @settings(max_examples=30, deadline=None)
 @given(
-    exponent=st.floats(-2.0, 4.0),
+    # r² is ill-conditioned when log(time) varies by only a few ulps (|exponent| ~ 1e-13),
+    # so exponents are exactly 0 or clearly nonzero.
+    exponent=st.floats(-2.0, 4.0).filter(lambda e: e == 0 or abs(e) > 1e-3),
     constant=st.floats(1e-9, 1e3),
     ns=st.lists(st.integers(1, 10**5), min_size=2, max_size=8, unique=True),
 )
@@ -126,7 +128,9 @@ def test_scaling_exponent_noisy_data_has_r_squared_below_one():
 
 def test_scaling_exponent_constant_times():
     fit = tm.scaling_exponent([1, 2, 4], [5.0, 5.0, 5.0])
-    assert fit.slope == 0.0 and fit.r_squared == 1.0
+    assert fit.slope == pytest.approx(0.0, abs=1e-14) and fit.r_squared == 1.0
+    # Found by hypothesis: the mean of equal logs is off by rounding, r² must stay 1.
+    assert tm.scaling_exponent([1, 2, 3], [524.0] * 3).r_squared == 1.0
 
 
 @pytest.mark.parametrize(
