@@ -1,0 +1,176 @@
+"""Cost of the maps against the matrix size: model FLOPs, measured time, achieved GFLOP/s.
+
+For square ``n×n`` float32 inputs (standard Gaussian, on the requested device) the
+experiment times, with :func:`diagnostics.timing.time_callable` (``warmup`` untimed
+calls, median of ``repeats`` samples of at least ``min_time`` seconds each; CUDA is
+synchronised), the exact polar factor
+(:func:`matfun.polar`, SVD), full Newton–Schulz (``steps`` steps of ``schedule``) and
+tiled Newton–Schulz (HiMuon) at each tile size, plus a dense ``n×n×n`` GEMM
+(``A @ B``, the same device and dtype) measured in the same cell.  Model FLOPs come
+from each map's ``flops`` method (the analytic matmul count; an estimate for the
+SVD).  Nothing here is asserted about time: timings on a shared CPU are noisy.
+
+Figure ``scaling``: (a) model FLOPs and (b) measured time against ``n`` (log–log;
+the legend gives the least-squares slopes of log time on log n,
+:func:`diagnostics.timing.scaling_exponent`, and in (a) of log FLOPs); (c) achieved
+GFLOP/s (model FLOPs / time) against ``n`` with the dense-GEMM roofline measured at
+the largest ``n`` dashed (and the GEMM rate at every ``n`` as faint crosses).
+Full NS ``K(4n³ + 2n³)`` and tiled NS ``≈ 6 n² T K`` differ in slope (3 vs 2).
+
+Rows: one per (n, map) with ``map`` (``polar``, ``ns``, ``tiled``, ``gemm``),
+``tile`` (0 when untiled), ``label``, ``flops`` (model), ``seconds`` (median),
+``spread`` (interquartile range of the samples), ``gflops`` (``flops/seconds/1e9``),
+``dtype``.  ``n`` comes from the cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.lines import Line2D
+
+import matfun
+
+from .. import plotting, timing
+
+NAME = "scaling"
+DESCRIPTION = "model FLOPs, measured time and achieved GFLOP/s vs n for exact polar, full NS and tiled NS, with a same-run GEMM roofline"
+
+_TILE_COLORS = [plotting.OKABE_ITO[k] for k in ("vermillion", "bluish_green", "sky_blue", "reddish_purple", "yellow")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Sizes × maps; float32 square inputs."""
+
+    ns: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+    tiles: tuple[int, ...] = (64, 128, 256)
+    steps: int = 5
+    schedule: str = "jordan"
+    dtype: str = "float32"
+    warmup: int = 2
+    repeats: int = 5
+    min_time: float = 0.05
+    polar_max_n: int = 4096
+
+    def __post_init__(self) -> None:
+        if len(set(self.ns)) < 2 or min(self.ns) < 2:
+            raise ValueError("ns needs at least two distinct sizes >= 2 (to fit a slope)")
+        if not self.tiles or min(self.tiles) < 1:
+            raise ValueError("tiles must be positive")
+        if self.schedule not in matfun.SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError("dtype must be float32 or float64")
+        if self.warmup < 0 or self.repeats < 1 or self.steps < 1 or self.min_time < 0:
+            raise ValueError("warmup >= 0, repeats >= 1, steps >= 1, min_time >= 0")
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(ns=(128, 256, 512), tiles=(64, 128), warmup=1, repeats=5, min_time=0.02)
+
+    @classmethod
+    def full(cls) -> "Config":
+        """GPU-sized: up to 8192 (the SVD only up to ``polar_max_n``)."""
+        return cls(ns=(256, 512, 1024, 2048, 4096, 8192))
+
+
+def cells(config: Config) -> list[dict]:
+    return [{"n": int(n)} for n in sorted(config.ns)]
+
+
+def _maps(config: Config, n: int) -> list[tuple[str, int, str, matfun.Map]]:
+    out: list[tuple[str, int, str, matfun.Map]] = []
+    if n <= config.polar_max_n:
+        out.append(("polar", 0, "exact polar (SVD)", matfun.Polar()))
+    ns = matfun.NewtonSchulz(config.steps, config.schedule)
+    out.append(("ns", 0, f"full NS (K = {config.steps})", ns))
+    for T in config.tiles:
+        out.append(("tiled", int(T), f"tiled NS, T = {T}", matfun.Tiled(ns, T)))
+    return out
+
+
+def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
+    n = int(cell["n"])
+    dtype = getattr(torch, config.dtype)
+    gen = torch.Generator().manual_seed(seed)
+    G = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    rows = []
+    for kind, tile, label, map_ in _maps(config, n):
+        t = timing.time_callable(map_, G, warmup=config.warmup, repeats=config.repeats, min_time=config.min_time)
+        flops = int(map_.flops((n, n)))
+        rows.append({"map": kind, "tile": tile, "label": label, "flops": flops, "seconds": t.median,
+                     "spread": t.spread, "gflops": timing.achieved_gflops(flops, t.median), "dtype": config.dtype})
+    B = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    t = timing.time_callable(torch.matmul, G, B, warmup=config.warmup, repeats=config.repeats,
+                             min_time=config.min_time)
+    flops = timing.gemm_flops(n)
+    rows.append({"map": "gemm", "tile": 0, "label": "dense GEMM", "flops": flops, "seconds": t.median,
+                 "spread": t.spread, "gflops": timing.achieved_gflops(flops, t.median), "dtype": config.dtype})
+    return pd.DataFrame(rows)
+
+
+def _series(frame: pd.DataFrame, config: Config) -> list[tuple[str, pd.DataFrame, dict]]:
+    out = []
+    styles = {"polar": {"color": plotting.REFERENCE_COLOR, "marker": "o", "linestyle": "-"},
+              "ns": {"color": plotting.schedule_color(config.schedule), "marker": "o", "linestyle": "-"}}
+    for kind in ("polar", "ns"):
+        d = frame[frame["map"] == kind].sort_values("n")
+        if not d.empty:
+            out.append((str(d["label"].iloc[0]), d, styles[kind]))
+    tiled = frame[frame["map"] == "tiled"]
+    for i, T in enumerate(sorted(set(int(t) for t in tiled["tile"]))):
+        d = tiled[tiled["tile"] == T].sort_values("n")
+        out.append((str(d["label"].iloc[0]), d, {"color": _TILE_COLORS[i % len(_TILE_COLORS)], **plotting.tile_style(T)}))
+    return out
+
+
+def _slope(d: pd.DataFrame, column: str) -> str:
+    if d["n"].nunique() < 2:
+        return "n/a"
+    return f"{timing.scaling_exponent(d['n'], d[column]).slope:.2f}"
+
+
+def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    series = _series(frame, config)
+    ns = sorted(set(int(n) for n in frame["n"]))
+    device = str(frame["device"].iloc[0]) if "device" in frame else "?"
+    with plotting.style():
+        fig = plotting.figure("double", 3.4, ncols=3)
+        ax_f, ax_t, ax_g = fig.axes
+        for label, d, st in series:
+            kw = {"color": st["color"], "marker": st["marker"], "linestyle": st["linestyle"], "linewidth": 1.1}
+            ax_f.plot(d["n"], d["flops"], label=f"slope {_slope(d, 'flops')}", **kw)
+            ax_t.plot(d["n"], d["seconds"], label=f"slope {_slope(d, 'seconds')}", **kw)
+            ax_g.plot(d["n"], d["gflops"], **kw)
+        gemm = frame[frame["map"] == "gemm"].sort_values("n")
+        if not gemm.empty:
+            roof = float(gemm.iloc[-1]["gflops"])
+            ax_g.axhline(roof, color="0.3", linestyle="--", linewidth=1.0)
+            ax_g.plot(gemm["n"], gemm["gflops"], linestyle="none", marker="x", color="0.6", markersize=4)
+            ax_g.text(ns[0], roof * 1.1, f"GEMM roofline ({device}, n = {int(gemm.iloc[-1]['n'])}): "
+                      f"{roof:.0f} GFLOP/s", fontsize=6.5, color="0.3", va="bottom")
+            ax_g.set_ylim(top=roof * 2)
+        for ax, ylabel, letter in ((ax_f, "model FLOPs", "a"), (ax_t, "time per call (s, median)", "b"),
+                                   (ax_g, "achieved GFLOP/s (model FLOPs / time)", "c")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns], rotation=45 if len(ns) > 5 else 0)
+            ax.minorticks_off()
+            ax.set_xlabel(f"matrix size n (n×n {config.dtype})")
+            ax.set_ylabel(ylabel)
+            plotting.panel_label(ax, letter)
+        ax_f.legend(loc="upper left", fontsize=6, title="log–log fit", title_fontsize=6)
+        ax_t.legend(loc="upper left", fontsize=6, title="log–log fit", title_fontsize=6)
+        handles = [Line2D([], [], color=st["color"], marker=st["marker"], linestyle=st["linestyle"], label=label)
+                   for label, _, st in series]
+        handles.append(Line2D([], [], color="0.6", marker="x", linestyle="none", label="dense GEMM (same cell)"))
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4))
+        stem = out_dir / "scaling"
+        plotting.save_figure(fig, stem)
+    return [stem]
