@@ -48,6 +48,7 @@ MODULES: tuple[str, ...] = (
     "duality",
     "tile_sweep",
     "preconditioning",
+    "scaling",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
