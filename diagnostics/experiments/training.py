@@ -1,0 +1,452 @@
+"""A small training comparison: AdamW, Muon, HiMuon (two tile sizes), Muon² and Muon²-F.
+
+Task
+    Teacher–student regression on synthetic data.  Inputs ``x ∈ R^d`` have a
+    power-law covariance (eigenvalues ``λ_i ∝ i^(−input_alpha)`` in a random
+    orthonormal basis, trace ``d``); the targets are the outputs of a random
+    one-hidden-layer tanh *teacher* network, scaled to unit variance per output.
+    The *student* is a GELU MLP ``d → hidden… → out``; the loss is the mean squared
+    error (so a predictor outputting 0 scores about 1).  A fixed training set is
+    visited in seeded random order (one permutation per epoch); a held-out set
+    of ``n_eval`` samples gives the eval loss.
+
+Fairness
+    The data, the data order and the student's initial weights depend only on the
+    run's seed (:func:`diagnostics.store.cell_seed` of the seed and a fixed
+    tag, *not* of the cell), so every optimizer starts from the same weights and
+    sees the same batches.
+
+Parameter split (standard practice, e.g. modded-nanogpt and torch.optim.Muon's
+docs)
+    The hidden 2-D weight matrices — every ``Linear`` weight except the read-out
+    (output) layer — go to the matrix optimizer; the read-out weight, all biases
+    (vectors) go to ``torch.optim.AdamW``.  There is no embedding in an MLP; the
+    first layer is a dense ``hidden × d`` matrix and is treated as hidden
+    (``head_to_adamw=False`` sends the read-out matrix to the matrix optimizer too).
+    The AdamW baseline optimises everything with AdamW.
+
+Learning rates
+    Every matrix optimizer uses ``adjust_lr_fn="match_rms_adamw"`` (update RMS
+    ``0.2`` per entry, for HiMuon per tile: ``lr·0.2·√max(Th, Tw)``), which lets
+    all optimizers share AdamW's learning rate; the AdamW part of a Muon-family
+    run uses the same lr.  Quick mode uses one lr for all (``3e-3``, the best of a
+    ``{1e-3, 3e-3, 1e-2}`` sweep for AdamW and for Muon on this task in
+    development); the full run sweeps ``lrs`` and the figure shows, per optimizer,
+    the lr with the lowest final eval loss.  Schedule: linear warm-up over
+    ``warmup_frac`` of the steps, then cosine decay to 0.  Momentum 0.95 (Nesterov)
+    for the Muon family, AdamW betas ``(0.9, 0.95)``; no weight decay (a short
+    noiseless regression run); Newton–Schulz: Jordan's quintic, 5 steps, float32
+    on CPU (bfloat16 on CUDA, the optimizers' default).
+
+Cells
+    One per (optimizer, lr): an interrupted sweep resumes per optimizer.
+
+Rows
+    One per (optimizer, step) for ``step = 0 … steps``: ``train_loss`` (the loss of
+    the mini-batch that step ``k`` back-propagates, i.e. of the model after
+    ``k − 1`` updates; NaN at step 0), ``eval_loss`` (held-out loss of the model
+    after ``k`` updates, every ``eval_every`` steps, at 0 and at the last step;
+    NaN elsewhere), ``step_ms`` (wall time of the optimizer step(s) of update
+    ``k`` — matrix optimizer and AdamW — measured with ``time.perf_counter`` and
+    CUDA-synchronised on a GPU; NaN at step 0), and the per-run summaries
+    ``step_ms_median``, ``step_ms_iqr``, ``final_eval_loss``, ``final_train_loss``
+    (mean mini-batch loss over the last 10% of the steps), plus ``family``,
+    ``tile`` (0: no tiling) and ``n_params_matrix``/``n_params_adamw``.
+
+Figure ``training``
+    (a) training loss (mini-batch MSE: centred moving average, raw faint) against
+    step, log y; (b) eval loss relative to Muon's against step (log y: the HiMuon vs Muon
+    question read off directly); (c) median optimizer-step time (ms)
+    with its interquartile range, each bar labelled with the final eval loss
+    relative to Muon's.
+
+Finding (quick run, CPU, seed 0, 300 steps, 64→256→256→10, batch 128, lr 3e-3)
+    HiMuon stays close to Muon, as the HiMuon paper reports: final eval loss
+    ratio HiMuon/Muon = 1.06 at T = 64 and 1.06 at T = 32 (Muon 0.0167, HiMuon
+    T=64 0.0177, T=32 0.0177).  All Muon-family optimizers clearly beat AdamW at
+    the shared lr (AdamW 0.0294, 1.76× Muon); Muon² 0.0148 and Muon²-F 0.0151
+    (0.89× and 0.90× Muon).  Median optimizer-step time on the shared 2-core CPU
+    (noisy): AdamW ≈ 0.2 ms, Muon ≈ 2.3 ms, HiMuon ≈ 1.5–2.3 ms, Muon² ≈ 2.7 ms,
+    Muon²-F ≈ 2.6 ms.  See the module's test and ``run training --quick``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.ticker import FuncFormatter, LogLocator
+from torch import nn
+
+import matfun.optim
+
+from .. import plotting
+from ..store import cell_seed
+
+NAME = "training"
+DESCRIPTION = "teacher-student MLP regression trained with AdamW, Muon, HiMuon (two tiles), Muon2 and Muon2-F"
+
+#: Optimizer families, in plotting order.
+FAMILIES = ("adamw", "muon", "himuon", "muon2", "muon2_f")
+
+_COLORS = {
+    "adamw": plotting.OKABE_ITO["black"],
+    "muon": plotting.OKABE_ITO["blue"],
+    "muon2": plotting.OKABE_ITO["vermillion"],
+    "muon2_f": plotting.OKABE_ITO["orange"],
+}
+# HiMuon tiles: smallest tile first.
+_HIMUON_COLORS = [plotting.OKABE_ITO["bluish_green"], plotting.OKABE_ITO["sky_blue"], plotting.OKABE_ITO["reddish_purple"]]
+_LABELS = {"adamw": "AdamW", "muon": "Muon", "muon2": "Muon²", "muon2_f": "Muon²-F"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Model, data, budget and optimizer choices (defaults: the full run)."""
+
+    input_dim: int = 64
+    hidden: tuple[int, ...] = (512, 512, 512)
+    output_dim: int = 10
+    teacher_hidden: int = 256
+    input_alpha: float = 1.0
+    n_train: int = 131072
+    n_eval: int = 4096
+    batch_size: int = 256
+    steps: int = 1500
+    eval_every: int = 50
+    lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    momentum: float = 0.95
+    ns_steps: int = 5
+    himuon_tiles: tuple[int, ...] = (64, 128)
+    head_to_adamw: bool = True
+    optimizers: tuple[str, ...] = FAMILIES
+    cpu_threads: int = 1
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.optimizers if o not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown optimizer(s) {unknown}; valid: {FAMILIES}")
+        if "himuon" in self.optimizers and not self.himuon_tiles:
+            raise ValueError("himuon needs at least one tile size in himuon_tiles")
+        if any(t < 1 for t in self.himuon_tiles) or len(set(self.himuon_tiles)) != len(self.himuon_tiles):
+            raise ValueError(f"himuon_tiles must be distinct positive ints, got {self.himuon_tiles}")
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"lrs must be positive, got {self.lrs}")
+        if not self.hidden:
+            raise ValueError("need at least one hidden layer")
+        if self.steps < 2 or self.eval_every < 1 or self.batch_size < 1 or self.batch_size > self.n_train:
+            raise ValueError("need steps >= 2, eval_every >= 1 and 1 <= batch_size <= n_train")
+        if self.cpu_threads < 0:
+            raise ValueError("cpu_threads must be >= 0 (0: leave torch's setting)")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError("warmup_frac must lie in [0, 1)")
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(hidden=(256, 256), teacher_hidden=128, n_train=65536, n_eval=2048, batch_size=128,
+                   steps=300, eval_every=25, lrs=(1e-2,), himuon_tiles=(32, 64))
+
+
+def _run_name(family: str, tile: int = 0) -> str:
+    return f"himuon_t{tile}" if family == "himuon" else family
+
+
+def cells(config: Config) -> list[dict]:
+    out = []
+    for family in config.optimizers:
+        tiles = config.himuon_tiles if family == "himuon" else (0,)
+        for tile in tiles:
+            for lr in config.lrs:
+                out.append({"optimizer": _run_name(family, tile), "lr": float(lr)})
+    return out
+
+
+def _parse(name: str) -> tuple[str, int]:
+    if name.startswith("himuon_t"):
+        return "himuon", int(name[len("himuon_t"):])
+    if name not in FAMILIES:
+        raise ValueError(f"unknown optimizer {name!r}")
+    return name, 0
+
+
+# ----------------------------------------------------------------------- data, model
+
+
+def make_data(config: Config, seed: int) -> dict[str, torch.Tensor]:
+    """Power-law inputs and random-teacher targets (float32, CPU), from ``seed`` only."""
+    g = torch.Generator().manual_seed(seed)
+    d = config.input_dim
+    lam = torch.arange(1, d + 1, dtype=torch.float64) ** (-config.input_alpha)
+    lam = lam * (d / lam.sum())
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    mix = torch.sqrt(lam)[:, None] * basis.T  # x = z · mix, Cov(x) = basis diag(λ) basisᵀ
+    w1 = torch.randn(d, config.teacher_hidden, generator=g, dtype=torch.float64) / math.sqrt(d)
+    b1 = 0.1 * torch.randn(config.teacher_hidden, generator=g, dtype=torch.float64)
+    w2 = torch.randn(config.teacher_hidden, config.output_dim, generator=g, dtype=torch.float64)
+
+    def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, d, generator=g, dtype=torch.float64) @ mix
+        return x, torch.tanh(x @ w1 + b1) @ w2
+
+    x_train, y_train = sample(config.n_train)
+    x_eval, y_eval = sample(config.n_eval)
+    mean, std = y_train.mean(0), y_train.std(0)
+    return {
+        "x_train": x_train.float(), "y_train": ((y_train - mean) / std).float(),
+        "x_eval": x_eval.float(), "y_eval": ((y_eval - mean) / std).float(),
+    }
+
+
+def make_model(config: Config, seed: int) -> nn.Sequential:
+    """The student MLP with PyTorch's default init drawn from ``seed`` (CPU)."""
+    widths = (config.input_dim, *config.hidden)
+    layers: list[nn.Module] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Linear(a, b), nn.GELU()]
+        layers.append(nn.Linear(widths[-1], config.output_dim))
+    return nn.Sequential(*layers)
+
+
+def split_params(model: nn.Sequential, head_to_adamw: bool) -> tuple[list, list]:
+    """``(matrix, adamw)``: hidden 2-D weights vs. biases (and the read-out weight)."""
+    head = model[-1].weight
+    matrix, other = [], []
+    for p in model.parameters():
+        if p.ndim >= 2 and not (head_to_adamw and p is head):
+            matrix.append(p)
+        else:
+            other.append(p)
+    return matrix, other
+
+
+def make_optimizers(config: Config, name: str, lr: float, model: nn.Sequential) -> list[torch.optim.Optimizer]:
+    family, tile = _parse(name)
+    adamw_kw = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": config.weight_decay}
+    if family == "adamw":
+        return [torch.optim.AdamW(model.parameters(), **adamw_kw)]
+    matrix, other = split_params(model, config.head_to_adamw)
+    common = {"lr": lr, "weight_decay": config.weight_decay, "momentum": config.momentum,
+              "ns_steps": config.ns_steps, "adjust_lr_fn": "match_rms_adamw"}
+    if family == "muon":
+        main = matfun.optim.Muon(matrix, **common)
+    elif family == "himuon":
+        main = matfun.optim.HiMuon(matrix, tile=tile, **common)
+    else:
+        main = matfun.optim.Muon2(matrix, factorized=(family == "muon2_f"), **common)
+    return [main, torch.optim.AdamW(other, **adamw_kw)]
+
+
+def lr_factor(config: Config, step: int) -> float:
+    """Linear warm-up then cosine decay to 0; ``step`` is the 1-based update index."""
+    warm = max(int(round(config.warmup_frac * config.steps)), 0)
+    if warm and step <= warm:
+        return step / warm
+    progress = (step - warm) / max(config.steps - warm, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
+    threads = torch.get_num_threads()
+    if config.cpu_threads:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _train(config, cell, device, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
+    name, lr = cell["optimizer"], float(cell["lr"])
+    family, tile = _parse(name)
+    # Shared by all cells: same data, data order and initial weights for every optimizer.
+    data_seed = cell_seed(seed, {"training": "data"})
+    init_seed = cell_seed(seed, {"training": "init"})
+    order_seed = cell_seed(seed, {"training": "order"})
+    data = {k: v.to(device) for k, v in make_data(config, data_seed).items()}
+    model = make_model(config, init_seed).to(device)
+    opts = make_optimizers(config, name, lr, model)
+    base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+    cuda = torch.device(device).type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    order = torch.Generator().manual_seed(order_seed)
+    loss_fn = nn.MSELoss()
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        return float(loss_fn(model(data["x_eval"]), data["y_eval"]))
+
+    n, bs = config.n_train, config.batch_size
+    perm, pos = torch.randperm(n, generator=order), 0
+    train_loss = np.full(config.steps + 1, np.nan)
+    eval_loss = np.full(config.steps + 1, np.nan)
+    step_ms = np.full(config.steps + 1, np.nan)
+    eval_loss[0] = evaluate()
+    for k in range(1, config.steps + 1):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=order), 0
+        idx = perm[pos:pos + bs].to(device)
+        pos += bs
+        factor = lr_factor(config, k)
+        for o, lrs in zip(opts, base_lrs):
+            for g, base in zip(o.param_groups, lrs):
+                g["lr"] = base * factor
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss = loss_fn(model(data["x_train"][idx]), data["y_train"][idx])
+        loss.backward()
+        sync()
+        t0 = time.perf_counter()
+        for o in opts:
+            o.step()
+        sync()
+        step_ms[k] = 1e3 * (time.perf_counter() - t0)
+        train_loss[k] = float(loss.detach())
+        if k % config.eval_every == 0 or k == config.steps:
+            eval_loss[k] = evaluate()
+
+    times = step_ms[1:]
+    q25, q50, q75 = np.percentile(times, [25, 50, 75])
+    tail = max(1, config.steps // 10)
+    matrix, other = split_params(model, config.head_to_adamw) if family != "adamw" else ([], list(model.parameters()))
+    return pd.DataFrame(
+        {
+            "step": np.arange(config.steps + 1),
+            "train_loss": train_loss,
+            "eval_loss": eval_loss,
+            "step_ms": step_ms,
+            "step_ms_median": q50,
+            "step_ms_iqr": q75 - q25,
+            "final_eval_loss": eval_loss[-1],
+            "final_train_loss": float(np.mean(train_loss[-tail:])),
+            "family": family,
+            "tile": tile,
+            "n_params_matrix": sum(p.numel() for p in matrix),
+            "n_params_adamw": sum(p.numel() for p in other),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------- plot
+
+
+def run_names(config: Config) -> list[str]:
+    """Optimizer run names in plotting order (HiMuon tiles ascending)."""
+    out = []
+    for family in config.optimizers:
+        if family == "himuon":
+            out += [_run_name("himuon", t) for t in sorted(config.himuon_tiles)]
+        else:
+            out.append(family)
+    return out
+
+
+def optimizer_style(name: str, config: Config) -> dict:
+    """Colour, label and line style of one optimizer run (consistent across panels)."""
+    family, tile = _parse(name)
+    if family == "himuon":
+        i = sorted(config.himuon_tiles).index(tile) if tile in config.himuon_tiles else 0
+        return {"color": _HIMUON_COLORS[i % len(_HIMUON_COLORS)], "label": f"HiMuon T = {tile}",
+                "linestyle": ("--", "-.", ":")[i % 3]}
+    return {"color": _COLORS[family], "label": _LABELS[family], "linestyle": "-"}
+
+
+def best_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer, the rows of the lr with the lowest final eval loss."""
+    finals = frame.groupby(["optimizer", "lr"], sort=True)["final_eval_loss"].first().reset_index()
+    finals = finals.sort_values(["optimizer", "final_eval_loss", "lr"]).drop_duplicates("optimizer")
+    keep = set(zip(finals["optimizer"], finals["lr"]))
+    mask = [(o, lr) in keep for o, lr in zip(frame["optimizer"], frame["lr"])]
+    return frame[mask]
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average (shrinking at the ends): no lag, unlike an EMA."""
+    return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
+
+
+def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    best = best_runs(frame)
+    names = [n for n in run_names(config) if n in set(best["optimizer"])]
+    swept = len(config.lrs) > 1
+    finals = best.groupby("optimizer")[["final_eval_loss", "step_ms_median", "step_ms_iqr", "lr"]].first()
+    ref = "muon" if "muon" in finals.index else names[0]
+    ref_label = optimizer_style(ref, config)["label"]
+    ref_eval = best[best["optimizer"] == ref].dropna(subset=["eval_loss"]).set_index("step")["eval_loss"]
+
+    with plotting.style():
+        fig = plotting.figure("double", 2.7, ncols=3, width_ratios=(1.0, 1.0, 0.85))
+        ax_tr, ax_ev, ax_t = fig.axes
+        window = max(1, int(round(config.steps / 30)))  # ~3% of the run
+        handles = []
+        for name in names:
+            st = optimizer_style(name, config)
+            d = best[best["optimizer"] == name].sort_values("step")
+            tr = d[d["step"] > 0]
+            y = tr["train_loss"].to_numpy(dtype=float)
+            ax_tr.plot(tr["step"], y, color=st["color"], linewidth=0.4, alpha=0.15)
+            label = st["label"] + (f" (lr {float(finals.loc[name, 'lr']):g})" if swept else "")
+            (h,) = ax_tr.plot(tr["step"], _smooth(y, window), color=st["color"], linestyle=st["linestyle"],
+                              linewidth=1.2, label=label)
+            handles.append(h)
+            ev = d.dropna(subset=["eval_loss"]).set_index("step")["eval_loss"]
+            common = ev.index.intersection(ref_eval.index)
+            common = common[common > 0]
+            ax_ev.plot(common, ev.loc[common] / ref_eval.loc[common], color=st["color"], linestyle=st["linestyle"],
+                       marker="o", markersize=2.2, linewidth=1.2)
+        ax_tr.set_yscale("log")
+        ax_tr.set_xlabel("step")
+        ax_tr.set_ylabel(f"training loss ({window}-step moving avg.)")
+        ax_tr.set_xlim(0, config.steps)
+        dev = str(frame["device"].iloc[0]) if "device" in frame.columns and len(frame) else "cpu"
+        widths = "→".join(str(w) for w in (config.input_dim, *config.hidden, config.output_dim))
+        ax_tr.text(0.97, 0.97, f"MLP {widths}\nbatch {config.batch_size}, {config.steps} steps, {dev}\nfaint: raw mini-batch MSE",
+                   transform=ax_tr.transAxes, ha="right", va="top", fontsize=6.5, color="0.3")
+        ax_ev.set_yscale("log")
+        ax_ev.axhline(1.0, color=plotting.REFERENCE_COLOR, linewidth=0.6, linestyle=":")
+        ax_ev.set_xlabel("step")
+        ax_ev.set_ylabel(f"eval loss / {ref_label} eval loss")
+        ax_ev.set_xlim(0, config.steps)
+        lo, hi = ax_ev.get_ylim()
+        ax_ev.set_ylim(lo, hi * 1.03)
+        ax_ev.yaxis.set_major_locator(LogLocator(base=10, subs=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)))
+        ax_ev.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(0.5, 4.0, 0.05)))
+        ax_ev.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_ev.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        plotting.panel_label(ax_tr, "a")
+        plotting.panel_label(ax_ev, "b")
+
+        # (c) median optimizer-step time with its IQR, annotated with the final eval loss ratio.
+        ypos = np.arange(len(names))[::-1]
+        med = [float(finals.loc[n, "step_ms_median"]) for n in names]
+        iqr = [float(finals.loc[n, "step_ms_iqr"]) for n in names]
+        colors = [optimizer_style(n, config)["color"] for n in names]
+        ax_t.barh(ypos, med, xerr=[[0] * len(iqr), iqr], color=colors, height=0.65,
+                  error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.35"})
+        ax_t.set_yticks(ypos, [optimizer_style(n, config)["label"] for n in names])
+        ax_t.grid(axis="y", visible=False)
+        xmax = max(m + q for m, q in zip(med, iqr)) if med else 1.0
+        ref_final = float(finals.loc[ref, "final_eval_loss"])
+        for y, n, m, q in zip(ypos, names, med, iqr):
+            ratio = float(finals.loc[n, "final_eval_loss"]) / ref_final
+            ax_t.text(m + q + 0.03 * xmax, y, f"{m:.2g} ms · loss {ratio:.2f}×", va="center", ha="left", fontsize=6.5)
+        ax_t.set_xlim(0, xmax * 2.0)
+        ax_t.set_xlabel(f"median optimizer step (ms; IQR)\nloss = final eval loss ÷ {ref_label}")
+        plotting.panel_label(ax_t, "c")
+
+        fig.legend(handles=handles, loc="outside upper center", ncols=6 if not swept else 3)
+        stem = out_dir / "training"
+        plotting.save_figure(fig, stem)
+    return [stem]
