@@ -49,6 +49,7 @@ MODULES: tuple[str, ...] = (
     "tile_sweep",
     "preconditioning",
     "scaling",
+    "training",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
