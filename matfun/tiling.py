@@ -118,17 +118,6 @@ def working_bytes_per_tile(th: int, tw: int, itemsize: int) -> int:
     return itemsize * (4 * r * s + 5 * r * r)
 
 
-def chunk_bounds(n_tiles: int, bytes_per_tile: int, budget: int | None) -> list[tuple[int, int]]:
-    """Split ``n_tiles`` into consecutive chunks whose working memory fits ``budget``.
-
-    Every chunk holds at least one tile, even when a single tile exceeds the budget.
-    """
-    if budget is None or n_tiles == 0:
-        return [(0, n_tiles)]
-    per_chunk = max(1, budget // max(bytes_per_tile, 1))
-    return [(start, min(start + per_chunk, n_tiles)) for start in range(0, n_tiles, per_chunk)]
-
-
 def default_budget(X: Any) -> int | None:
     """Cache-sized chunks on CPU, one batch on GPUs."""
     on_gpu = B.is_torch(X) and X.device.type != "cpu"
@@ -191,12 +180,19 @@ class Tiled(Map):
     def _resolve_precision(self, G: Any) -> B.Precision:
         return self.inner._resolve_precision(G)
 
-    def _chunks(self, tiles: Any) -> list[Any]:
-        budget = default_budget(tiles) if self.memory_budget == "auto" else self.memory_budget
-        flat = tiles.reshape((batch_size(tuple(tiles.shape)),) + tuple(tiles.shape[-2:]))
+    def _tiles_per_chunk(self, flat: Any) -> int:
+        """How many tiles like those of the batch ``flat`` (``(..., th, tw)``) one chunk may hold."""
+        budget = default_budget(flat) if self.memory_budget == "auto" else self.memory_budget
         itemsize = 4 if B.dtype_name(flat) in ("bfloat16", "float16") else flat.dtype.itemsize
-        per_tile = working_bytes_per_tile(*flat.shape[-2:], itemsize)
-        return [flat[a:b] for a, b in chunk_bounds(flat.shape[0], per_tile, budget)]
+        if budget is None:
+            return 2**62  # unbounded: every tile in one batch
+        # at least one tile per chunk, even when a single tile exceeds the budget
+        return max(1, budget // working_bytes_per_tile(*flat.shape[-2:], itemsize))
+
+    def _chunks(self, tiles: Any) -> list[Any]:
+        flat = B.namespace(tiles).reshape(tiles, (batch_size(tuple(tiles.shape)),) + tuple(tiles.shape[-2:]))
+        per_chunk = self._tiles_per_chunk(flat)
+        return [flat[a : a + per_chunk] for a in range(0, flat.shape[0], per_chunk)]
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
         if B._size(X) == 0:
@@ -337,20 +333,33 @@ def tiled_newton_schulz_many(
         for k, t in enumerate(tiles):
             key = (t.shape[-2], t.shape[-1], str(t.dtype), str(getattr(t, "device", "")), prec)
             buckets.setdefault(key, []).append((index, k))
-    # 2. one batched call (in chunks) per bucket.
+    # 2. per bucket, batched calls over chunks packed from consecutive tiles of its
+    #    members (the bucket is never concatenated whole: each chunk stays cache-sized).
     results: dict[tuple[int, int], Any] = {}
     for key, members in buckets.items():
         prec = key[-1]
         parts = [prepared[i][3][k] for i, k in members]
-        flats = [p.reshape((batch_size(tuple(p.shape)),) + tuple(p.shape[-2:])) for p in parts]
-        xp = B.namespace(flats[0])
-        batch = xp.concat(flats, axis=0) if len(flats) > 1 else flats[0]
-        outs = [inner._compute_final(c, prec) for c in tiled._chunks(batch)]
-        out = xp.concat(outs, axis=0) if len(outs) > 1 else outs[0]
-        start = 0
-        for (i, k), p, f in zip(members, parts, flats):
-            results[i, k] = xp.reshape(out[start : start + f.shape[0]], p.shape)
-            start += f.shape[0]
+        xp = B.namespace(parts[0])
+        counts = [batch_size(tuple(p.shape)) for p in parts]
+        per_chunk = tiled._tiles_per_chunk(parts[0])
+        outputs_of: list[list[Any]] = [[] for _ in parts]
+        flat: dict[int, Any] = {}  # contiguous tile batches, made when first needed, dropped when used up
+        for chunk in _pack(counts, per_chunk):
+            pieces = []
+            for j, a, b in chunk:
+                if j not in flat:
+                    flat[j] = xp.reshape(parts[j], (counts[j],) + tuple(parts[j].shape[-2:]))
+                pieces.append(flat[j][a:b])
+                if b == counts[j]:
+                    del flat[j]
+            out = inner._compute_final(xp.concat(pieces, axis=0) if len(pieces) > 1 else pieces[0], prec)
+            start = 0
+            for j, a, b in chunk:
+                outputs_of[j].append(out[start : start + b - a])
+                start += b - a
+        for (i, k), p, outs in zip(members, parts, outputs_of):
+            flat = xp.concat(outs, axis=0) if len(outs) > 1 else outs[0]
+            results[i, k] = xp.reshape(flat, p.shape)
     # 3. reassemble every matrix.
     outputs = []
     for index, (G, (X, prec, groups, tiles)) in enumerate(zip(matrices, prepared)):
@@ -360,3 +369,24 @@ def tiled_newton_schulz_many(
         blocks = [merge_group(results[index, k], g) for k, g in enumerate(groups)]
         outputs.append(B.from_compute(assemble(blocks, groups), G))
     return outputs
+
+
+def _pack(counts: list[int], per_chunk: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Chunks of ``per_chunk`` consecutive tiles across batches of ``counts`` tiles.
+
+    Yields lists of ``(batch index, start, stop)`` slices; a batch may span chunks.
+    """
+    chunk: list[tuple[int, int, int]] = []
+    room = per_chunk
+    for j, n in enumerate(counts):
+        start = 0
+        while start < n:
+            stop = min(n, start + room)
+            chunk.append((j, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield chunk
+                chunk, room = [], per_chunk
+    if chunk:
+        yield chunk
