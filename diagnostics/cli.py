@@ -24,7 +24,6 @@ bug and propagates with its traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import textwrap

@@ -72,6 +72,26 @@ class Map(ABC):
         return f"{type(self).__name__}({fields})"
 
 
+class Wrapper(Map):
+    """A map built around another map ``inner`` (tiling, preconditioning).
+
+    Precision and compute engine are the inner map's.
+    """
+
+    inner: Map
+
+    @property
+    def precision(self) -> str | None:  # type: ignore[override]
+        return self.inner.precision
+
+    @property
+    def prefers_torch(self) -> bool:  # type: ignore[override]
+        return self.inner.prefers_torch
+
+    def _resolve_precision(self, G: Any) -> B.Precision:
+        return self.inner._resolve_precision(G)
+
+
 def batch_size(shape: tuple[int, ...]) -> int:
     """Number of matrices in a ``(..., H, W)`` shape."""
     n = 1

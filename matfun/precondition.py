@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _backend as B
-from .base import Map
+from .base import Map, Wrapper
 from .newton_schulz import NewtonSchulz
 from .schedules import ScheduleLike
 from .tiling import Tiled, TileLike
@@ -132,7 +132,7 @@ def precondition(M: Any, V: Any, eps: float) -> Any:
     return M / denominator
 
 
-class Preconditioned(Map):
+class Preconditioned(Wrapper):
     """Apply ``inner`` to ``M ⊘ (√V + ε)`` (Muon²).
 
     Parameters
@@ -157,17 +157,6 @@ class Preconditioned(Map):
         self.second_moment = second_moment
         default = second_moment.eps if isinstance(second_moment, SecondMoment) else 1e-8
         self.eps = _check_eps(default if eps is None else eps)
-
-    @property
-    def precision(self) -> str | None:  # type: ignore[override]
-        return self.inner.precision
-
-    @property
-    def prefers_torch(self) -> bool:  # type: ignore[override]
-        return self.inner.prefers_torch
-
-    def _resolve_precision(self, G: Any) -> B.Precision:
-        return self.inner._resolve_precision(G)
 
     def _prepare(self, G: Any, check_finite: bool) -> tuple[Any, B.Precision]:
         V = self.second_moment.V if isinstance(self.second_moment, SecondMoment) else self.second_moment

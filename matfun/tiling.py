@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import _backend as B
-from .base import Map, batch_size, check_shape
+from .base import Map, Wrapper, batch_size, check_shape
 from .newton_schulz import NewtonSchulz
 from .schedules import ScheduleLike
 
@@ -132,7 +132,7 @@ def check_budget(memory_budget: Any) -> Any:
     return memory_budget
 
 
-class Tiled(Map):
+class Tiled(Wrapper):
     """Apply ``inner`` independently to every ``Th × Tw`` tile (HiMuon).
 
     Parameters
@@ -168,17 +168,6 @@ class Tiled(Map):
         self.inner = inner
         self.tile = check_tile(tile)
         self.memory_budget = check_budget(memory_budget)
-
-    @property
-    def precision(self) -> str | None:  # type: ignore[override]
-        return self.inner.precision
-
-    @property
-    def prefers_torch(self) -> bool:  # type: ignore[override]
-        return self.inner.prefers_torch
-
-    def _resolve_precision(self, G: Any) -> B.Precision:
-        return self.inner._resolve_precision(G)
 
     def _tiles_per_chunk(self, flat: Any) -> int:
         """How many tiles like those of the batch ``flat`` (``(..., th, tw)``) one chunk may hold."""

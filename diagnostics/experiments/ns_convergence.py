@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogLocator
 
@@ -48,6 +47,7 @@ import matfun
 
 from .. import matrices, metrics, plotting
 from ..store import cell_seed
+from ..threads import torch_threads
 
 NAME = "ns_convergence"
 DESCRIPTION = "alignment and error of full and tiled Newton-Schulz vs step K, per schedule and condition number"
@@ -112,14 +112,8 @@ def cpu_threads_for(shape: tuple[int, ...], device: str) -> Iterator[None]:
     load 8 on 2 cores).  Results are unchanged up to float rounding order.
     """
     small = str(device) == "cpu" and int(np.prod(shape)) <= SMALL_ENTRIES
-    before = torch.get_num_threads()
-    if small and before > 1:
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if small else None):
         yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def to_float64(X: Any) -> np.ndarray:

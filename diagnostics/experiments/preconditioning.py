@@ -61,9 +61,7 @@ Rows (column ``record`` tells the kind):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +72,7 @@ from matplotlib.patches import Patch
 
 import matfun
 
+from ..threads import torch_threads
 from .. import metrics, plotting, streams
 from ..store import cell_seed
 
@@ -119,24 +118,6 @@ class Config:
         return cls(stream_steps=80, record_steps=(20, 79), width=128, max_steps=25)
 
 
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch CPU ops on one thread inside the block (the previous count is restored).
-
-    The matrices here are small (≤ 1024): on a shared CPU, OpenMP's multi-threaded
-    small matmuls can be ~100× slower than one thread (measured 12 ms vs 0.12 ms
-    for a 128×128 ``baddbmm`` under load), and results do not need the threads.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def cells(config: Config) -> list[dict]:
     return [{"stream": s} for s in config.streams]
 
@@ -165,7 +146,7 @@ def _steps_to(curve: np.ndarray, threshold: float) -> float:
 
 
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
-    with single_threaded():
+    with torch_threads(1):
         return _run_cell(config, cell, device, seed)
 
 

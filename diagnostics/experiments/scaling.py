@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from matplotlib.lines import Line2D

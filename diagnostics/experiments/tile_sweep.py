@@ -47,9 +47,7 @@ the predictor ``gram_coupling`` (mean of rows/cols), ``gram_coupling_rows``,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +58,7 @@ from scipy.stats import spearmanr
 
 import matfun
 
+from ..threads import torch_threads
 from .. import matrices, metrics, plotting, streams
 from ..store import cell_seed
 
@@ -118,24 +117,6 @@ class Config:
                    stream_steps=60, stream_width=256)
 
 
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch CPU ops on one thread inside the block (the previous count is restored).
-
-    The matrices here are small (≤ 1024): on a shared CPU, OpenMP's multi-threaded
-    small matmuls can be ~100× slower than one thread (measured 12 ms vs 0.12 ms
-    for a 128×128 ``baddbmm`` under load), and results do not need the threads.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def cells(config: Config) -> list[dict]:
     out: list[dict] = [
         {"source": "coupled", "coupling": float(c), "sample": i}
@@ -173,7 +154,7 @@ def tile_normalised(G: np.ndarray, tile: int) -> np.ndarray:
 
 
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
-    with single_threaded():
+    with torch_threads(1):
         return _run_cell(config, cell, device, seed)
 
 

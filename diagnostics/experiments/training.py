@@ -103,6 +103,7 @@ import matfun.optim
 
 from .. import plotting
 from ..store import cell_seed
+from ..threads import torch_threads
 
 NAME = "training"
 DESCRIPTION = "teacher-student MLP regression trained with AdamW, Muon, HiMuon (two tiles), Muon2 and Muon2-F"
@@ -274,13 +275,8 @@ def lr_factor(config: Config, step: int) -> float:
 
 
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
-    threads = torch.get_num_threads()
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
-    try:
+    with torch_threads(config.cpu_threads or None):
         return _train(config, cell, device, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:

@@ -11,10 +11,9 @@ K. Jordan et al., *Muon: An optimizer for hidden layers in neural networks* (202
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 import matfun
