@@ -148,6 +148,9 @@ class MatrixOptimizer(Optimizer):
     # -- construction ------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # groups added later join the tile schedule where the first group is
+        if self.param_groups and "step_count" in self.param_groups[0] and "step_count" not in param_group:
+            param_group["step_count"] = self.param_groups[0]["step_count"]
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._check_group(group)

@@ -192,11 +192,6 @@ class HiMuon(MatrixOptimizer):
         }
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self.param_groups and "step_count" not in param_group:
-            param_group["step_count"] = self.param_groups[0]["step_count"]
-        super().add_param_group(param_group)
-
     def _check_group(self, group: dict[str, Any]) -> None:
         check_common(group)
         check_adjust_lr_fn(group["adjust_lr_fn"])

@@ -141,11 +141,6 @@ class Muon2(MatrixOptimizer):
         }
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self.param_groups and "step_count" not in param_group:
-            param_group["step_count"] = self.param_groups[0]["step_count"]
-        super().add_param_group(param_group)
-
     def _check_group(self, group: dict[str, Any]) -> None:
         from .himuon import check_tile_spec
 
