@@ -13,7 +13,6 @@ Usage: ``python benchmarks/bench_core.py [--quick] [--repeats N] [--device cpu|c
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import scipy.linalg
@@ -21,25 +20,11 @@ import torch
 
 import matfun
 
-try:
-    from diagnostics.timing import time_callable
-except ImportError:  # pragma: no cover - fallback when diagnostics is absent
-    time_callable = None
+from diagnostics.timing import time_callable
 
 
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
-    if time_callable is not None:
-        return time_callable(fn, warmup=warmup, repeats=repeats, sync=sync).median
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
+    return time_callable(fn, warmup=warmup, repeats=repeats, sync=sync).median
 
 
 def torch_jordan(G: torch.Tensor, steps: int = 5) -> torch.Tensor:

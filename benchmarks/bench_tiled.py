@@ -17,40 +17,18 @@ Usage: ``python benchmarks/bench_tiled.py [--quick] [--device cpu|cuda] [--repea
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
 import torch
 
 import matfun
 
-try:
-    from diagnostics.timing import gemm_roofline, time_callable
-except ImportError:  # pragma: no cover
-    gemm_roofline = time_callable = None
+from diagnostics.timing import gemm_roofline, time_callable
 
 MiB = 2**20
 
 
 def median_time(fn, repeats: int, warmup: int, sync) -> float:
-    if time_callable is not None:
-        return time_callable(fn, warmup=warmup, repeats=repeats, sync=sync).median
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples))
-
-
-def gemm_gflops(n: int, device, repeats: int, sync) -> float:
-    if gemm_roofline is not None:
-        return gemm_roofline(n, dtype="float32", device=str(device), repeats=repeats)
-    A = torch.randn(n, n, device=device)
-    return 2 * n**3 / median_time(lambda: A @ A, repeats, 1, sync) / 1e9
+    return time_callable(fn, warmup=warmup, repeats=repeats, sync=sync).median
 
 
 def gpt2_small(device) -> list[torch.Tensor]:
@@ -85,7 +63,7 @@ def main(argv=None) -> int:
           f"default CPU chunk {matfun.tiling.CPU_CHUNK_BYTES // MiB} MiB; shared machine -> noisy")
 
     G = torch.randn(N, N, device=device)
-    gemm = gemm_gflops(N, device, repeats, sync)
+    gemm = gemm_roofline(N, dtype="float32", device=str(device), repeats=repeats)
     full = matfun.NewtonSchulz(K, "jordan")
     t_full = median_time(lambda: full(G), full_repeats, 0 if not on_gpu else 2, sync)
     print(f"\n{'map':22s} {'time s':>9s} {'speed-up':>9s} {'GFLOP/s':>9s} {'% GEMM':>7s}")
