@@ -71,7 +71,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_plugin_options(p)
     _add_output_options(p)
+
+
+def _add_plugin_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your maps, config and seeds (diagnostics.plugins, diagnostics.overrides)")
+    g.add_argument("--map", action="append", default=[], metavar="NAME=MODULE:ATTR",
+                   help="add your map beside the built-ins (repeatable)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a Config field, e.g. max_steps=10 or tiles=16,32 (repeatable; "
+                   "EXPERIMENT.KEY=VALUE for one experiment)")
+    g.add_argument("--seeds", metavar="S1,S2,...", help="run every seed; figures show mean and spread")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,12 +237,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
-    from . import store
+    from . import overrides, plugins, runner, store
 
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
+    try:
+        seeds = runner.parse_seeds(args.seeds) if args.seeds is not None else (args.seed,)
+        per_experiment = overrides.overrides_for(overrides.parse(args.set), modules)
+        for module in modules:  # every --set checked before anything runs
+            overrides.apply(store.config_for(module, args.quick), per_experiment[module.NAME], module.NAME)
+        maps = plugins.collect(options=args.map)
+    except (ValueError, plugins.PluginError) as exc:
+        raise UsageError(str(exc)) from None
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")
@@ -239,23 +258,28 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     total_computed = total_cached = total_figures = 0
     for module in modules:
         try:
-            result = store.run_experiment(
+            result = runner.run_module(
                 module,
+                plugins=maps,
+                overrides=per_experiment[module.NAME],
+                seeds=seeds,
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
-                seed=args.seed,
                 force=args.force,
                 replot=args.replot,
                 quick=args.quick,
                 progress=progress,
             )
-        except store.CacheMissingError as exc:
+        except (store.CacheMissingError, plugins.PluginError) as exc:
             raise UsageError(str(exc)) from None
         print(result.summary())
         total_computed += result.computed
         total_cached += result.cached
         total_figures += len(result.figures)
+    for p in maps:
+        for note in sorted(p.notes):
+            print(f"note: plug-in {p.name!r}: {note}")
     if len(modules) > 1:
         print(
             f"all: {len(modules)} experiment(s), {total_computed} cell(s) computed, {total_cached} cached; "
