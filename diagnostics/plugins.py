@@ -76,8 +76,9 @@ __all__ = [
 ]
 
 LIBRARIES = ("numpy", "torch")
-#: Colours of plug-in curves (Okabe–Ito colours no built-in schedule uses), in order of the names.
-COLORS = ("#D55E00", "#56B4E9", "#000000", "#F0E442", "#8C564B")
+#: Colours of plug-in curves (none used by a built-in curve), in order of the names; plug-in curves also
+#: carry star markers, so they stay distinct without colour.
+COLORS = ("#B2182B", "#6A3D9A", "#8C564B", "#17BECF", "#000000")
 #: Size of the probe matrix every plug-in is checked on before an experiment runs.
 PROBE_SHAPE = (24, 40)
 
@@ -321,6 +322,10 @@ class Plugin:
             ks = range(1, max_steps + 1) if ks is None else ks
             return [(float(k), self(G, steps=int(k))) for k in ks]
         return [(float(self.steps) if self.steps else math.nan, self(G))]
+
+    def raw(self, steps: int | None = None) -> Callable[[Any], Any]:
+        """The user's own callable (made with ``steps`` for a factory), unchecked and unconverted (for timing)."""
+        return self._map_for(steps if self.is_factory else None)
 
     def final(self, G: Any, steps: int | None) -> Any:
         """The map's output: at ``steps`` for a factory, else its own output (``steps`` ignored)."""

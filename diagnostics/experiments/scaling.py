@@ -30,13 +30,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.lines import Line2D
 
 import matfun
 
-from .. import plotting, timing
+from .. import plotting, plugins, timing
 
 NAME = "scaling"
 DESCRIPTION = "model FLOPs, measured time and achieved GFLOP/s vs n for exact polar, full NS and tiled NS, with a same-run GEMM roofline"
@@ -81,7 +82,37 @@ class Config:
 
 
 def cells(config: Config) -> list[dict]:
-    return [{"n": int(n)} for n in sorted(config.ns)]
+    sizes = [{"n": int(n)} for n in sorted(config.ns)]
+    return sizes + [c for size in sizes for c in plugins.cells(**size)]
+
+
+def counted_flops(fn, G) -> float:
+    """FLOPs of ``fn(G)`` counted by torch's FLOP counter (``nan`` when it sees no torch matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(G)
+    total = counter.get_total_flops()
+    return float(total) if total > 0 else float("nan")
+
+
+def plugin_row(plugin: plugins.Plugin, config: Config, G: torch.Tensor) -> dict:
+    """Time a plug-in on ``G`` (converted to its own array library first, so conversion is not timed)."""
+    n = int(G.shape[-1])
+    call = plugins.PluginMap(plugin, config.steps)
+    X = G if plugin.library in ("torch", "any") else G.cpu().numpy()
+    call(X)  # contract check before timing (raises PluginError)
+    t = timing.time_callable(plugin.raw(config.steps), X, warmup=config.warmup, repeats=config.repeats,
+                             min_time=config.min_time)
+    flops = plugin.flops((n, n), config.steps)
+    source = "flops()"
+    if np.isnan(flops):
+        flops, source = counted_flops(lambda A: plugin.final(A, config.steps), G), "torch FLOP counter"
+    k = f"K = {config.steps}" if plugin.is_factory else (f"K = {plugin.steps}" if plugin.steps else "own K")
+    return {"map": "plugin", "tile": 0, "label": f"{plugin.name} (plug-in, {k})", "flops": flops,
+            "flops_source": source if np.isfinite(flops) else "unknown (no torch matmuls to count)",
+            "seconds": t.median, "spread": t.spread, "gflops": timing.achieved_gflops(flops, t.median)
+            if np.isfinite(flops) else np.nan, "dtype": config.dtype}
 
 
 def _maps(config: Config, n: int) -> list[tuple[str, int, str, matfun.Map]]:
@@ -100,6 +131,9 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
     dtype = getattr(torch, config.dtype)
     gen = torch.Generator().manual_seed(seed)
     G = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:
+        return pd.DataFrame([plugin_row(plugin, config, G)])
     rows = []
     for kind, tile, label, map_ in _maps(config, n):
         t = timing.time_callable(map_, G, warmup=config.warmup, repeats=config.repeats, min_time=config.min_time)
@@ -127,6 +161,11 @@ def _series(frame: pd.DataFrame, config: Config) -> list[tuple[str, pd.DataFrame
     for i, T in enumerate(sorted(set(int(t) for t in tiled["tile"]))):
         d = tiled[tiled["tile"] == T].sort_values("n")
         out.append((str(d["label"].iloc[0]), d, {"color": _TILE_COLORS[i % len(_TILE_COLORS)], **plotting.tile_style(T)}))
+    names = plugins.names_in(frame)
+    for name in names:
+        d = frame[frame["plugin"] == name].sort_values("n")
+        out.append((str(d["label"].iloc[0]), d, {"color": plugins.color(name, names), "marker": "*",
+                                                 "linestyle": "-"}))
     return out
 
 
@@ -138,7 +177,7 @@ def fit_sizes(ns: list[int]) -> list[int]:
 
 
 def _slope(d: pd.DataFrame, column: str, sizes: list[int]) -> str:
-    d = d[d["n"].isin(sizes)]
+    d = d[d["n"].isin(sizes) & np.isfinite(d[column].to_numpy(float))]
     if d["n"].nunique() < 2:
         return "n/a"
     return f"{timing.scaling_exponent(d['n'], d[column]).slope:.2f}"
@@ -175,7 +214,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax.set_ylabel(ylabel)
             plotting.panel_label(ax, letter)
         rates = frame["gflops"].to_numpy(float)
-        ax_g.set_ylim(float(rates.min()) / 2, float(rates.max()) * 4)
+        ax_g.set_ylim(float(np.nanmin(rates)) / 2, float(np.nanmax(rates)) * 4)
         handles = [Line2D([], [], color=st["color"], marker=st["marker"], linestyle=st["linestyle"],
                           label=f"{label}: slope FLOPs {_slope(d, 'flops', sizes)}, time {_slope(d, 'seconds', sizes)}")
                    for label, d, st in series]
