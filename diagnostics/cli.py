@@ -143,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
 
     p = sub.add_parser(
+        "report", help="a report card for your map (HTML + PDF)", formatter_class=_formatter,
+        description="Run the experiments and the validation battery on one map and write a self-contained "
+        "HTML page and a PDF (diagnostics.report).",
+        epilog=_epilog(
+            f"""
+            {PROG} report examples.my_map:polished_ns --quick --out report/
+            """
+        ),
+    )
+    from . import report  # noqa: F401 - light: heavy imports happen when the report runs
+
+    report.add_arguments(p)
+
+    p = sub.add_parser(
         "validate", help="validate optimizer math (diagnostics.validate)", formatter_class=_formatter,
         description="Check a user's orthogonalisation / optimizer code against the reference maps. "
         "Implemented in diagnostics.validate.",
@@ -309,7 +323,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return int(entry(args) or 0)
 
 
-_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate}
+def _cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    check_device(args.device)
+    return report.run(args)
+
+
+_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate,
+             "report": _cmd_report}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

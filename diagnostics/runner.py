@@ -79,9 +79,14 @@ def run_module(
     force: bool = False,
     replot: bool = False,
     progress: bool | None = None,
+    config: Any = None,
 ) -> store.RunResult:
-    """Run one experiment module with plug-ins, ``[(key, value text), ...]`` overrides and seeds."""
-    config = _overrides.apply(store.config_for(module, quick), overrides, module.NAME)
+    """Run one experiment module with plug-ins, ``[(key, value text), ...]`` overrides and seeds.
+
+    ``config`` replaces the quick/full Config the overrides start from.
+    """
+    base = config if config is not None else store.config_for(module, quick)
+    config = _overrides.apply(base, overrides, module.NAME)
     seeds = tuple(int(s) for s in seeds)
     kw = dict(results_dir=results_dir, device=device, force=force, replot=replot, progress=progress)
     start = time.perf_counter()
