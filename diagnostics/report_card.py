@@ -115,7 +115,16 @@ def _fmt(v: float, digits: int = 2) -> str:
         return "n/a"
     if v == 0:
         return "0"
+    if 100 <= abs(v) < 1e6:
+        return f"{v:.0f}"
     return f"{v:.{digits}g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.{digits - 1}e}"
+
+
+def _kappa(k: float) -> str:
+    """``10``, ``10³``, ``10⁶`` for condition numbers."""
+    e = math.log10(k)
+    sup = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
+    return f"10{str(int(round(e))).translate(sup)}" if k >= 100 and abs(e - round(e)) < 1e-9 else f"{k:g}"
 
 
 def _accuracy(card_frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float) -> pd.DataFrame:
@@ -175,10 +184,10 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     for kappa in sorted(set(acc["kappa"])):
         a = acc[np.isclose(acc["kappa"], kappa)].set_index("map")
         cell = lambda m, col: _fmt(float(a.loc[m, col])) if m in a.index else "n/a"  # noqa: E731
-        rows.append((f"1 − cos(X, polar G) at κ = {kappa:g}", cell(name, "misalignment"),
+        rows.append((f"1 − cos(X, polar G) at κ = {_kappa(kappa)}", cell(name, "misalignment"),
                      *(cell(s, "misalignment") for s in COMPARE)))
     worst = acc[np.isclose(acc["kappa"], acc["kappa"].max())].set_index("map")
-    rows.append((f"‖X − P‖_F/‖P‖_F at κ = {acc['kappa'].max():g}", *(
+    rows.append((f"‖X − P‖_F/‖P‖_F at κ = {_kappa(acc['kappa'].max())}", *(
         _fmt(float(worst.loc[m, "rel_error"])) if m in worst.index else "n/a" for m in (name, *COMPARE))))
 
     pr = frames["precision"]
@@ -186,7 +195,7 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     for s in COMPARE:
         floors[s] = _bf16_floor(pr, pr["schedule"] == s)
     facts["bf16"] = floors
-    rows.append((f"bfloat16 floor (median 1 − cos, last third, κ = {pr['condition_number'].max():g})",
+    rows.append((f"bfloat16 floor (median 1 − cos, last third, κ = {_kappa(pr['condition_number'].max())})",
                  *(_fmt(floors.get(m, math.nan)) for m in (name, *COMPARE))))
 
     du = frames["duality"]
@@ -196,7 +205,7 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
         d = d[d["matrix"] == "geometric"]
         eff[m] = float(_at_step(d, k)["duality_efficiency"].iloc[-1]) if not d.empty else math.nan
     facts["duality"] = eff
-    rows.append(("duality efficiency ⟨G,X⟩/(‖G‖_*‖X‖₂), geometric κ = 1e3", *(_fmt(eff[m], 4) for m in eff)))
+    rows.append(("duality efficiency ⟨G,X⟩/(‖G‖_*‖X‖₂), geometric spectrum", *(_fmt(eff[m], 4) for m in eff)))
 
     sc = frames["scaling"]
     n = int(sc["n"].max())
@@ -226,19 +235,23 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
                    "or element-wise map is by design: the transfer-function panel shows only diag(Uᵀ X V), and the "
                    "battery skips the equivariance checks.")
     acc = facts["accuracy"]
-    hard = acc[np.isclose(acc["kappa"], acc["kappa"].max())].set_index("map")["misalignment"]
-    if name in hard.index:
-        mine = hard[name]
-        better = [s for s in COMPARE if s in hard.index and mine < hard[s]]
-        worse = [s for s in COMPARE if s in hard.index and mine >= hard[s]]
-        label = {"jordan": "Jordan's", "polar_express": "Polar Express's"}
-        parts = []
-        if better:
-            parts.append("better aligned than " + " and ".join(label[s] for s in better))
-        if worse:
-            parts.append("less aligned than " + " and ".join(label[s] for s in worse))
-        out.append(f"At κ = {acc['kappa'].max():g} it reaches 1 − cos(X, polar G) = {_fmt(mine)}: "
-                   + ", ".join(parts) + " Newton–Schulz at the same K.")
+    kappas = sorted(set(acc["kappa"]))
+    table = acc.pivot_table(index="map", columns="kappa", values="misalignment")
+    if name in table.index:
+        ahead = [kap for kap in kappas if all(table.loc[name, kap] < table.loc[s, kap] for s in COMPARE
+                                               if s in table.index)]
+        behind = [kap for kap in kappas if all(table.loc[name, kap] >= table.loc[s, kap] for s in COMPARE
+                                                if s in table.index)]
+        values = " / ".join(_fmt(table.loc[name, kap]) for kap in kappas)
+        sentence = (f"Misalignment 1 − cos(X, polar G) is {values} at κ = {' / '.join(_kappa(k) for k in kappas)}"
+                    f" (Polar Express at the same K: "
+                    f"{' / '.join(_fmt(table.loc['polar_express', kap]) for kap in kappas)}).")
+        if ahead:
+            sentence += f" It beats both built-ins at κ = {', '.join(_kappa(k) for k in ahead)}"
+            sentence += f" and trails both at κ = {', '.join(_kappa(k) for k in behind)}." if behind else "."
+        elif behind:
+            sentence += f" It trails both built-ins at κ = {', '.join(_kappa(k) for k in behind)}."
+        out.append(sentence)
     floors = facts["bf16"]
     if math.isfinite(floors.get(name, math.nan)):
         ref = floors.get("polar_express", math.nan)
@@ -247,7 +260,7 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
             else "compared with"
         out.append(f"Fed bfloat16 inputs it levels off at {_fmt(floors[name])}, {how} Polar Express's {_fmt(ref)}.")
     if math.isfinite(facts["time_ratio"]):
-        out.append(f"It takes {facts['time_ratio']:.2g}× the time of matfun's 5-step Newton–Schulz on the same "
+        out.append(f"It takes {facts['time_ratio']:.2f}× the time of matfun's 5-step Newton–Schulz on the same "
                    "matrix in the same run (timings on a shared machine are noisy).")
     if battery is not None:
         failed = [c.name for c in battery.checks if not c.passed]
@@ -372,7 +385,9 @@ h1{font-size:1.6em;margin-bottom:.1em}h2{font-size:1.2em;border-bottom:1px solid
 .verdict p{margin:.35em 0}table{border-collapse:collapse;width:100%;font-size:.92em;margin:.6em 0}
 th,td{border-bottom:1px solid #e3e3e3;padding:.3em .5em;text-align:left;vertical-align:top}
 th{background:#fafafa}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-.pass{color:#1a7f37;font-weight:600}.fail{color:#c62828;font-weight:600}
+.pass{color:#1a7f37;font-weight:600}.fail{color:#c62828;font-weight:600}.warn{color:#9a6700;font-weight:600}
+.badge{display:inline-block;border:1px solid currentColor;border-radius:1em;padding:.05em .7em;margin-right:.4em;
+font-size:.9em}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#444;font-size:.9em}
 code{background:#f3f3f3;padding:.05em .3em;border-radius:3px}.small{color:#666;font-size:.85em}
 """
@@ -400,6 +415,19 @@ def _fmt_value(v: Any) -> str:
     return f"{float(v):.4g}"
 
 
+def _badges(card: Card) -> str:
+    """One line of coloured badges: battery result, spectral or not."""
+    out = []
+    if card.battery is not None:
+        b = card.battery
+        ok = sum(c.passed for c in b.checks)
+        out.append(("pass" if b.passed else "fail", f"battery {'PASSED' if b.passed else 'FAILED'} {ok}/{len(b.checks)}"))
+    spectral = card.headline[0][1]
+    is_spectral = card.frames["transfer"].query("plugin == @card.plugin.name")["spectral"].astype(bool).all()
+    out.append(("pass" if is_spectral else "warn", f"{'spectral' if is_spectral else 'not spectral'} ({spectral})"))
+    return "<p>" + " ".join(f"<span class='badge {c}'>{html.escape(t)}</span>" for c, t in out) + "</p>"
+
+
 def render_html(card: Card) -> str:
     """The report card as one self-contained HTML page."""
     e = html.escape
@@ -411,6 +439,7 @@ def render_html(card: Card) -> str:
         f"<h1>Report card: <code>{e(p.name)}</code></h1>",
         f"<p class='sub'><code>{e(p.identity)}</code> · {e(p.spectral_hint)} · {kk} · arrays: {e(p.library)}"
         f"{'' if p.batched else ' (2-D, looped over batches)'}</p>",
+        _badges(card),
         "<h2>Verdict</h2><div class='verdict'>" + "".join(f"<p>{e(s)}</p>" for s in card.verdict) + "</div>",
         "<h2>Headline numbers</h2><table><tr><th>quantity</th><th>your map</th><th>Jordan (Muon)</th>"
         "<th>Polar Express</th></tr>",
