@@ -215,9 +215,10 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     facts["time_ratio"] = float(mine_s["seconds"].iloc[0] / ns["seconds"].iloc[0]) if len(mine_s) and len(ns) else math.nan
     rows.append((f"time per call at n = {n} (ms)", _fmt(1e3 * float(mine_s["seconds"].iloc[0])),
                  f"{_fmt(1e3 * float(ns['seconds'].iloc[0]))} (matfun NS, K = {REPORT_STEPS}, Jordan)", "–"))
-    gf = float(mine_s["gflops"].iloc[0])
-    rows.append((f"model FLOPs / achieved GFLOP/s at n = {n}",
-                 f"{_fmt(float(mine_s['flops'].iloc[0]), 3)} / {_fmt(gf)} ({mine_s['flops_source'].iloc[0]})",
+    flops = float(mine_s["flops"].iloc[0])
+    mine_flops = (f"{_fmt(flops, 3)} / {_fmt(float(mine_s['gflops'].iloc[0]))} ({mine_s['flops_source'].iloc[0]})"
+                  if math.isfinite(flops) else str(mine_s["flops_source"].iloc[0]))
+    rows.append((f"model FLOPs / achieved GFLOP/s at n = {n}", mine_flops,
                  f"{_fmt(float(ns['flops'].iloc[0]), 3)} / {_fmt(float(ns['gflops'].iloc[0]))}", "–"))
     return rows, facts
 
@@ -480,6 +481,16 @@ def render_html(card: Card) -> str:
     return "\n".join(parts)
 
 
+def _wrapped_table(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> str:
+    """A fixed-width text table whose cells wrap within ``widths`` characters."""
+    lines = []
+    for row in rows:
+        cells = [textwrap.wrap(str(c), w) or [""] for c, w in zip(row, widths)]
+        for i in range(max(len(c) for c in cells)):
+            lines.append("  ".join((c[i] if i < len(c) else "").ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return "\n".join(lines)
+
+
 def render_pdf(card: Card, path: Path) -> None:
     """The same content as :func:`render_html` as a multi-page PDF (A4 portrait)."""
     import matplotlib.image as mpimg
@@ -508,9 +519,7 @@ def render_pdf(card: Card, path: Path) -> None:
     head = [("h1", f"Report card: {p.name}"), ("small", f"{p.identity} · {p.spectral_hint} · arrays: {p.library}"),
             ("h2", "Verdict")] + [("p", s) for s in card.verdict]
     table = [("quantity", "your map", "Jordan", "Polar Express")] + card.headline
-    widths = [max(len(r[i]) for r in table) for i in range(4)]
-    head += [("h2", "Headline numbers"),
-             ("mono", "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table))]
+    head += [("h2", "Headline numbers"), ("mono", _wrapped_table(table, (44, 24, 24, 24)))]
     if card.battery is not None:
         head += [("h2", "Validation battery (matfun.testing)"), ("mono", card.battery.table())]
     if p.notes:

@@ -110,7 +110,7 @@ def plugin_row(plugin: plugins.Plugin, config: Config, G: torch.Tensor) -> dict:
         flops, source = counted_flops(lambda A: plugin.final(A, config.steps), G), "torch FLOP counter"
     k = f"K = {config.steps}" if plugin.is_factory else (f"K = {plugin.steps}" if plugin.steps else "own K")
     return {"map": "plugin", "tile": 0, "label": f"{plugin.name} (plug-in, {k})", "flops": flops,
-            "flops_source": source if np.isfinite(flops) else "unknown (no torch matmuls to count)",
+            "flops_source": source if np.isfinite(flops) else "not counted: no torch ops (define flops(shape))",
             "seconds": t.median, "spread": t.spread, "gflops": timing.achieved_gflops(flops, t.median)
             if np.isfinite(flops) else np.nan, "dtype": config.dtype}
 
