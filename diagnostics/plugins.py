@@ -224,8 +224,8 @@ class Plugin:
         return "iterates" if self.has_iterates else "factory" if self.is_factory else "plain"
 
     @property
-    def spectral_hint(self) -> str:
-        """Short description used in the report."""
+    def step_count_description(self) -> str:
+        """How the plug-in exposes its step count, in words (for the report)."""
         return {"iterates": "curves from iterates()", "factory": "factory steps -> map",
                 "plain": f"plain callable (K = {self.steps})" if self.steps else "plain callable (K unknown)"}[self.kind]
 
@@ -308,16 +308,14 @@ class Plugin:
         """``[(K, X_K), ...]``: every iterate (``iterates``), ``K`` in ``ks`` or ``1..max_steps`` (factory),
         or one ``(own K or NaN, X)`` (plain callable)."""
         if self.has_iterates:
+            Gl = _to_library(G, self.library)
             try:
-                iterates = list(self.target.iterates(_to_library(G, self.library)))
-            except PluginError:
-                raise
-            except Exception as exc:  # noqa: BLE001
+                iterates = list(self.target.iterates(Gl))
+            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
                 raise self.error(f"iterates() raised {type(exc).__name__}: {exc}") from None
             if not iterates:
                 raise self.error("iterates() yielded nothing")
-            out = [(float(k), self._checked(X, _to_library(G, self.library))) for k, X in enumerate(iterates)]
-            return [(k, _like(X, G)) for k, X in out[: max_steps + 1]]
+            return [(float(k), _like(self._checked(X, Gl), G)) for k, X in enumerate(iterates[: max_steps + 1])]
         if self.is_factory:
             ks = range(1, max_steps + 1) if ks is None else ks
             return [(float(k), self(G, steps=int(k))) for k in ks]
@@ -347,7 +345,7 @@ class Plugin:
         G = np.random.default_rng(0).standard_normal(PROBE_SHAPE)
         if self.has_iterates:
             self.curve(G, 10**9)
-        self.final(G, self.steps or 5)
+        self.final(G, 5)
 
 
 # ---------------------------------------------------------------------- loading

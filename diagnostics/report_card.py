@@ -438,7 +438,7 @@ def render_html(card: Card) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Report card: {e(p.name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Report card: <code>{e(p.name)}</code></h1>",
-        f"<p class='sub'><code>{e(p.identity)}</code> · {e(p.spectral_hint)} · {kk} · arrays: {e(p.library)}"
+        f"<p class='sub'><code>{e(p.identity)}</code> · {e(p.step_count_description)} · {kk} · arrays: {e(p.library)}"
         f"{'' if p.batched else ' (2-D, looped over batches)'}</p>",
         _badges(card),
         "<h2>Verdict</h2><div class='verdict'>" + "".join(f"<p>{e(s)}</p>" for s in card.verdict) + "</div>",
@@ -516,7 +516,7 @@ def render_pdf(card: Card, path: Path) -> None:
             y -= 0.012
         pdf.savefig(fig)
 
-    head = [("h1", f"Report card: {p.name}"), ("small", f"{p.identity} · {p.spectral_hint} · arrays: {p.library}"),
+    head = [("h1", f"Report card: {p.name}"), ("small", f"{p.identity} · {p.step_count_description} · arrays: {p.library}"),
             ("h2", "Verdict")] + [("p", s) for s in card.verdict]
     table = [("quantity", "your map", "Jordan", "Polar Express")] + card.headline
     head += [("h2", "Headline numbers"), ("mono", _wrapped_table(table, (44, 24, 24, 24)))]

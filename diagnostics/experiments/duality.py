@@ -33,6 +33,8 @@ map; NaN otherwise), ``step`` (NaN for the K-independent maps),
 ``duality_efficiency``, ``nuclear_captured`` and ``alignment`` (``cos(X, P)``);
 ``input_condition`` is the input's ``σ_max/σ_min``.  The cell columns ``matrix``
 and ``family`` (a schedule, or ``"polar"`` for the SVD-based maps) come from the store.
+Plug-in maps (:mod:`diagnostics.plugins`) get one cell per matrix and rows with
+``map = "plugin"`` (curves against ``K`` when they expose a step count).
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ the tiled curves in (a); 0 for full), ``spectral_error`` (``‖X − P‖₂``) 
 ``sv_worst`` (``max_i |σ_i(U_rᵀ X V_r) − 1|``) for the full map (NaN for tiled), and for tiled maps ``tile_alignment_mean`` /
 ``tile_alignment_min`` (mean and worst tile of ``cos(X_ij, P(G_ij))``) with
 ``tile_misalignment_worst`` (``1 − tile_alignment_min``); NaN for the full map.
+
+Plug-in maps (:mod:`diagnostics.plugins`) get one cell per ``κ`` and rows with
+``map = "plugin"`` and the columns ``plugin``/``plugin_id``: every ``K`` they expose
+(``iterates``, or a factory at ``K = 1 … max_steps``), or one row at their own ``K``;
+drawn in (a) and (b) with star markers.
 """
 
 from __future__ import annotations
@@ -279,7 +284,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
             for t in tiles
         ] + plugin_handles(frame, names)
-        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2)
+        ncols = len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2
+        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "ns_convergence"
         plotting.save_figure(fig, stem)
     return [stem]

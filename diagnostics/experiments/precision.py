@@ -22,6 +22,10 @@ Rows: one per (schedule, condition number, precision, step) with ``precision``
 ``"emulated"``: how this run computed bfloat16), ``step``, ``alignment``
 (``cos(X, P)``), ``misalignment`` (``1 − cos`` as ``½‖X̂ − P̂‖_F²``) and
 ``rel_error`` (``‖X − P‖_F/‖P‖_F``).
+
+Plug-in maps (:mod:`diagnostics.plugins`) are *fed* inputs of each precision (the
+float64 ``G`` cast to float32, or rounded to a bfloat16 torch tensor) and compute in
+whatever they compute in; their rows have ``map = "plugin"``, ``bf16_mode = "input"``.
 """
 
 from __future__ import annotations
@@ -202,7 +206,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                    label=f"bfloat16 ({mode_note})" if p == "bfloat16" else PRECISION_LABELS[p])
             for p in precisions
         ] + plugin_handles(frame, names)
-        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2)
+        ncols = len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2
+        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "precision"
         plotting.save_figure(fig, stem)
     return [stem]

@@ -23,6 +23,11 @@ Rows: one per (n, map) with ``map`` (``polar``, ``ns``, ``tiled``, ``gemm``),
 ``tile`` (0 when untiled), ``label``, ``flops`` (model), ``seconds`` (median),
 ``spread`` (interquartile range of the samples), ``gflops`` (``flops/seconds/1e9``),
 ``dtype``.  ``n`` comes from the cell.
+
+Plug-in maps (:mod:`diagnostics.plugins`) get rows with ``map = "plugin"``: timed on
+``G`` converted to their own array library (a factory at ``K = steps``), FLOPs from
+their ``flops(shape)`` or else counted by torch's FLOP counter (``flops_source`` says
+which; a numpy map cannot be counted), drawn with star markers.
 """
 
 from __future__ import annotations
@@ -99,9 +104,8 @@ def counted_flops(fn, G) -> float:
 def plugin_row(plugin: plugins.Plugin, config: Config, G: torch.Tensor) -> dict:
     """Time a plug-in on ``G`` (converted to its own array library first, so conversion is not timed)."""
     n = int(G.shape[-1])
-    call = plugins.PluginMap(plugin, config.steps)
     X = G if plugin.library in ("torch", "any") else G.cpu().numpy()
-    call(X)  # contract check before timing (raises PluginError)
+    plugin.final(X, config.steps)  # contract check before timing (raises PluginError)
     t = timing.time_callable(plugin.raw(config.steps), X, warmup=config.warmup, repeats=config.repeats,
                              min_time=config.min_time)
     flops = plugin.flops((n, n), config.steps)

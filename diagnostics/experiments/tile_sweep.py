@@ -43,6 +43,11 @@ the predictor ``gram_coupling`` (mean of rows/cols), ``gram_coupling_rows``,
 ``gram_coupling_cols``, ``gram_coupling_tile_normalised`` (see above), and ``worst_tile_alignment`` (smallest per-tile
 ``cos(NS_{T,K}(G)_ij, P(G_ij))``).  Coupled inputs carry the cell's ``coupling`` and
 ``sample``; stream inputs have ``coupling`` empty (NaN).
+
+Plug-in maps (:mod:`diagnostics.plugins`) run as the per-tile map
+(``matfun.Tiled(plugin, T)``, a factory at ``K = steps``) on every input; their rows
+(``map = "plugin"``) carry ``tiling``, ``truncation``, ``total`` and
+``worst_tile_alignment`` and are drawn dashed with stars in (b) and (c).
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ Rows: one per (schedule, steps, σ) with ``sigma``, ``p``, ``smoothed_fit``,
 the grid) and
 ``eps_resolved`` (``ε̂ ≥ 2 σ_min``: otherwise ``p_K`` is already flat over the whole
 grid, ε̂ is only bounded above by ``2 σ_min`` and panel (b) shows it as an upper limit).
+
+Plug-in maps (:mod:`diagnostics.plugins`) are *measured* (:func:`measure_transfer`):
+applied to ``U diag(σ) Vᵀ``, read back as ``p(σᵢ) = uᵢᵀ X vᵢ``, with
+``spectral_residual`` and ``spectral`` saying whether the map is spectral at all
+(a tiled map is not; the legend says so).
 """
 
 from __future__ import annotations
