@@ -5,7 +5,9 @@ written: :func:`diagnostics.plotting.capture_figures`), then keeps the first
 seed's figure as the canvas and, artist by artist, replaces every curve by the
 mean over the seeds and adds the spread: a shaded min–max band under a line,
 min–max error bars on marker-only points (in x too when the x values differ
-between seeds, as for a measured predictor) and on bars.  A footnote says how
+between seeds, as for a measured predictor) and on bars (vertical or horizontal).
+Error bars the experiment draws itself (e.g. a timing's IQR) stay as in the
+first seed.  A footnote says how
 many seeds and what the band is.  Text the experiment writes from its data (a
 fitted slope, a labelled floor) comes from the first seed, which the footnote
 says too.
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.container import BarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.lines import Line2D
 
 from . import plotting
@@ -32,7 +34,9 @@ __all__ = ["plot_seeds", "merge_figures"]
 
 
 def _lines(ax: Any) -> list[Line2D]:
-    return [ln for ln in ax.get_lines() if len(np.atleast_1d(ln.get_ydata())) > 0]
+    """The axes' curves, without the caps of error bars the experiment drew itself (left as in the first seed)."""
+    caps = {id(cap) for c in ax.containers if isinstance(c, ErrorbarContainer) for cap in c.lines[1]}
+    return [ln for ln in ax.get_lines() if len(np.atleast_1d(ln.get_ydata())) > 0 and id(ln) not in caps]
 
 
 def _bars(ax: Any) -> list[BarContainer]:
@@ -71,16 +75,26 @@ def _merge_line(ax: Any, line: Line2D, others: Sequence[Line2D]) -> bool:
 
 
 def _merge_bars(ax: Any, bars: BarContainer, others: Sequence[BarContainer]) -> bool:
-    heights = _arrays([[p.get_height() for p in bars], *([p.get_height() for p in o] for o in others)])
-    if heights is None:
+    horizontal = getattr(bars, "orientation", "vertical") == "horizontal"
+    size = (lambda p: p.get_width()) if horizontal else (lambda p: p.get_height())  # noqa: E731
+    values = _arrays([[size(p) for p in bars], *([size(p) for p in o] for o in others)])
+    if values is None:
         return False
-    mean, lo, hi = heights.mean(0), heights.min(0), heights.max(0)
-    xs = []
-    for patch, h in zip(bars, mean):
-        patch.set_height(h)
-        xs.append(patch.get_x() + patch.get_width() / 2)
-    ax.errorbar(xs, mean, yerr=np.vstack([mean - lo, hi - mean]), fmt="none", ecolor="0.2", elinewidth=0.8,
-                capsize=2)
+    mean, lo, hi = values.mean(0), values.min(0), values.max(0)
+    centres = []
+    for patch, v in zip(bars, mean):
+        if horizontal:
+            patch.set_width(v)
+            centres.append(patch.get_y() + patch.get_height() / 2)
+        else:
+            patch.set_height(v)
+            centres.append(patch.get_x() + patch.get_width() / 2)
+    spread = np.vstack([mean - lo, hi - mean])
+    kw = {"fmt": "none", "ecolor": "0.2", "elinewidth": 0.8, "capsize": 2}
+    if horizontal:
+        ax.errorbar(mean, centres, xerr=spread, **kw)
+    else:
+        ax.errorbar(centres, mean, yerr=spread, **kw)
     return True
 
 

@@ -331,3 +331,15 @@ def test_parse_seeds():
     for bad in ("", "1,1", "-1", "a"):
         with pytest.raises(ValueError):
             runner.parse_seeds(bad)
+
+
+def test_merge_figures_averages_horizontal_bars():
+    def draw(offset):
+        with plotting.style():
+            fig = plotting.figure("single")
+            fig.axes[0].barh([0, 1], [1.0 + offset, 2.0])
+        return fig
+
+    merged = seeds.merge_figures([draw(0.0), draw(2.0)], [0, 1])
+    widths = [p.get_width() for p in merged.axes[0].patches]
+    assert widths == pytest.approx([2.0, 2.0])  # the means: (1 + 3)/2 and 2
