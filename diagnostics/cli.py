@@ -82,7 +82,7 @@ def _add_plugin_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a Config field, e.g. max_steps=10 or tiles=16,32 (repeatable; "
                    "EXPERIMENT.KEY=VALUE for one experiment)")
-    g.add_argument("--seeds", metavar="S1,S2,...", help="run every seed; figures show mean and spread")
+    g.add_argument("--seeds", metavar="S1,S2,...", help="run every seed (instead of --seed); figures show mean and spread")
 
 
 def build_parser() -> argparse.ArgumentParser:

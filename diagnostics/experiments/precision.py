@@ -206,8 +206,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                    label=f"bfloat16 ({mode_note})" if p == "bfloat16" else PRECISION_LABELS[p])
             for p in precisions
         ] + plugin_handles(frame, names)
-        ncols = len(handles) if len(handles) <= 6 else (len(handles) + 1) // 2
-        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 6) if names else len(handles))
         stem = out_dir / "precision"
         plotting.save_figure(fig, stem)
     return [stem]
