@@ -360,9 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         with warnings.catch_warnings():
-            from .store import CorruptCacheWarning
+            if args.command in ("run", "figures"):  # list, --help and validate do not import the store
+                from .store import CorruptCacheWarning
 
-            warnings.simplefilter("always", CorruptCacheWarning)
+                warnings.simplefilter("always", CorruptCacheWarning)
             previous = warnings.showwarning
             warnings.showwarning = _show_warning
             try:

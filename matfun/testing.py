@@ -51,9 +51,82 @@ Checks (``Report.checks``, in this order; names are stable)
     amplifies on tiny singular values, does not mask coefficient errors).  Catches a wrong coefficient, a wrong step count, a wrong
     normalisation.
 
-Maps that are not spectral by design (tiled Newton–Schulz with tiles smaller
-than the matrix, element-wise preconditioning) legitimately fail the
-equivariance checks; leave those out with ``skip=("orthogonal_equivariance",)``.
+``schedule_agreement`` also runs a *coefficient fit*: ``fn`` is applied to 8
+matrices ``U diag(σ) Vᵀ`` sharing one known spectrum; ``d_i`` = mean of
+``u_iᵀ f(G) v_i`` is ``fn``'s empirical transfer function, and the part of
+``d − p_K(σ)`` that lies in the span of ``∂p_K/∂(a, b, c)`` (every step) and
+``∂p_K/∂(scale)`` is compared with ``coefficient_tol``, relative to
+``‖p_K(σ)‖``.  Rounding noise spreads over all output entries and mostly
+averages out; a wrong coefficient lies in that span entirely.  This is what
+lets the bf16 profile catch a coefficient typo that bf16 rounding hides from
+the plain relative error.
+
+Tiled maps (HiMuon)
+-------------------
+A map that orthogonalises each ``Th×Tw`` tile separately is *not* the polar
+factor of the whole matrix: judged as a whole-matrix map it fails
+``orthogonal_equivariance`` (≈ 0.7), ``alignment`` (≈ 0.59 for Jordan at
+T = 16 on the 48×32 κ = 1e3 matrix) and ``schedule_agreement`` by design.
+Declare the tile instead: ``check_orthogonalizer(fn, tile=16)`` (validate:
+``--tile 16``) compares with the tile-wise polar factor and
+``matfun.tiled_newton_schulz``, checks equivariance under block-diagonal
+orthogonal ``Q₁, Q₂`` whose blocks follow the tile grid (the symmetry a tiled
+map does have), runs ``transpose_equivariance`` only for square tiles, and
+fits coefficients on one tile.  A correct tiled Jordan map then passes every
+check (alignment ≈ 0.97), while one that normalises by the whole matrix's
+norm or uses another tile size fails.  Element-wise preconditioned maps have
+no such symmetry: ``skip=("orthogonal_equivariance",)`` and no ``schedule``.
+
+Precision profiles: what each can and cannot catch
+--------------------------------------------------
+``precision_profile`` (validate: ``--tolerance-profile``) says in which
+precision ``fn`` *computes*; it picks the thresholds and the precision of the
+schedule reference.  It does not change the inputs: those are ``dtype``
+(float32 unless you say otherwise; pass ``dtype="bfloat16"`` to feed bf16).
+Smallest coefficient error of a 5-step schedule that ``schedule_agreement``
+detects (default shapes, seeds 0–3, torch CPU; fp32: a float32 loop; bf16: a
+plain torch bfloat16 loop):
+
+=================  ===============================  =====================================
+schedule           ``"fp32"``                       ``"bf16"``
+=================  ===============================  =====================================
+jordan             a, b, c: 4e-5                    a, b, c: 2e-3 (catches 2.0351 for
+                                                    2.0315 and −4.7705 for −4.7750, *not*
+                                                    3.4454 for 3.4445)
+you                last step 1e-4; first step a     last step 3e-3 – 4e-3; first step
+                   2e-4, b 1e-3, c 6e-3             ≳ 1e-2 (a) or not at all (b, c)
+polar_express      last step 3e-5 – 1e-4; first     last-step c ≳ 1e-2 only (a correct
+                   step a 3e-5, b 2e-4, c 2e-3      bf16 loop deviates by 2e-2 itself)
+=================  ===============================  =====================================
+
+The first step acts on small singular values, where ``c x⁵`` hardly matters:
+first-step errors of the multi-step schedules are the hardest to see.  Gross
+errors (another schedule, a wrong step count, a missing transpose-back) give
+relative errors of 0.25 and more and fail either profile.
+
+Isolation and timeouts
+----------------------
+``fn`` may be a callable (called in this process) or a ``"module:function"``
+string: the module is then imported and called in a child process that only
+computes ``fn(X)`` for the inputs this process sends; references and verdicts
+stay here.  Use the string form (or ``python -m diagnostics validate``) when
+the target must not be trusted: a ``sys.exit()``/``os._exit()`` at import or in
+a call, a monkeypatched matfun, a fork or a closed stdout cannot make it pass
+(a dead child raises :class:`TargetProcessError`; an unimportable target
+:class:`TargetError`).  A script that uses the string form needs Python's
+``if __name__ == "__main__":`` guard (the child is started by
+``multiprocessing``).  Any exception from a callable — ``SystemExit``
+included, ``KeyboardInterrupt`` excepted — fails the check that called it.
+
+``timeout`` (default :data:`DEFAULT_TIMEOUT` = 600 s for the whole battery)
+raises :class:`BatteryTimeout`.  In the child-process form the child (and all
+it forked) is killed.  A callable runs in one worker thread so that the
+battery can give up at the deadline, but a Python thread cannot be killed: the
+hung call keeps running in the background (pass ``timeout=None`` to call
+``fn`` in your own thread with no limit; the worker carries over the autograd
+mode, torch thread count, numpy error state and CUDA device, not e.g. an
+autocast context).  numpy warnings raised by the battery's own arithmetic on
+wild outputs are silenced; ``fn``'s own warnings reach you unchanged.
 
 Default thresholds (``PROFILES``)
 ---------------------------------
@@ -64,6 +137,9 @@ threshold                  ``"fp32"``   ``"bf16"``
 ``scale_tol``              1e-3         1e-1
 ``equivariance_tol``       1e-3         1e-1
 ``schedule_tol``           1e-3         1e-1
+``coefficient_tol``        1e-4         per schedule (``BF16_COEFFICIENT_TOL``):
+                                        cubic 5e-4, jordan 5e-3, you 3e-3,
+                                        polar_express 3e-2
 =========================  ===========  ===========
 
 Calibration (default shapes, seeds 0–9, torch CPU, on the toolkit's own maps;
@@ -87,6 +163,12 @@ Calibration (default shapes, seeds 0–9, torch CPU, on the toolkit's own maps;
   different operation order agree to ≈ 3e-6; native / plain-torch bf16 against
   the bf16-emulated reference ≈ 2e-2; one wrong coefficient (a = 3.0 instead
   of 3.4445) gives ≈ 0.3 in any precision, another schedule ≥ 0.25.
+* ``coefficient_tol``: the fit of a correct map is ≲ 2e-7 in float32
+  (3.6e-6 for Polar Express, whose large coefficients amplify rounding); in
+  bf16 the worst over seeds 0–9 of a plain torch bf16 loop, the bf16-emulated
+  reference and native bf16 input is cubic 1.8e-4, jordan 3.2e-3, you 1.9e-3,
+  polar_express 2.0e-2 (a plain bf16 loop has a systematic bias, 3× that of
+  the emulated reference); the bf16 thresholds are ≈ 1.6× those.
 * TF32 matmuls on CUDA (``torch.backends.cuda.matmul.allow_tf32``) have a
   10-bit mantissa: test such code under ``precision_profile="bf16"``.
 
@@ -503,18 +585,21 @@ def check_orthogonalizer(
 
     Parameters
     ----------
-    fn : callable
+    fn : callable or str
         ``matrix → matrix``; receives a 2-D torch tensor (``backend="torch"``) of
-        ``dtype`` on ``device``, or a numpy array (``backend="numpy"``).
+        ``dtype`` on ``device``, or a numpy array (``backend="numpy"``).  A
+        ``"module:function"`` string is imported and called in a child
+        process (see "Isolation and timeouts" above).
     backend : {"torch", "numpy"}
     dtype : str
         Input dtype: ``"float32"``, ``"float64"``, ``"bfloat16"`` (torch only).
     device : str
         Torch device (``"cpu"``, ``"cuda"``); must be ``"cpu"`` for numpy.
     precision_profile : {"fp32", "bf16"}
-        Selects default thresholds (:data:`PROFILES`) and the precision of the
-        schedule reference.  Use ``"bf16"`` for implementations that compute in
-        bfloat16, whatever the input dtype.
+        The precision ``fn`` computes in: selects default thresholds
+        (:data:`PROFILES`) and the precision of the schedule reference.  Use
+        ``"bf16"`` for implementations that compute in bfloat16, whatever the
+        input dtype; it does not change the inputs (that is ``dtype``).
     min_alignment, scale_tol, equivariance_tol, schedule_tol : float, optional
         Override the profile's thresholds (see the module docstring for the
         defaults and how they were calibrated).
@@ -537,6 +622,12 @@ def check_orthogonalizer(
         Factors of the scale-invariance check.
     skip : sequence of str
         Check names to leave out.
+    tile : int or (int, int), optional
+        ``fn`` is a tiled map with this tile (see "Tiled maps" above).
+    coefficient_tol : float, optional
+        Override the coefficient-fit threshold of ``schedule_agreement``.
+    timeout : float or None
+        Seconds for the whole battery (default 600); ``None``: no limit.
 
     Returns
     -------
@@ -545,8 +636,15 @@ def check_orthogonalizer(
     Raises
     ------
     ValueError
-        Bad arguments (unknown profile, schedule, backend, dtype, device).
-        Errors raised *by fn* never propagate: they fail the check.
+        Bad arguments (unknown profile, schedule, backend, dtype, device, tile,
+        timeout).  Errors raised *by fn* never propagate: they fail the check.
+    TargetError
+        A ``"module:function"`` target that cannot be imported (or raises at
+        import) or is not callable (a ``ValueError``).
+    TargetProcessError
+        The child process of a string target ended or misbehaved mid-battery.
+    BatteryTimeout
+        The battery did not finish within ``timeout`` seconds.
     """
     if precision_profile not in PROFILES:
         raise ValueError(f"unknown precision_profile {precision_profile!r}; choose one of {sorted(PROFILES)}")
@@ -908,7 +1006,9 @@ def _norm_device(d: torch.device) -> torch.device:
 def assert_orthogonalizer(fn: Callable[[Any], Any], **kwargs: Any) -> Report:
     """Run :func:`check_orthogonalizer` and raise ``AssertionError`` with the table on failure.
 
-    Accepts the same keyword arguments; returns the (passing) report.
+    Accepts the same arguments (``fn`` may be a ``"module:function"`` string,
+    ``timeout=`` bounds the battery, default 600 s); returns the (passing)
+    report.  :class:`BatteryTimeout` and :class:`TargetProcessError` propagate.
     """
     report = check_orthogonalizer(fn, **kwargs)
     if not report.passed:
