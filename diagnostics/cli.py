@@ -202,13 +202,16 @@ def check_device(device: str) -> str:
     return device
 
 
+def _no_file_in_the_way(directory: Path, what: str, verb: str) -> None:
+    blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot {verb} {what} directory '{directory}': '{blocker}' is a file, not a directory")
+
+
 def check_writable(directory: Path, what: str) -> Path:
     """Create ``directory`` if needed and prove it is writable, else :class:`UsageError`."""
     try:
-        blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise UsageError(f"cannot write to {what} directory '{directory}': '{blocker}' is a file, "
-                             "not a directory")
+        _no_file_in_the_way(directory, what, "write to")
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
@@ -221,8 +224,7 @@ def check_writable(directory: Path, what: str) -> Path:
 def check_readable(directory: Path, what: str) -> Path:
     """``directory`` if it is a directory that can be listed, else :class:`UsageError`."""
     try:
-        if directory.exists() and not directory.is_dir():
-            raise UsageError(f"cannot read {what} directory '{directory}': it is a file, not a directory")
+        _no_file_in_the_way(directory, what, "read")
         if directory.exists():
             next(directory.iterdir(), None)
     except OSError as exc:

@@ -208,9 +208,15 @@ class ProcessCaller:
         if not ready:
             self.close()
             raise BatteryTimeout(_timeout_message(self.timeout, f"while {what}; the target process was killed"))
-        self._proc.join(1.0)
+        self._died(what)
+
+    def _died(self, what: str) -> None:
+        self._proc.join(2.0)
         code = self._proc.exitcode
         self.close()
+        if code is None:
+            raise TargetProcessError(f"{self.target}: the target process closed its pipe while {what}; "
+                                     "the battery did not complete")
         hint = " (sys.exit()/os._exit() in the target?)" if code in (0, 1) else ""
         raise TargetProcessError(f"{self.target}: the target process ended with exit code {code} "
                                  f"while {what}{hint}; the battery did not complete")
@@ -219,10 +225,8 @@ class ProcessCaller:
         self._wait(what)
         try:
             return self._conn.recv_bytes(limit)
-        except (EOFError, OSError) as exc:
-            self.close()
-            raise TargetProcessError(f"{self.target}: no complete reply from the target process while {what} "
-                                     f"({type(exc).__name__}); the battery did not complete") from None
+        except (EOFError, OSError):
+            self._died(what)
 
     def _receive(self, what: str) -> dict[str, Any]:
         raw = self._recv(what, _MAX_HEADER)
