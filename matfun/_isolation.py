@@ -309,11 +309,20 @@ class ProcessCaller:
 
 
 def serve(conn: Any, target: str, backend: str, dtype: str, device: str, threads: int) -> None:
-    """Child process: import ``target`` and answer call requests until told to exit."""
-    pid = os.getpid()
+    """Child process: import ``target`` and answer call requests until told to exit.
 
+    Whatever goes wrong here (a broken pipe in a process the target forked, a
+    parent that went away) ends the process quietly: the parent reports it.
+    """
+    try:
+        _serve(conn, target, backend, dtype, device, threads)
+    except BaseException:  # noqa: BLE001
+        os._exit(3)
+
+
+def _serve(conn: Any, target: str, backend: str, dtype: str, device: str, threads: int) -> None:
     def send(header: dict[str, Any], *arrays: np.ndarray) -> None:
-        conn.send_bytes(json.dumps({**header, "pid": pid}).encode())
+        conn.send_bytes(json.dumps({**header, "pid": os.getpid()}).encode())  # a fork replies with its own pid
         for array in arrays:
             conn.send_bytes(np.ascontiguousarray(array, dtype=np.float64).tobytes())
 
