@@ -379,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted (finished cells are cached; rerun to resume)", file=sys.stderr)
+        resume = " (finished cells are cached; rerun to resume)" if args.command in ("run", "figures") else ""
+        print(f"{PROG} {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
 
 

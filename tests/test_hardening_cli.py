@@ -344,3 +344,9 @@ def test_lazy_registry_matches_the_modules(monkeypatch):
     bad = experiments.LazyExperiment("json", "json", "the json module")
     with pytest.raises(TypeError, match="lacks"):
         bad.load()
+
+
+def test_validate_lists_every_check_without_importing_matfun():
+    from matfun.testing import CHECK_NAMES
+
+    assert validate.CHECKS == CHECK_NAMES
