@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = load()
         p = sub.add_parser(
             name, help=getattr(module, "HELP", "(unavailable: its module is missing)"),
-            formatter_class=_formatter, description=getattr(module, "DESCRIPTION", None),
+            formatter_class=_formatter, description=textwrap.fill(getattr(module, "DESCRIPTION", "") or "", 100),
             epilog=_epilog(module.EXAMPLES) if getattr(module, "EXAMPLES", None) else None,
         )
         if module is not None:
