@@ -10,7 +10,7 @@ error leaves the optimizer and the parameters bit-identical to before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,9 +63,6 @@ class MatrixOptimizer(Optimizer):
     _name = "MatrixOptimizer"
     #: every state key the class writes (a loaded state with another key is rejected)
     _state_keys: tuple[str, ...] = ("momentum_buffer",)
-
-    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
 
     # -- construction ------------------------------------------------------------------
 
