@@ -155,7 +155,7 @@ def test_bad_tile_from_callable_in_second_group_changes_nothing(cls):
     opt = cls([{"params": params[:2], "tile": 8}, {"params": params[2:], "tile": lambda s: -1}])
     set_grads(params, 1)
     snap = snapshot(opt, params)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="param group 1: tile"):
         opt.step()
     assert_unchanged(opt, params, snap)
     assert opt.param_groups[0]["step_count"] == 0
@@ -193,7 +193,7 @@ def test_hyperparameter_edited_into_last_group_is_checked_at_step(cls, kw, key, 
     opt.param_groups[1][key] = value
     set_grads(params, 2)
     snap = snapshot(opt, params)
-    with pytest.raises((ValueError, TypeError), match=match):
+    with pytest.raises((ValueError, TypeError), match=f"param group 1: .*{match}"):
         opt.step()
     assert_unchanged(opt, params, snap)
 

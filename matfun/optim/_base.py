@@ -187,7 +187,9 @@ class MatrixOptimizer(Optimizer):
             try:
                 self._check_group(group)
                 context = self._group_context(group)
-            except Exception as error:
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"{self._name}: param group {gi}: {error}; nothing was updated in this step") from error
+            except Exception as error:  # e.g. raised by a tile callable: keep its type
                 error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
                 raise
             for j, p in enumerate(group["params"]):
