@@ -138,7 +138,8 @@ def _raising_tile(step):
 @pytest.mark.parametrize("cls", [mo.HiMuon, mo.Muon2])
 def test_tile_callable_that_raises_in_second_group_changes_nothing(cls):
     params = two_group_params()
-    opt = cls([{"params": params[:2], "tile": 8}, {"params": params[2:], "tile": lambda s: 4 if s < 1 else _raising_tile(s)}])
+    flaky_tile = lambda s: 4 if s < 1 else _raising_tile(s)  # noqa: E731 - works at step 0, raises at step 1
+    opt = cls([{"params": params[:2], "tile": 8}, {"params": params[2:], "tile": flaky_tile}])
     set_grads(params, 1)
     opt.step()
     set_grads(params, 2)
@@ -183,7 +184,12 @@ def test_non_finite_gradient_in_last_parameter_changes_nothing(cls, kw, bad):
 @pytest.mark.parametrize("cls,kw", ALL, ids=IDS)
 @pytest.mark.parametrize(
     "key,value,match",
-    [("lr", -1.0, "Learning rate"), ("momentum", 1.5, "momentum"), ("nesterov", "yes", "nesterov"), ("ns_steps", 0.5, "steps")],
+    [
+        ("lr", -1.0, "Learning rate"),
+        ("momentum", 1.5, "momentum"),
+        ("nesterov", "yes", "nesterov"),
+        ("ns_steps", 0.5, "steps"),
+    ],
 )
 def test_hyperparameter_edited_into_last_group_is_checked_at_step(cls, kw, key, value, match):
     params = two_group_params()
@@ -365,7 +371,8 @@ def test_mismatching_state_dicts_are_rejected_at_load(cls, kw):
         "not a state dict": ({"param_groups": []}, "'state' and 'param_groups'"),
     }
     if cls is mo.Muon2:  # (for Muon and HiMuon, an empty state is a parameter that never had a gradient)
-        cases["no momentum"] = (_edit(good, lambda sd: sd["state"][0].pop("momentum_buffer")), "lacks 'momentum_buffer'")
+        no_momentum = _edit(good, lambda sd: sd["state"][0].pop("momentum_buffer"))
+        cases["no momentum"] = (no_momentum, "lacks 'momentum_buffer'")
     snap = snapshot(opt, params)
     for label, (sd, match) in cases.items():
         with pytest.raises(ValueError, match=match):

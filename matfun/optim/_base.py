@@ -188,7 +188,8 @@ class MatrixOptimizer(Optimizer):
                 self._check_group(group)
                 context = self._group_context(group)
             except (ValueError, TypeError) as error:
-                raise type(error)(f"{self._name}: param group {gi}: {error}; nothing was updated in this step") from error
+                message = f"{self._name}: param group {gi}: {error}; nothing was updated in this step"
+                raise type(error)(message) from error
             except Exception as error:  # e.g. raised by a tile callable: keep its type
                 error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
                 raise
@@ -270,7 +271,8 @@ class MatrixOptimizer(Optimizer):
                 hint = "check the loss, or use gradient clipping / a loss scaler that skips such steps"
             else:
                 what = f"the statistic {key!r} of parameter {item.name} would become NaN or Inf"
-                hint = f"its {statistics_dtype(item.param.dtype)} accumulator overflows: scale the loss or clip gradients"
+                dtype = statistics_dtype(item.param.dtype)
+                hint = f"its {dtype} accumulator overflows: scale the loss or clip gradients"
             raise ValueError(
                 f"{self._name}: {what}; no parameter or optimizer state was updated in this step ({hint})"
             )

@@ -104,8 +104,8 @@ class HiMuon(MatrixOptimizer):
     Notes
     -----
     * With a tile at least as large as every parameter (or ``tile=None``)
-      HiMuon equals
-      ``Muon(..., adjust_lr_fn="match_rms_adamw", eps=0)``.  HiMuon has no ``eps``
+      HiMuon equals ``Muon(..., eps=0)`` with the same ``adjust_lr_fn``
+      (``"match_rms_adamw"`` by default).  HiMuon has no ``eps``
       floor: every tile is normalised scale-invariantly and zero tiles stay zero.
     * Statistics (``"momentum_buffer"``) are float32 for float16/bfloat16
       parameters; every :meth:`step` is all or nothing (see :class:`matfun.optim.Muon`).
