@@ -15,12 +15,22 @@ This module imports nothing heavy, so that ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["HELP", "DESCRIPTION", "EXAMPLES", "add_arguments", "run"]
 
 PROG = "matfun-diagnostics report"
+HELP = "a report card for your map: experiments + validation battery -> HTML and PDF"
+DESCRIPTION = (
+    "Run your map (a callable G -> X, a factory steps -> map or a matfun.Map) through the experiments that "
+    "compare maps and through the validation battery, beside matfun's Jordan and Polar Express Newton-Schulz, "
+    "and write DIR/report.html (self-contained) and DIR/report.pdf with the same content. Exit 0 when the "
+    "card is written (whatever its verdict), 2 for a bad plug-in or argument."
+)
+EXAMPLES = """
+python -m diagnostics report examples.my_map:polished_ns --quick --out report/
+python -m diagnostics report mypkg.ns:my_newton_schulz --name mine --device cuda
+"""
 
 
 # ---------------------------------------------------------------------- CLI
@@ -38,21 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the card for parsed ``args``; 0 when written, 2 for a bad plug-in (one line on stderr)."""
+    """Build the card for parsed ``args``; returns 0 (bad input raises ``UsageError``: one line, exit 2)."""
     from . import plugins
+    from .cli import UsageError, check_device
     from .report_card import build_report
 
+    check_device(args.device)
     try:
         plugin = plugins.load(args.target, args.name)
         out = Path(args.out) if args.out else Path("report") / plugin.name
         out.mkdir(parents=True, exist_ok=True)
         card = build_report(plugin, out, quick=args.quick, device=args.device, force=args.force)
     except plugins.PluginError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG}: error: cannot write the report: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     print(f"report card for {plugin.name}: {out / 'report.html'} and {out / 'report.pdf'}")
     for sentence in card.verdict:
         print("  " + sentence)
