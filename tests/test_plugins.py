@@ -223,14 +223,14 @@ def test_run_with_maps_names_them_in_rows_and_legends_and_caches_per_plugin(user
     assert "1 computed, 2 cached" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("attr", ["raises", "wrong_shape", "nonfinite", "not_callable", "missing"])
-def test_broken_plugin_exit_2_and_builtin_cells_kept(usermod, tmp_path, capsys, attr):
+def test_broken_plugins_exit_2_and_builtin_cells_kept(usermod, tmp_path, capsys):
     base = ["run", "ns_convergence", "--quick", *TINY]
     assert run_cli(base, tmp_path) == 0
     capsys.readouterr()
-    assert run_cli([*base, "--map", f"bad={usermod}:{attr}"], tmp_path) == 2
-    assert "'bad'" in one_line(capsys)
-    assert cells_on_disk(tmp_path, "ns_convergence") == 1  # the built-in cell (jordan at κ = 10) is kept
+    for attr in ("raises", "wrong_shape", "nonfinite", "not_callable", "missing"):
+        assert run_cli([*base, "--map", f"bad={usermod}:{attr}"], tmp_path) == 2, attr
+        assert "'bad'" in one_line(capsys)
+        assert cells_on_disk(tmp_path, "ns_convergence") == 1  # the built-in cell (jordan at κ = 10) is kept
 
 
 def test_plugin_failing_mid_run_leaves_none_of_its_cells(usermod, tmp_path, capsys):
