@@ -255,7 +255,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                    label=r"smoothed polar $P_\varepsilon$ ($\varepsilon$ / $\|G\|_F$)"),
             Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
         ] + plugin_handles(frame, names)
-        fig.legend(handles=handles, loc="outside upper center", ncols=min((len(handles) + 1) // 2, 6))
+        ncols = (len(handles) + 1) // 2
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(ncols, 5) if names else ncols)
         stem = out_dir / "duality"
         plotting.save_figure(fig, stem)
     return [stem]

@@ -284,7 +284,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
             for t in tiles
         ] + plugin_handles(frame, names)
-        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 6) if names else len(handles))
+        ncols = min(len(handles), 6) if names else len(handles)  # plug-in labels are long: wrap
+        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "ns_convergence"
         plotting.save_figure(fig, stem)
     return [stem]

@@ -206,7 +206,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                    label=f"bfloat16 ({mode_note})" if p == "bfloat16" else PRECISION_LABELS[p])
             for p in precisions
         ] + plugin_handles(frame, names)
-        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 6) if names else len(handles))
+        ncols = min(len(handles), 6) if names else len(handles)  # plug-in labels are long: wrap
+        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "precision"
         plotting.save_figure(fig, stem)
     return [stem]
