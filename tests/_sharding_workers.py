@@ -75,3 +75,134 @@ def fail_on_rank_one(rank, world):
     if rank == 1:
         raise RuntimeError("boom on rank 1")
     dist.barrier()
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+class Net(torch.nn.Module):
+    """Bias-free, float64; rows 10 (uneven on 4 ranks), 3 (fewer than 4 ranks), 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(12, 10, bias=False, dtype=torch.float64)
+        self.fc2 = torch.nn.Linear(10, 3, bias=False, dtype=torch.float64)
+        self.fc3 = torch.nn.Linear(3, 8, bias=False, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+def net():
+    return Net()
+
+
+def muon(params):
+    from matfun.optim import Muon
+
+    return Muon(params, lr=0.02, precision="float64")
+
+
+def himuon(params):  # 4-row tiles: cut by 5-row (2 ranks) and 3-row (4 ranks) shards
+    from matfun.optim import HiMuon
+
+    return HiMuon(params, lr=0.02, tile=4, small_matrix="tile", precision="float64")
+
+
+def himuon_full(params):
+    from matfun.optim import HiMuon
+
+    return HiMuon(params, lr=0.02, tile=None, precision="float64")
+
+
+def muon2(params):
+    from matfun.optim import Muon2
+
+    return Muon2(params, lr=0.02, precision="float64")
+
+
+def muon2_factorized_tiled(params):
+    from matfun.optim import Muon2
+
+    return Muon2(params, lr=0.02, factorized=True, tile=4, small_matrix="tile", precision="float64")
+
+
+OPTIMIZERS = {f.__name__: f for f in (muon, himuon, himuon_full, muon2, muon2_factorized_tiled)}
+
+
+def batch(step):
+    return torch.randn(6, 12, generator=torch.Generator().manual_seed(step), dtype=torch.float64)
+
+
+def train(model, opt, steps, first=0):
+    for step in range(first, first + steps):
+        model(batch(step)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def optimizer_cases(rank, world, names, steps):
+    """Every optimizer on an FSDP2-sharded Net: final parameters, the same run resumed from a
+    state_dict after the first steps, and the bytes of the last step."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    out = {}
+    for name in names:
+        factory = OPTIMIZERS[name]
+        torch.manual_seed(0)
+        model = fully_shard(Net())
+        opt = factory(list(model.parameters()))
+        train(model, opt, steps)
+        torch.manual_seed(0)
+        resumed = fully_shard(Net())
+        first = factory(list(resumed.parameters()))
+        train(resumed, first, steps - 1)
+        second = factory(list(resumed.parameters()))
+        second.load_state_dict(copy.deepcopy(first.state_dict()))
+        train(resumed, second, 1, first=steps - 1)
+        out[name] = {
+            "params": {n: p.full_tensor() for n, p in model.named_parameters()},
+            "resumed": {n: p.full_tensor() for n, p in resumed.named_parameters()},
+            "comm": opt.last_step_communication,
+        }
+    return out
+
+
+def unsupported_placement(rank, world):
+    """A tensor-parallel (Shard(1)) parameter must be refused at construction."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from matfun.optim import Muon
+
+    mesh = init_device_mesh("cpu", (world,))
+    p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)]))
+    try:
+        Muon([("tp.weight", p)], lr=0.02, precision="float64")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def nan_on_one_rank(rank, world):
+    """A NaN in rank 1's gradient shard: every rank raises, and nothing changes anywhere."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = fully_shard(Net())
+    opt = himuon(list(model.parameters()))
+    train(model, opt, 1)
+    model(batch(1)).pow(2).mean().backward()
+    if rank == 1:
+        model.fc1.weight.grad.to_local()[0, 0] = float("nan")
+    before = [p.to_local().clone() for p in model.parameters()]
+    steps = [g["step_count"] for g in opt.param_groups]
+    try:
+        opt.step()
+        message = None
+    except ValueError as exc:
+        message = str(exc)
+    unchanged = all(torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters()))
+    return message, unchanged and steps == [g["step_count"] for g in opt.param_groups]

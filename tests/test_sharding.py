@@ -91,7 +91,7 @@ def test_a_failing_rank_raises_instead_of_hanging():
 
 
 def test_check_passes_a_correct_optimizer_and_names_the_per_shard_bug():
-    good = check_sharded_optimizer(workers.two_layer, workers.adamw, world_size=2, steps=2)
+    good = check_sharded_optimizer(workers.net, workers.muon2_factorized_tiled, world_size=2, steps=2)
     assert good.passed, good.table()
     bad = check_sharded_optimizer(workers.two_layer, workers.per_shard_ns, world_size=2, steps=2)
     assert bad.failed_names == ["params_match_reference"], bad.table()
@@ -103,3 +103,43 @@ def test_check_rejects_unpicklable_callables_at_once():
         check_sharded_optimizer(lambda: workers.TwoLayer(), workers.adamw)
     with pytest.raises(ValueError, match="world_size"):
         check_sharded_optimizer(workers.two_layer, workers.adamw, world_size=0)
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def _reference(name, steps):
+    torch.manual_seed(0)
+    model = workers.Net()
+    opt = workers.OPTIMIZERS[name](list(model.parameters()))
+    workers.train(model, opt, steps)
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_optimizers_equal_single_device(world):
+    steps = 3
+    runs = run_distributed(workers.optimizer_cases, world, list(workers.OPTIMIZERS), steps, timeout=300)
+    for name in workers.OPTIMIZERS:
+        ref = _reference(name, steps)
+        for rank_result in runs:
+            got = rank_result[name]
+            for pname, p_ref in ref.items():
+                # float64: sharded and single-device runs differ only in summation order
+                torch.testing.assert_close(got["params"][pname], p_ref, rtol=0, atol=1e-12, msg=f"{name} {pname}")
+                torch.testing.assert_close(got["resumed"][pname], got["params"][pname], rtol=0, atol=1e-13,
+                                           msg=f"{name} {pname} resumed from state_dict")
+    # HiMuon with tile-cutting shards moves only cut tiles' rows; full matrices go to owners
+    assert 0 < runs[0]["himuon"]["comm"].bytes_total < runs[0]["himuon"]["comm"].baseline_bytes_total
+    assert runs[0]["muon"]["comm"].bytes_total > 0
+
+
+def test_unsupported_placement_is_refused_by_name():
+    messages = run_distributed(workers.unsupported_placement, 2, timeout=120)
+    assert all(m and "tp.weight" in m and "Shard(dim=1)" in m for m in messages), messages
+
+
+def test_a_nan_on_one_rank_fails_the_step_on_every_rank_and_changes_nothing():
+    results = run_distributed(workers.nan_on_one_rank, 2, timeout=120)
+    for message, unchanged in results:
+        assert message is not None and "NaN or Inf" in message and unchanged
