@@ -10,7 +10,7 @@ error leaves the optimizer and the parameters bit-identical to before.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +65,6 @@ class MatrixOptimizer(Optimizer):
     _name = "MatrixOptimizer"
     #: every state key the class writes (a loaded state with another key is rejected)
     _state_keys: tuple[str, ...] = ("momentum_buffer",)
-
-    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
 
     # -- construction ------------------------------------------------------------------
 
@@ -194,7 +191,10 @@ class MatrixOptimizer(Optimizer):
             try:
                 self._check_group(group)
                 context = self._group_context(group)
-            except Exception as error:
+            except (ValueError, TypeError) as error:
+                message = f"{self._name}: param group {gi}: {error}; nothing was updated in this step"
+                raise type(error)(message) from error
+            except Exception as error:  # e.g. raised by a tile callable: keep its type
                 error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
                 raise
             for j, p in enumerate(group["params"]):
@@ -280,7 +280,8 @@ class MatrixOptimizer(Optimizer):
                 hint = "check the loss, or use gradient clipping / a loss scaler that skips such steps"
             else:
                 what = f"the statistic {key!r} of parameter {item.name} would become NaN or Inf"
-                hint = f"its {statistics_dtype(item.param.dtype)} accumulator overflows: scale the loss or clip gradients"
+                dtype = statistics_dtype(item.param.dtype)
+                hint = f"its {dtype} accumulator overflows: scale the loss or clip gradients"
             raise ValueError(
                 f"{self._name}: {what}; no parameter or optimizer state was updated in this step ({hint})"
             )

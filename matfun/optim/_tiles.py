@@ -50,12 +50,12 @@ def check_tile_spec(spec: Any) -> None:
     _check_tile_value(spec)
 
 
-def check_small_matrix(mode: Any) -> None:
-    if mode not in SMALL_MATRIX_MODES:
-        raise ValueError(f"small_matrix must be one of {SMALL_MATRIX_MODES}, got {mode!r}")
-
-
-def check_step_count(count: Any) -> None:
+def check_tiling(group: dict[str, Any]) -> None:
+    """Validate a group's ``tile``, ``small_matrix`` and ``step_count``."""
+    check_tile_spec(group["tile"])
+    if group["small_matrix"] not in SMALL_MATRIX_MODES:
+        raise ValueError(f"small_matrix must be one of {SMALL_MATRIX_MODES}, got {group['small_matrix']!r}")
+    count = group["step_count"]
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"step_count must be an integer >= 0, got {count!r}")
 

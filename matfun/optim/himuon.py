@@ -22,16 +22,8 @@ import matfun
 
 from ._base import MatrixOptimizer, ParamStep
 from ._sharded import is_sharded, run_sharded
-from ._common import JORDAN, check_adjust_lr_fn, default_precision, pick_alias, resolve_coefficients
-from ._tiles import (
-    Tile,
-    check_small_matrix,
-    check_step_count,
-    check_tile_spec,
-    effective_tile,
-    resolve_tile,
-    tile_plan,
-)
+from ._common import JORDAN, default_precision, pick_alias, resolve_coefficients
+from ._tiles import Tile, check_tile_spec, check_tiling, effective_tile, resolve_tile, tile_plan
 from .muon import check_common
 
 __all__ = ["HiMuon", "check_tile_spec", "effective_tile", "resolve_tile"]
@@ -113,8 +105,8 @@ class HiMuon(MatrixOptimizer):
     Notes
     -----
     * With a tile at least as large as every parameter (or ``tile=None``)
-      HiMuon equals
-      ``Muon(..., adjust_lr_fn="match_rms_adamw", eps=0)``.  HiMuon has no ``eps``
+      HiMuon equals ``Muon(..., eps=0)`` with the same ``adjust_lr_fn``
+      (``"match_rms_adamw"`` by default).  HiMuon has no ``eps``
       floor: every tile is normalised scale-invariantly and zero tiles stay zero.
     * Statistics (``"momentum_buffer"``) are float32 for float16/bfloat16
       parameters; every :meth:`step` is all or nothing (see :class:`matfun.optim.Muon`).
@@ -164,11 +156,8 @@ class HiMuon(MatrixOptimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_common(group)
-        check_adjust_lr_fn(group["adjust_lr_fn"])
-        check_tile_spec(group["tile"])
-        check_small_matrix(group["small_matrix"])
+        check_tiling(group)
         check_memory_budget(group["memory_budget"])
-        check_step_count(group["step_count"])
 
     def set_tile(self, tile: Any, group: int | None = None) -> None:
         """Set the tile specification of every param group (or of group ``group``)."""

@@ -168,7 +168,6 @@ class Muon(MatrixOptimizer):
         super()._check_group(group)
         check_common(group)
         check_nonneg("eps", group["eps"])
-        check_adjust_lr_fn(group["adjust_lr_fn"])
 
     def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
         """‖U‖_F of each direction of a group with an ``eps`` floor (fetched with the finiteness
@@ -216,6 +215,7 @@ def check_common(group: dict[str, Any]) -> None:
     resolve_coefficients(group["ns_coefficients"])
     check_ns_steps(group["ns_steps"])
     check_precision(group["precision"])
+    check_adjust_lr_fn(group["adjust_lr_fn"])
 
 
 def orthogonalize(

@@ -22,16 +22,15 @@ from ._sharded import all_reduce_sum, is_sharded, like, local, run_sharded
 from ._common import (
     JORDAN,
     as_matrix,
-    matrix_shape,
-    check_adjust_lr_fn,
     check_bool,
     check_nonneg,
     check_unit_interval,
     default_precision,
+    matrix_shape,
     pick_alias,
     resolve_coefficients,
 )
-from ._tiles import Tile, check_small_matrix, check_step_count, check_tile_spec, resolve_tile, tile_plan
+from ._tiles import Tile, check_tiling, resolve_tile, tile_plan
 from .muon import check_common
 
 __all__ = ["Muon2"]
@@ -111,6 +110,7 @@ class Muon2(MatrixOptimizer):
     """
 
     _name = "Muon2"
+    _state_keys = ("momentum_buffer", "exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")
 
     def __init__(
         self,
@@ -152,18 +152,13 @@ class Muon2(MatrixOptimizer):
         }
         super().__init__(params, defaults)
 
-    _state_keys = ("momentum_buffer", "exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")
-
     def _check_group(self, group: dict[str, Any]) -> None:
         super()._check_group(group)
         check_common(group)
-        check_adjust_lr_fn(group["adjust_lr_fn"])
         check_unit_interval("beta2", group["beta2"])
         check_nonneg("eps", group["eps"])
         check_bool("factorized", group["factorized"])
-        check_tile_spec(group["tile"])
-        check_small_matrix(group["small_matrix"])
-        check_step_count(group["step_count"])
+        check_tiling(group)
 
     def _state_shapes(self, p: Tensor) -> dict[str, tuple[int, ...]]:
         H, W = matrix_shape(p)
