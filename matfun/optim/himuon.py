@@ -113,6 +113,12 @@ class HiMuon(MatrixOptimizer):
     * The optimizer-level step count is kept in each param group as
       ``"step_count"`` (saved by ``state_dict``); groups added later inherit
       the current count.
+    * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
+      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; whole tile rows are orthogonalised where they lie (no communication when every shard holds whole tile rows; only the rows of cut tiles move otherwise), whole matrices by one owner each.
+      The update equals the single-device one (``tests/test_sharding.py``);
+      ``last_step_communication`` holds the bytes the last step moved
+      (:class:`matfun.sharding.Communication`).  Other placements (tensor
+      parallel) raise at construction, naming the parameter.
     """
 
     _name = "HiMuon"

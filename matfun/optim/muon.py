@@ -120,6 +120,12 @@ class Muon(MatrixOptimizer):
       parameter's dtype) and in the parameter's dtype otherwise.
     * Every :meth:`step` is all or nothing: a bad gradient, hyperparameter or
       statistic in any group raises before anything is written.
+    * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
+      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; each matrix is orthogonalised by one owner rank, balanced by cost (gather, NS, scatter back).
+      The update equals the single-device one (``tests/test_sharding.py``);
+      ``last_step_communication`` holds the bytes the last step moved
+      (:class:`matfun.sharding.Communication`).  Other placements (tensor
+      parallel) raise at construction, naming the parameter.
 
     Examples
     --------

@@ -107,6 +107,13 @@ class Muon2(MatrixOptimizer):
     overflow even so (float32 entries above about 1.8e19) is reported by
     parameter name before anything is written: every :meth:`step` is all or
     nothing.  Each parameter is mapped by its own call (no cross-layer batching).
+
+    FSDP2 (``fully_shard``, DTensor ``Shard(0)``): the momentum, the full second
+    moment and Muon²-F's row statistics stay sharded like the parameter; the
+    column statistics are summed across ranks (a replicated vector); the
+    preconditioned matrix is orthogonalised by one owner per matrix (or, with a
+    tile, in whole tile rows where they lie).  The update equals the
+    single-device one; ``last_step_communication`` holds the bytes moved.
     """
 
     _name = "Muon2"
