@@ -81,16 +81,19 @@ def fail_on_rank_one(rank, world):
 
 
 class Net(torch.nn.Module):
-    """Bias-free, float64; rows 10 (uneven on 4 ranks), 3 (fewer than 4 ranks), 8."""
+    """Bias-free, float64; rows 10 (uneven on 4 ranks), 3 (fewer than 4 ranks), 8, 8, 8."""
 
     def __init__(self):
         super().__init__()
         self.fc1 = torch.nn.Linear(12, 10, bias=False, dtype=torch.float64)
         self.fc2 = torch.nn.Linear(10, 3, bias=False, dtype=torch.float64)
         self.fc3 = torch.nn.Linear(3, 8, bias=False, dtype=torch.float64)
+        self.fc4 = torch.nn.Linear(8, 8, bias=False, dtype=torch.float64)  # two equal shapes: one
+        self.fc5 = torch.nn.Linear(8, 8, bias=False, dtype=torch.float64)  # batched call on the owner
 
     def forward(self, x):
-        return self.fc3(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+        x = torch.tanh(self.fc2(torch.tanh(self.fc1(x))))
+        return self.fc5(torch.tanh(self.fc4(torch.tanh(self.fc3(x)))))
 
 
 def net():

@@ -29,7 +29,9 @@ from torch import Tensor
 
 from ..sharding import Communication, Unit, plan_owners, plan_tiles, run_units
 
-__all__ = ["is_sharded", "check_placement", "local", "like", "all_reduce_sum", "reduce_flags", "run_sharded"]
+__all__ = [
+    "all_reduce_sum", "by_shape", "check_placement", "is_sharded", "like", "local", "reduce_flags", "run_sharded",
+]
 
 
 def _dtensor_type():
@@ -133,3 +135,16 @@ def run_sharded(
         group=mesh.get_group(),
     )
     return [like(o, d) for o, d in zip(outs, directions)], comm
+
+
+def by_shape(mats: Sequence[Tensor], fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """``fn`` on one stacked batch per (shape, dtype) — an owner's matrices of equal shape
+    go through one batched call — and the results in the order of ``mats``."""
+    groups: dict[tuple, list[int]] = {}
+    for k, m in enumerate(mats):
+        groups.setdefault((tuple(m.shape), m.dtype), []).append(k)
+    out: list[Tensor | None] = [None] * len(mats)
+    for ks in groups.values():
+        for k, o in zip(ks, fn(torch.stack([mats[k] for k in ks])).unbind(0)):
+            out[k] = o
+    return out  # type: ignore[return-value]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..newton_schulz import NewtonSchulz
 from ._base import MatrixOptimizer, ParamStep
-from ._sharded import is_sharded, run_sharded
+from ._sharded import by_shape, is_sharded, run_sharded
 from ._common import (
     JORDAN,
     check_adjust_lr_fn,
@@ -197,11 +197,15 @@ class Muon(MatrixOptimizer):
                     mats, group["ns_steps"], group["ns_coefficients"], group["precision"], group["eps"], norms
                 )
 
-            if sharded:  # one owner per matrix; the owner measures the whole matrix's norm
-                outs, comm = run_sharded(
-                    [item.direction for item in members], [None] * len(members),
-                    lambda mats: run(mats, host_values([torch.linalg.vector_norm(m) for m in mats])),
-                )
+            def owned(mats: list[Tensor]) -> list[Tensor]:
+                """On the owner: whole matrices, batched by shape unless one needs the eps floor."""
+                norms = host_values([torch.linalg.vector_norm(m) for m in mats])
+                if any(0 < n < group["eps"] for n in norms):
+                    return run(mats, norms)
+                return by_shape(mats, lambda X: run([X], [math.inf])[0])
+
+            if sharded:  # one owner per matrix, balanced by cost
+                outs, comm = run_sharded([item.direction for item in members], [None] * len(members), owned)
                 self._communication += comm
             else:
                 outs = run(

@@ -18,7 +18,7 @@ from torch import Tensor
 import matfun
 
 from ._base import MatrixOptimizer, ParamStep
-from ._sharded import all_reduce_sum, is_sharded, like, local, run_sharded
+from ._sharded import all_reduce_sum, by_shape, is_sharded, like, local, run_sharded
 from ._common import (
     JORDAN,
     as_matrix,
@@ -259,8 +259,8 @@ class Muon2(MatrixOptimizer):
                     ) from error
 
             def run(mats: list[Tensor], tile=tile) -> list[Tensor]:
-                if tile is None:
-                    return [matfun.newton_schulz(m, steps, schedule, precision, check_finite=False) for m in mats]
+                if tile is None:  # on the owner: one batched call per shape
+                    return by_shape(mats, lambda X: matfun.newton_schulz(X, steps, schedule, precision, check_finite=False))
                 return matfun.tiled_newton_schulz_many(mats, tile, steps, schedule, precision, check_finite=False)
 
             outs, comm = run_sharded(directions, [None if tile is None else tile[0]] * len(members), run)
