@@ -79,6 +79,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
+    par.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
     _add_plugin_options(p)
     _add_output_options(p)
 
@@ -290,9 +295,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     from . import overrides, plugins, runner, store
+    from .parallel import ParallelError
 
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
     try:
@@ -303,6 +311,8 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         maps = plugins.collect(options=args.map)
     except (ValueError, plugins.PluginError) as exc:
         raise UsageError(str(exc)) from None
+    if maps and (args.jobs > 1 or args.scheduler is not None):
+        raise UsageError("--map runs your maps in this process only: it cannot be combined with --jobs/--scheduler")
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")
@@ -323,8 +333,12 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 replot=args.replot,
                 quick=args.quick,
                 progress=progress,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
             )
         except (store.CacheMissingError, plugins.PluginError) as exc:
+            raise UsageError(str(exc)) from None
+        except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
         print(result.summary())
         total_computed += result.computed

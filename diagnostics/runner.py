@@ -80,15 +80,22 @@ def run_module(
     replot: bool = False,
     progress: bool | None = None,
     config: Any = None,
+    jobs: int = 1,
+    scheduler: str | None = None,
 ) -> store.RunResult:
     """Run one experiment module with plug-ins, ``[(key, value text), ...]`` overrides and seeds.
 
-    ``config`` replaces the quick/full Config the overrides start from.
+    ``config`` replaces the quick/full Config the overrides start from; ``jobs`` and
+    ``scheduler`` go to :func:`diagnostics.store.run_experiment` (built-in maps only:
+    plug-ins are active in this process, not on Dask workers).
     """
     base = config if config is not None else store.config_for(module, quick)
     config = _overrides.apply(base, overrides, module.NAME)
     seeds = tuple(int(s) for s in seeds)
-    kw = dict(results_dir=results_dir, device=device, force=force, replot=replot, progress=progress)
+    if plugins and (jobs > 1 or scheduler is not None):
+        raise ValueError("plug-in maps run in this process only: they cannot be combined with jobs/scheduler")
+    kw = dict(results_dir=results_dir, device=device, force=force, replot=replot, progress=progress, jobs=jobs,
+              scheduler=scheduler)
     start = time.perf_counter()
     with _plugins.active(plugins):
         try:
