@@ -343,3 +343,9 @@ def test_merge_figures_averages_horizontal_bars():
     merged = seeds.merge_figures([draw(0.0), draw(2.0)], [0, 1])
     widths = [p.get_width() for p in merged.axes[0].patches]
     assert widths == pytest.approx([2.0, 2.0])  # the means: (1 + 3)/2 and 2
+
+
+def test_map_refuses_parallel_workers(usermod, tmp_path, capsys):
+    # plug-ins live in this process; Dask workers would not have them
+    assert run_cli(["run", "transfer", "--quick", "--jobs", "2", "--map", f"cubic={usermod}:schedule"], tmp_path) == 2
+    assert "--jobs" in one_line(capsys)
