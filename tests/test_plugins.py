@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import textwrap
 import uuid
 
 import numpy as np

@@ -15,7 +15,6 @@ from html.parser import HTMLParser
 import pytest
 
 from diagnostics import cli, report_card
-from diagnostics.experiments import get
 
 SOURCE = '''
 import numpy as np
