@@ -130,3 +130,8 @@ def test_scaling_timings_are_interleaved():
     out = scaling.interleaved_timings(calls, warmup=1, repeats=3, min_time=0.5, clock=lambda: float(next(fake_clock)))
     assert "".join(order) == "AABB" + "AB" * 3  # warm-up and calibration per map, then ABAB rounds
     assert [t.repeats for t in out] == [3, 3] and all(t.median == 1.0 for t in out)
+
+
+def test_preconditioning_matrix_labels_spell_out_parameter_and_step():
+    assert preconditioning.matrix_label("teacher_student:weight@79") == "teacher–student W, step 79"
+    assert preconditioning.matrix_label("mlp:fc1.weight@20", "\n") == "MLP fc1\nstep 20"
