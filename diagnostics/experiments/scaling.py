@@ -32,7 +32,7 @@ Full NS ``K(4n³ + 2n³)`` and tiled NS ``≈ 6 n² T K`` differ in slope (3 vs 
 Rows: one per (n, map) with ``map`` (``polar``, ``ns``, ``tiled``, ``gemm``),
 ``tile`` (0 when untiled), ``label``, ``flops`` (model), ``seconds`` (median),
 ``spread`` (interquartile range of the samples), ``gflops`` (``flops/seconds/1e9``),
-``dtype``, ``clock`` (``thread_cpu`` or ``wall``, :func:`clock_name`).  ``n`` comes from the cell.
+``dtype``, ``clock`` (``thread_cpu`` or ``wall``, :func:`diagnostics.timing.pick_clock`).  ``n`` comes from the cell.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        """CPU-sized: seven sizes in steps of √2–2 (slopes fitted on the top four), 7 interleaved rounds."""
+        """CPU-sized: seven sizes 96–768 (ratios 1.33–1.5; slopes fitted on the top four), 7 interleaved rounds."""
         return cls(ns=(96, 128, 192, 256, 384, 512, 768), tiles=(64, 128), warmup=1, repeats=7, min_time=0.02)
 
     @classmethod
@@ -157,11 +157,6 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
         return _run_cell(config, cell, device, seed)
 
 
-def clock_name(config: Config, device: str) -> str:
-    """Which clock times a cell: the thread's CPU time for single-threaded CPU cells, else wall time."""
-    return "thread_cpu" if torch.device(device).type == "cpu" and config.cpu_threads == 1 else "wall"
-
-
 def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     n = int(cell["n"])
     dtype = getattr(torch, config.dtype)
@@ -171,11 +166,10 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
     entries = [(kind, tile, label, int(map_.flops((n, n))), (lambda map_=map_: map_(G)))
                for kind, tile, label, map_ in _maps(config, n)]
     entries.append(("gemm", 0, "dense GEMM", timing.gemm_flops(n), lambda: torch.matmul(G, B)))
-    clock = clock_name(config, device)
+    clock, read_clock = timing.pick_clock(device, config.cpu_threads)
     on_cuda = torch.device(device).type == "cuda"
     times = interleaved_timings([e[-1] for e in entries], warmup=config.warmup, repeats=config.repeats,
-                                min_time=config.min_time,
-                                clock=time.thread_time if clock == "thread_cpu" else time.perf_counter,
+                                min_time=config.min_time, clock=read_clock,
                                 sync=(lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None))
     rows = [{"map": kind, "tile": tile, "label": label, "flops": flops, "seconds": t.median, "spread": t.spread,
              "gflops": timing.achieved_gflops(flops, t.median), "dtype": config.dtype, "clock": clock}

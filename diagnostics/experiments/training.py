@@ -55,8 +55,8 @@ Rows
     ``k − 1`` updates; NaN at step 0), ``eval_loss`` (held-out loss of the model
     after ``k`` updates, every ``eval_every`` steps, at 0 and at the last step;
     NaN elsewhere), ``step_ms`` (time of the optimizer step(s) of update ``k`` —
-    matrix optimizer and AdamW — on the clock :func:`step_clock` names in column
-    ``clock``: the thread's CPU time for single-threaded CPU runs, else wall time,
+    matrix optimizer and AdamW — on the clock :func:`diagnostics.timing.pick_clock`
+    names in column ``clock``: the thread's CPU time for single-threaded CPU runs, else wall time,
     CUDA-synchronised on a GPU; NaN at step 0), and the per-run summaries
     ``step_ms_median``, ``step_ms_iqr``, ``final_eval_loss``, ``final_train_loss``
     (mean mini-batch loss over the last 10% of the steps), plus ``family``,
@@ -103,7 +103,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,7 @@ from torch import nn
 
 import matfun.optim
 
-from .. import plotting
+from .. import plotting, timing
 from ..store import cell_seed
 from ..threads import torch_threads
 
@@ -312,8 +311,7 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     cuda = torch.device(device).type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    clock = step_clock(config, device)
-    read_clock = time.thread_time if clock == "thread_cpu" else time.perf_counter
+    clock, read_clock = timing.pick_clock(device, config.cpu_threads)
     order = torch.Generator().manual_seed(order_seed)
     loss_fn = nn.MSELoss()
 
@@ -371,16 +369,6 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
             "clock": clock,
         }
     )
-
-
-def step_clock(config: Config, device: str) -> str:
-    """``"thread_cpu"`` (the thread's CPU time) for single-threaded CPU runs, else ``"wall"``.
-
-    On a loaded machine wall time also counts the time the process waits for a core
-    (in development, 4× the quiet-machine step times at load 17 on 2 cores); one
-    thread's CPU time does not, and equals the wall time on a quiet machine.
-    """
-    return "thread_cpu" if torch.device(device).type == "cpu" and config.cpu_threads == 1 else "wall"
 
 
 # ---------------------------------------------------------------------------- plot
