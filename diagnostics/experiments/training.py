@@ -449,8 +449,9 @@ def _curves(d: pd.DataFrame, column: str, transform=None) -> pd.DataFrame:  # no
 
 
 def _lr_text(lr: float) -> str:
-    mantissa, exponent = f"{lr:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    """Compact lr: ``0.005`` → ``5e-3``, ``0.0025`` → ``2.5e-3``."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
