@@ -73,23 +73,25 @@ Figure ``training``
     (median and interquartile range over every step of every run of the
     optimizer), labelled with the final eval loss relative to Muon's.
 
-Finding (quick run: CPU, 300 steps, 64→256→256→10, batch 128, lr 1e-2 for all)
-    HiMuon stays close to Muon but measurably behind it, and the gap grows as the
-    tile shrinks.  Final eval loss, seed 0: Muon 0.0423, HiMuon T = 64 0.0448
-    (1.06× Muon), T = 32 0.0468 (1.11×), Muon² 0.0423 (1.00×), Muon²-F 0.0422
-    (1.00×), AdamW 0.0497 (1.17×).  Seed 1: HiMuon 1.07× (T = 64) and 1.12×
-    (T = 32), Muon² 0.99×, Muon²-F 1.02×, AdamW 1.19×.  So "close to Muon" holds in
-    the sense that HiMuon keeps part of Muon's advantage over AdamW (it closes
-    about 60–65% of the AdamW–Muon gap at T = 64 but only 35–40% at T = 32), not
-    in the sense of matching it; with 256-wide layers T = 32 and 64 are small
-    tiles (the paper's tiles are 512 on much larger matrices).  Muon² and Muon²-F
-    match Muon here.  Median optimizer-step time (one thread on the shared 2-core
-    CPU; noisy, ±20% between runs): AdamW ≈ 0.6–0.75 ms, Muon ≈ 9–10 ms, HiMuon
-    T = 32 ≈ 3.8–4.5 ms, T = 64 ≈ 4.7–5.4 ms (tiled NS costs ≈ 6·H·W·T·K instead
-    of full NS's cubic cost), Muon² ≈ 11–13 ms and Muon²-F ≈ 13–15 ms (one map
-    call per parameter, no cross-layer batching, plus the preconditioning).
-    The full configuration (512-wide, 1500 steps, lr sweep) has not been run on
-    this CPU (tens of minutes); run it with ``--device cuda`` or overnight.
+Finding (quick run: CPU, 300 steps, 64→256→256→10, batch 128, lr grid {5e-3, 1e-2, 2e-2}, 2 seeds)
+    Every optimizer's best lr is 1e-2 (mean final eval loss over the two seeds;
+    the neighbours 5e-3 and 2e-2 are 2–14% worse for each).  HiMuon stays close
+    to Muon but measurably behind it, and the gap grows as the tile shrinks.
+    Mean final eval loss: Muon 0.0443, HiMuon T = 64 0.0471, T = 32 0.0489,
+    Muon² 0.0436, Muon²-F 0.0443, AdamW 0.0516; paired ratios to Muon (seed by
+    seed): HiMuon T = 64 1.06–1.07×, T = 32 1.10–1.11×, Muon² 0.98×, Muon²-F
+    1.00×, AdamW 1.16–1.17×.  So "close to Muon" holds in the sense that HiMuon
+    keeps part of Muon's advantage over AdamW (it closes about 60% of the
+    AdamW–Muon gap at T = 64 but only 35–40% at T = 32), not in the sense of
+    matching it; with 256-wide layers T = 32 and 64 are small tiles (the paper's
+    tiles are 512 on much larger matrices).  Muon² and Muon²-F match Muon here
+    (Muon² 2% better on both seeds).  Median optimizer-step time (one thread's
+    CPU time, IQR within ±6%): AdamW 0.29 ms, Muon 7.1 ms, HiMuon T = 32 2.7 ms,
+    T = 64 3.6 ms (tiled NS costs ≈ 6·H·W·T·K instead of full NS's cubic cost),
+    Muon² 8.5 ms and Muon²-F 8.1 ms (one map call per parameter, no cross-layer
+    batching, plus the preconditioning).  The full configuration (512-wide, 1500
+    steps, 3 lrs × 3 seeds) has not been run on this CPU (hours); run it with
+    ``--device cuda``.
 
 Timing
     On CPU ``run_cell`` sets ``torch.set_num_threads(cpu_threads)`` (default 1,
