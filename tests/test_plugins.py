@@ -269,7 +269,10 @@ def test_overrides_change_the_cache_key(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "2 computed" in out[0] and "2 computed" in out[1]
     frame = pd.read_csv(tmp_path / "out" / "results" / "transfer" / "results.csv")
-    assert (frame["n_sigma"] == 17).all() and frame["sigma"].nunique() == 17
+    from diagnostics.experiments import transfer
+
+    grid = transfer.sigma_grid(transfer.Config(schedules=("jordan",), steps=(2, 3), panel_steps=3, n_sigma=17))[0]
+    assert (frame["n_sigma"] == 17).all() and frame["sigma"].nunique() == len(grid)
 
 
 @pytest.mark.parametrize("setting, expected", [
