@@ -3,7 +3,8 @@
 Subcommands::
 
     list                                   experiments, one line each
-    run NAME [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+    run NAME [--quick] [--device D] [--seed N] [--optimizer NAME=MODULE:FACTORY ...]
+             [--out DIR | --results DIR --figures DIR]
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
              [--only NAME ...] [--force | --replot] [--no-progress]

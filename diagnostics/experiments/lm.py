@@ -95,13 +95,21 @@ Figures (losses: cross-entropy in nats per byte)
     verdict on each claim.
 
 Quick config and where its rates come from
-    ``Config.quick()`` uses the rates in :data:`QUICK_LRS`, the best of the grid
-    ``(1e-3, 3e-3, 1e-2, 3e-2)`` (final validation loss, seed replica 0) in the
-    sweep :data:`QUICK_SWEEP` recorded with ``Config.quick_sweep()`` (the quick
-    model with every rate of the grid; run it with ``python -m diagnostics run lm
-    --quick --set lrs="()" --set seeds="(0,)"`` once ``--set`` exists, or
-    :func:`diagnostics.store.run_experiment` on ``Config.quick_sweep()``).
-    Plug-ins are swept over ``lr_grid`` in the quick config too.
+    ``Config.quick()`` (64-wide, 2 layers, context 64, batch 16, 300 steps, 2 seeds)
+    runs every built-in at its rate in :data:`QUICK_LRS`: the best final
+    validation loss of the sweep :data:`QUICK_SWEEP`, recorded with
+    ``Config.quick_sweep()`` (the same model, one seed, every rate of
+    ``(1e-3, 3e-3, 1e-2, 3e-2)``, and ``1e-1`` for the six optimizers whose best
+    rate was the grid's edge ``3e-2``) via :func:`diagnostics.store.run_experiment`
+    (``python -m diagnostics run lm --quick --set lrs="()" --set seeds="(0,)"``
+    once ``--set`` exists).  Plug-ins are swept over ``(3e-3, 1e-2, 3e-2)``.
+    The full config sweeps every optimizer over ``lr_grid`` with 3 seeds.
+
+Full config (sized, not yet measured: no GPU in development)
+    256 wide, 4 layers, context 256, batch 32, 500 steps (4.1 M tokens, about one
+    epoch of the default corpus), 10 optimizers × 5 rates × 3 seeds = 150 runs,
+    estimated at 5–8 s each on one H100 (launch-bound: the model is 3.2 M
+    parameters), i.e. 13–20 min.
 
 Timing
     On CPU the run uses ``cpu_threads`` threads (default 1, restored afterwards):
@@ -144,14 +152,35 @@ PLUGIN_OPTIMIZERS = True
 DESCRIPTION = "byte-level GPT on the stdlib: AdamW vs Muon, HiMuon, Muon2/Muon2-F (K=5, K=3), lr sweep, seeds"
 
 #: The rates of the quick config: best final validation loss in :data:`QUICK_SWEEP`.
-QUICK_LRS: tuple[tuple[str, float], ...] = ()
+QUICK_LRS: tuple[tuple[str, float], ...] = (
+    ('adamw', 0.003), ('muon_k5', 0.03), ('muon_k3', 0.03), ('himuon_t16', 0.01), ('himuon_t32', 0.01),
+    ('himuon_full_t16', 0.01), ('muon2_k5', 0.03), ('muon2_k3', 0.03), ('muon2f_k5', 0.03), ('muon2f_k3', 0.03),
+)
 #: The recorded quick sweep: (optimizer, lr) → final validation loss (nats/byte) of replica 0,
-#: ``None`` for a diverged run.  Recorded on CPython 3.11, torch 2.13, corpus sha256 prefix below.
-QUICK_SWEEP: dict[tuple[str, float], float | None] = {}
-QUICK_SWEEP_CORPUS = ""
+#: ``None`` for a diverged run (none did).  Recorded 2026-11-23 on CPython 3.11.7, torch 2.13 (CPU), on the
+#: default corpus with this SHA-256:
+QUICK_SWEEP: dict[tuple[str, float], float | None] = {
+    ('adamw', 0.001): 2.5350, ('adamw', 0.003): 2.3188, ('adamw', 0.01): 2.4740, ('adamw', 0.03): 2.6769,
+    ('muon_k5', 0.001): 2.5601, ('muon_k5', 0.003): 2.3559, ('muon_k5', 0.01): 2.0772, ('muon_k5', 0.03): 1.9886, ('muon_k5', 0.1): 2.1982,
+    ('muon_k3', 0.001): 2.5735, ('muon_k3', 0.003): 2.3842, ('muon_k3', 0.01): 2.1302, ('muon_k3', 0.03): 2.0271, ('muon_k3', 0.1): 2.1566,
+    ('himuon_t16', 0.001): 2.5588, ('himuon_t16', 0.003): 2.3246, ('himuon_t16', 0.01): 2.0383, ('himuon_t16', 0.03): 2.1231,
+    ('himuon_t32', 0.001): 2.5515, ('himuon_t32', 0.003): 2.3225, ('himuon_t32', 0.01): 1.9755, ('himuon_t32', 0.03): 2.0217,
+    ('himuon_full_t16', 0.001): 2.5589, ('himuon_full_t16', 0.003): 2.3448, ('himuon_full_t16', 0.01): 2.0120, ('himuon_full_t16', 0.03): 2.0251,
+    ('muon2_k5', 0.001): 2.5673, ('muon2_k5', 0.003): 2.3316, ('muon2_k5', 0.01): 1.9016, ('muon2_k5', 0.03): 1.8485, ('muon2_k5', 0.1): 2.0155,
+    ('muon2_k3', 0.001): 2.5675, ('muon2_k3', 0.003): 2.3339, ('muon2_k3', 0.01): 1.9060, ('muon2_k3', 0.03): 1.8611, ('muon2_k3', 0.1): 2.0365,
+    ('muon2f_k5', 0.001): 2.5631, ('muon2f_k5', 0.003): 2.3158, ('muon2f_k5', 0.01): 1.9139, ('muon2f_k5', 0.03): 1.8754, ('muon2f_k5', 0.1): 2.0200,
+    ('muon2f_k3', 0.001): 2.5724, ('muon2f_k3', 0.003): 2.3384, ('muon2f_k3', 0.01): 1.9343, ('muon2f_k3', 0.03): 1.8882, ('muon2f_k3', 0.1): 2.0340,
+}
+QUICK_SWEEP_CORPUS = "2e31e854ce7c5a39d3549a94420e7ba4b51281ef0f32fc8b6ddd601eff6d7d42"
 
+#: The full config's optimizers (HiMuon tiles: 1/4 and 1/2 of the model width).
 DEFAULT_OPTIMIZERS = (
-    "adamw", "muon_k5", "muon_k3", "himuon_t32", "himuon_t64", "himuon_full_t32",
+    "adamw", "muon_k5", "muon_k3", "himuon_t64", "himuon_t128", "himuon_full_t64",
+    "muon2_k5", "muon2_k3", "muon2f_k5", "muon2f_k3",
+)
+#: The quick config's optimizers (same tile-to-width ratios on the 64-wide model).
+QUICK_OPTIMIZERS = (
+    "adamw", "muon_k5", "muon_k3", "himuon_t16", "himuon_t32", "himuon_full_t16",
     "muon2_k5", "muon2_k3", "muon2f_k5", "muon2f_k3",
 )
 
@@ -205,13 +234,13 @@ class Config:
     heads: int = 4
     positions: str = "rotary"
     batch_size: int = 32
-    steps: int = 800
+    steps: int = 500
     eval_every: int = 50
     val_windows: int = 256
     val_fraction: float = 0.1
     optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
     lrs: tuple[tuple[str, float], ...] = ()
-    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     seeds: tuple[int, ...] = (0, 1, 2)
     ns_steps: int = 5
     himuon_full_frac: float = 0.1
@@ -244,7 +273,7 @@ class Config:
         if not (0 <= self.warmup_frac < 1 and 0 <= self.himuon_full_frac < 1):
             raise ValueError("warmup_frac and himuon_full_frac must lie in [0, 1)")
         if self.cpu_threads < 0 or self.ns_steps < 1 or self.timing_rounds < 0:
-            raise ValueError("cpu_threads >= 0 (0: leave torch's setting) and ns_steps >= 1")
+            raise ValueError("need cpu_threads >= 0 (0: leave torch's setting), ns_steps >= 1, timing_rounds >= 0")
 
     @classmethod
     def full(cls) -> "Config":
@@ -252,16 +281,15 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        """The CPU-sized bench at the recorded rates :data:`QUICK_LRS`, two seeds."""
-        return cls.quick_sweep(lrs=QUICK_LRS, seeds=(0, 1))
+        """The CPU-sized bench at the recorded rates :data:`QUICK_LRS`, two seeds (plug-ins swept)."""
+        return cls.quick_sweep(lrs=QUICK_LRS, lr_grid=(3e-3, 1e-2, 3e-2), seeds=(0, 1))
 
     @classmethod
     def quick_sweep(cls, **overrides) -> "Config":
         """The quick model swept over the whole grid on one seed (how :data:`QUICK_LRS` was found)."""
         base = dict(context=64, width=64, depth=2, heads=4, batch_size=16, steps=300, eval_every=25,
-                    val_windows=64, optimizers=tuple(o.replace("t32", "t16").replace("t64", "t32")
-                                                     for o in DEFAULT_OPTIMIZERS),
-                    lr_grid=(1e-3, 3e-3, 1e-2, 3e-2), seeds=(0,))
+                    val_windows=64, optimizers=QUICK_OPTIMIZERS, lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+                    seeds=(0,), timing_rounds=30)
         base.update(overrides)
         return cls(**base)
 
