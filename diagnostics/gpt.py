@@ -14,10 +14,9 @@ Initialisation
     Normal(0, 0.02) for embeddings and linear weights, the two residual output
     projections scaled by ``1/√(2·depth)`` (GPT-2); LayerNorm gains 1, biases 0.
 
-:func:`hidden_matrices` names the parameters a Muon-type optimizer takes: the
-2-D weights inside the blocks (``qkv``, attention ``proj``, MLP ``fc`` and
-``proj``); embeddings, the read-out and the LayerNorm vectors go to AdamW
-(as in modded-nanogpt and torch.optim.Muon's documentation).
+The read-out ``head`` is the last :class:`torch.nn.Linear` registered, so
+:func:`matfun.optim.split_params` gives Muon-type optimizers exactly the 2-D
+weights inside the blocks and AdamW the embeddings, the head and the LayerNorms.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GPT", "GPTConfig", "hidden_matrices", "split_parameters"]
+__all__ = ["GPT", "GPTConfig"]
 
 VOCAB = 256
 POSITIONS = ("rotary", "learned")
@@ -133,15 +132,3 @@ class GPT(nn.Module):
         """Mean next-byte cross-entropy in nats per byte."""
         logits = self(idx)
         return F.cross_entropy(logits.reshape(-1, VOCAB).float(), targets.reshape(-1))
-
-
-def hidden_matrices(model: GPT) -> list[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` of the 2-D weights inside the blocks, in module order."""
-    return [(f"blocks.{n}", p) for n, p in model.blocks.named_parameters() if p.ndim == 2]
-
-
-def split_parameters(model: GPT) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(hidden matrices, everything else)``: what a Muon-type optimizer and AdamW get."""
-    hidden = [p for _, p in hidden_matrices(model)]
-    ids = {id(p) for p in hidden}
-    return hidden, [p for p in model.parameters() if id(p) not in ids]

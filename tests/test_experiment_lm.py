@@ -257,6 +257,15 @@ def test_cli_optimizer_rejected_elsewhere(tmp_path, capsys):
     assert "takes no plug-in optimizers" in capsys.readouterr().err
 
 
+def test_hidden_matrices_are_the_blocks_weights():
+    model = lm.GPT(lm.GPTConfig(context=8, width=16, depth=2, heads=2))
+    hidden, rest = lm.split_model(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in hidden) == sorted(
+        f"blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "fc", "proj"))
+    assert len(hidden) + len(rest) == len(list(model.parameters()))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown optimizer"):
         lm.Config(optimizers=("sgd",))

@@ -20,7 +20,7 @@ Model and data
 
 Optimizers (``Config.optimizers``; names are parsed, so any K or tile can be asked for)
     ``adamw`` — AdamW on every parameter.  The others put the hidden matrices
-    (:func:`diagnostics.gpt.hidden_matrices`: ``qkv``, attention ``proj``, MLP ``fc``
+    (:func:`matfun.optim.split_params`: ``qkv``, attention ``proj``, MLP ``fc``
     and ``proj`` of every block) on a matrix optimizer and the rest (embedding,
     read-out, LayerNorms) on AdamW, both at the run's one learning rate:
     ``muon_kK`` (:class:`matfun.optim.Muon`, K Newton–Schulz steps),
@@ -137,12 +137,11 @@ import torch
 
 import matfun
 import matfun.optim
-import matfun.optim.muon
 
 from .. import plotting
 from ..corpus import load_corpus, split, unigram_entropy
 from ..errors import BadInput
-from ..gpt import GPT, GPTConfig, hidden_matrices, split_parameters
+from ..gpt import GPT, GPTConfig
 from ..store import cell_seed
 from ..threads import torch_threads
 
@@ -350,12 +349,19 @@ def cells(config: Config) -> list[dict]:
 # ----------------------------------------------------------------------------- optimizers
 
 
+def split_model(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """``(hidden matrices, the rest)`` by :func:`matfun.optim.split_params`: the blocks' 2-D weights
+    vs embeddings, the read-out head and the LayerNorm vectors."""
+    hidden, rest = matfun.optim.split_params(model)
+    return [p for _, p in hidden], [p for _, p in rest]
+
+
 def make_optimizers(config: Config, opt: Optimizer, lr: float, model: GPT, total_steps: int) -> list:
     """``[matrix optimizer, AdamW]`` (just ``[AdamW]`` for ``adamw``)."""
     adamw_kw = {"lr": lr, "betas": tuple(config.adam_betas), "weight_decay": config.weight_decay, "eps": 1e-8}
     if opt.family == "adamw":
         return [torch.optim.AdamW(model.parameters(), **adamw_kw)]
-    hidden, other = split_parameters(model)
+    hidden, other = split_model(model)
     common = {"lr": lr, "weight_decay": config.weight_decay, "momentum": config.momentum,
               "adjust_lr_fn": "match_rms_adamw"}
     if opt.family == "muon":
@@ -394,39 +400,31 @@ def lr_factor(config: Config, step: int) -> float:
 
 
 class _OrthTimer:
-    """Wall time inside matfun's orthogonalisation calls (outermost call only), CUDA-synchronised."""
+    """Wall time inside the orthogonalisation phase of matfun's optimizers, CUDA-synchronised.
 
-    TARGETS = ((matfun.optim.muon, "orthogonalize"), (matfun, "tiled_newton_schulz_many"),
-               (matfun, "preconditioned_newton_schulz"))
+    Every :mod:`matfun.optim` optimizer computes all its updates in one
+    ``_orthogonalize`` call per step (the Newton–Schulz maps; for Muon² also the
+    division by ``√V + ε``); :meth:`attach` times that call on one instance.
+    """
 
     def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync, self.seconds, self._depth = sync, 0.0, 0
+        self.sync, self.seconds = sync, 0.0
 
-    def _wrap(self, fn: Callable) -> Callable:
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(optimizer, (matfun.optim.Muon, matfun.optim.HiMuon, matfun.optim.Muon2)):
+            return
+        inner = optimizer._orthogonalize
+
         def timed(*args, **kwargs):
-            if self._depth:
-                return fn(*args, **kwargs)
-            self._depth += 1
             self.sync()
             t0 = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
+                return inner(*args, **kwargs)
             finally:
                 self.sync()
                 self.seconds += time.perf_counter() - t0
-                self._depth -= 1
-        return timed
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["_OrthTimer"]:
-        saved = [(mod, attr, getattr(mod, attr)) for mod, attr in self.TARGETS]
-        for mod, attr, fn in saved:
-            setattr(mod, attr, self._wrap(fn))
-        try:
-            yield self
-        finally:
-            for mod, attr, fn in saved:
-                setattr(mod, attr, fn)
+        optimizer._orthogonalize = timed
 
 
 def _group_of(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
@@ -524,20 +522,21 @@ def _benchmark(config: Config, device: str, seed: int) -> pd.DataFrame:
                 g["step_count"] = config.steps  # past the switch to tiles
         runs.append((opt, opts))
     timer = _OrthTimer(sync)
+    for _, opts in runs:
+        timer.attach(opts[0])
     rows = []
-    with timer.installed():
-        for r in range(-2, config.timing_rounds):
-            for i in range(len(runs)):
-                opt, opts = runs[(i + max(r, 0)) % len(runs)]
-                orth0 = timer.seconds
-                sync()
-                t0 = time.perf_counter()
-                for o in opts:
-                    o.step()
-                sync()
-                if r >= 0:
-                    rows.append({"optimizer": opt.name, "round": r, "bench_step_ms": 1e3 * (time.perf_counter() - t0),
-                                 "bench_orth_ms": math.nan if opt.family == "plugin" else 1e3 * (timer.seconds - orth0)})
+    for r in range(-2, config.timing_rounds):
+        for i in range(len(runs)):
+            opt, opts = runs[(i + max(r, 0)) % len(runs)]
+            orth0 = timer.seconds
+            sync()
+            t0 = time.perf_counter()
+            for o in opts:
+                o.step()
+            sync()
+            if r >= 0:
+                rows.append({"optimizer": opt.name, "round": r, "bench_step_ms": 1e3 * (time.perf_counter() - t0),
+                             "bench_orth_ms": math.nan if opt.family == "plugin" else 1e3 * (timer.seconds - orth0)})
     return pd.DataFrame(rows)
 
 
@@ -561,7 +560,7 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
         torch.manual_seed(init_seed % 2**63)
         model = GPT(config.gpt())
     model.to(device)
-    hidden = [p for _, p in hidden_matrices(model)]
+    hidden = split_model(model)[0]
     opts = make_optimizers(config, opt, lr, model, config.steps)
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     cuda = torch.device(device).type == "cuda"
@@ -583,6 +582,7 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     opt_cum = orth_cum = 0.0
     diverged_step = -1
     timer = _OrthTimer(sync)
+    timer.attach(opts[0])
 
     def diverging(x: float) -> bool:
         return not math.isfinite(x) or x > config.diverge_loss
@@ -596,50 +596,49 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
         batch_losses.clear()
 
     record(0, evaluate(), no_alignment)
-    with timer.installed():
-        for k in range(1, config.steps + 1):
-            factor = lr_factor(config, k)
-            for o, lrs in zip(opts, base_lrs):
-                for g, base in zip(o.param_groups, lrs):
-                    g["lr"] = base * factor
-            w = train_t[starts[k - 1][:, None] + offsets]
-            loss = model.loss(w[:, :-1], w[:, 1:])
-            loss_value = float(loss.detach())
-            if diverging(loss_value):
+    for k in range(1, config.steps + 1):
+        factor = lr_factor(config, k)
+        for o, lrs in zip(opts, base_lrs):
+            for g, base in zip(o.param_groups, lrs):
+                g["lr"] = base * factor
+        w = train_t[starts[k - 1][:, None] + offsets]
+        loss = model.loss(w[:, :-1], w[:, 1:])
+        loss_value = float(loss.detach())
+        if diverging(loss_value):
+            diverged_step = k
+            break
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        sampled = k in eval_steps
+        before = [p.detach().clone() for p in hidden] if sampled else []
+        orth_before = timer.seconds
+        sync()
+        t0 = time.perf_counter()
+        try:
+            for o in opts:
+                o.step()
+        except Exception as exc:  # noqa: BLE001
+            if opt.family != "plugin":
+                raise
+            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {type(exc).__name__} "
+                           f"in step {k}: {exc}") from None
+        sync()
+        step_s.append(time.perf_counter() - t0)
+        orth_s.append(timer.seconds - orth_before)
+        opt_cum += step_s[-1]
+        orth_cum += orth_s[-1]
+        batch_losses.append(loss_value)
+        if opt.family == "plugin" and not all(bool(torch.isfinite(p).all()) for p in hidden):
+            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) wrote NaN/Inf into the weights "
+                           f"in step {k} from finite gradients")
+        if sampled:
+            align = _alignment(before, hidden, opts[0])
+            val_loss = evaluate()
+            record(k, val_loss, align)
+            if diverging(val_loss):
                 diverged_step = k
                 break
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            sampled = k in eval_steps
-            before = [p.detach().clone() for p in hidden] if sampled else []
-            orth_before = timer.seconds
-            sync()
-            t0 = time.perf_counter()
-            try:
-                for o in opts:
-                    o.step()
-            except Exception as exc:  # noqa: BLE001
-                if opt.family != "plugin":
-                    raise
-                raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {type(exc).__name__} "
-                               f"in step {k}: {exc}") from None
-            sync()
-            step_s.append(time.perf_counter() - t0)
-            orth_s.append(timer.seconds - orth_before)
-            opt_cum += step_s[-1]
-            orth_cum += orth_s[-1]
-            batch_losses.append(loss_value)
-            if opt.family == "plugin" and not all(bool(torch.isfinite(p).all()) for p in hidden):
-                raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) wrote NaN/Inf into the weights "
-                               f"in step {k} from finite gradients")
-            if sampled:
-                align = _alignment(before, hidden, opts[0])
-                val_loss = evaluate()
-                record(k, val_loss, align)
-                if diverging(val_loss):
-                    diverged_step = k
-                    break
 
     diverged = diverged_step >= 0
     if diverged and rows[-1]["step"] != diverged_step:
