@@ -116,7 +116,7 @@ def test_figures_and_table(result):
     for stem in ("lm_loss", "lm_k", "lm_himuon", "lm_lr"):
         assert (result.figures_dir / f"{stem}.png").stat().st_size > 1000, stem
     table = (result.figures_dir / "lm.md").read_text()
-    assert "nats/byte" in table and "Muon² at K=3 matches Muon at K=5" in table
+    assert "nats/byte" in table and "Muon² at K=3 matches Muon at K=5" in table and "interleaved (3 rounds)" in table
     for verdict_line in [line for line in table.splitlines() if line.startswith("- **")]:
         assert re.search(r"→ \*\*(holds|does not hold)\*\* here", verdict_line), verdict_line
         assert re.search(r"loss (better|worse|indistinguishable);", verdict_line), verdict_line

@@ -79,11 +79,18 @@ Rows
     plus the per-run summaries ``final_val_loss``, ``diverged``,
     ``diverged_step``, ``step_ms_{median,q25,q75}``, ``orth_ms_{median,q25,q75}``,
     ``rest_ms_{median,q25,q75}`` (per update; orthogonalisation = the
-    matfun Newton–Schulz call of the step, for Muon² including the division
-    by √V; rest = the rest of the matrix optimizer and the AdamW step), and
+    optimizer's Newton–Schulz phase, for Muon² including the division by
+    √V + ε; rest = momentum, checks, the weight update and the AdamW step), and
     ``family``, ``ns_steps``, ``tile``, ``lr_source``, ``unigram_entropy``,
     ``corpus_sha256``, ``corpus_bytes``, ``corpus_files``, ``python_version``,
     ``n_params_hidden``, ``n_params_other``.
+
+    One more cell, ``{"benchmark": "optimizer_step"}``, times every optimizer's
+    step on the same gradients with the optimizers interleaved round by round
+    (``timing_rounds`` rounds; rows ``optimizer``, ``round``, ``bench_step_ms``,
+    ``bench_orth_ms``): the step times of the table, of figure ``lm_loss`` (c) and
+    of the HiMuon figure come from it, because on a shared machine load changes
+    between training runs would bias a comparison of their own step times.
 
 Figures (losses: cross-entropy in nats per byte)
     ``lm_loss``: (a) validation loss against step (mean, band min–max over seeds)
@@ -814,6 +821,7 @@ def _mark_diverged(ax, frame: pd.DataFrame, x: str, st: dict, y: float) -> None:
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
+    table = findings(frame, config)
     frame, stats, benchmarked = summarise(frame)
     frame = frame.assign(opt_s_cum=frame["opt_ms_cum"] / 1e3)
     opts = [o for o in config.parsed() if o.name in set(stats["optimizer"])]
@@ -843,8 +851,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax.set_ylabel(_NATS)
         ax_s.text(0.02, entropy, f"byte-unigram entropy {entropy:.2f}", transform=ax_s.get_yaxis_transform(),
                   ha="left", va="bottom", fontsize=6.5)
-        ax_s.text(0.98, 0.98, note.replace("; ", "\n") + "\nband: min–max over seeds; ×: diverged",
-                  transform=ax_s.transAxes, ha="right", va="top", fontsize=6, color="0.3")
+        ax_t.text(0.98, 0.98, note.replace("; ", "\n") + "\nband: min–max over seeds; ×: diverged",
+                  transform=ax_t.transAxes, ha="right", va="top", fontsize=6, color="0.3")
         ax_t.set_xlim(0, None)
         best = stats[stats["best"]].set_index("optimizer")
         names = [o.name for o in opts][::-1]
@@ -860,8 +868,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         by_name = {o.name: o for o in opts}
         ax_b.set_yticks(ypos, [label(by_name[n]) for n in names])
         ax_b.grid(axis="y", visible=False)
-        ax_b.set_xlabel("optimizer step (ms): median, IQR" + (" (interleaved)" if benchmarked else "")
-                        + "\ndark: orthogonalisation; light: rest")
+        ax_b.set_xlabel("ms per optimizer step\nmedian, IQR" + (" (interleaved)" if benchmarked else "")
+                        + "\ndark: orthogonalisation")
         for letter, ax in zip("abc", fig.axes):
             plotting.panel_label(ax, letter)
         fig.legend(*ax_s.get_legend_handles_labels(), loc="outside upper center", ncols=5)
@@ -894,7 +902,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 ax.set_xlabel("Newton–Schulz steps K")
             ax_l.set_ylabel("final " + _NATS + "\nmean ± std over seeds")
             ax_a.set_ylabel(r"alignment $\cos(\Delta W, \mathrm{polar}(M))$" + "\nmean over sampled steps")
-            ax_a.legend(fontsize=6.5)
+            ax_a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
             plotting.panel_label(ax_l, "a")
             plotting.panel_label(ax_a, "b")
             stems.append(out_dir / "lm_k")
@@ -969,7 +977,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         stems.append(out_dir / "lm_lr")
         plotting.save_figure(fig, stems[-1])
 
-    (out_dir / "lm.md").write_text(findings(frame, config))
+    (out_dir / "lm.md").write_text(table)
     return stems
 
 
