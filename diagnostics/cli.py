@@ -87,6 +87,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", action="append", metavar="NAME=MODULE:FACTORY",
                    help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
                    "a torch optimizer; repeatable")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
+    par.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
     _add_output_options(p)
 
 
@@ -286,9 +291,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     from . import store
+    from .parallel import ParallelError
 
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
     if not args.replot:
@@ -311,8 +319,12 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 replot=args.replot,
                 quick=args.quick,
                 progress=progress,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
             )
         except (store.CacheMissingError, BadInput) as exc:
+            raise UsageError(str(exc)) from None
+        except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
         print(result.summary())
         total_computed += result.computed
