@@ -10,10 +10,8 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from diagnostics import cli, corpus, experiments, store
-from diagnostics.errors import BadInput
 from diagnostics.experiments import lm
 
 BUILTINS = ("adamw", "muon_k5", "muon_k3", "himuon_t8", "himuon_t16", "himuon_full_t8",
