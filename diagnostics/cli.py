@@ -7,7 +7,7 @@ Subcommands::
              [--out DIR | --results DIR --figures DIR]
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
-             [--only NAME ...] [--force | --replot] [--no-progress]
+             [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
     validate ...                           delegated to diagnostics.validate
 
 Output directories: results (cell cache + ``results.csv``) go to
@@ -15,6 +15,8 @@ Output directories: results (cell cache + ``results.csv``) go to
 ``figures/``; ``--out DIR`` means ``--results DIR/results --figures DIR/figures``.
 With ``--quick`` the defaults become ``results/quick`` and ``figures/quick`` so a
 smoke run never overwrites full-size figures (explicit directories are used as given).
+Both are ignored by git; ``figures --quick --gallery`` also copies the PNGs into the
+committed gallery ``figures/gallery/`` (:mod:`diagnostics.gallery`).
 
 Exit codes: 0 success; 2 bad arguments or environment (unknown experiment, bad
 device, CUDA requested without a GPU, an output directory that cannot be written
@@ -147,10 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
             {PROG} figures --quick
             {PROG} figures --device cuda --out paper/
             {PROG} figures --only transfer --replot
+            {PROG} figures --quick --gallery         # maintainers: refresh figures/gallery/
             """
         ),
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
+    p.add_argument("--gallery", action="store_true",
+                   help="then copy the PNGs into the committed gallery figures/gallery/ (needs --quick)")
     _add_run_options(p)
 
     for name, load in MODULE_COMMANDS.items():
@@ -365,7 +370,18 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from . import experiments
 
     names = experiments.names() if not args.only else list(dict.fromkeys(args.only))
-    return _run_many(_resolve_names(names), args)
+    if args.gallery and not args.quick:
+        raise UsageError("--gallery needs --quick (the gallery shows the quick figures)")
+    status = _run_many(_resolve_names(names), args)
+    if args.gallery:
+        from . import gallery
+
+        try:
+            written = gallery.refresh(_output_dirs(args)[1], names)
+        except FileNotFoundError as exc:
+            raise UsageError(f"cannot refresh the gallery: {exc}") from None
+        print(f"gallery: {len(written)} file(s) copied into {gallery.DEFAULT_DIR}")
+    return status
 
 
 def _cmd_module(args: argparse.Namespace) -> int:
