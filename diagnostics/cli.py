@@ -3,7 +3,8 @@
 Subcommands::
 
     list                                   experiments, one line each
-    run NAME [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+    run NAME [--quick] [--device D] [--seed N] [--optimizer NAME=MODULE:FACTORY ...]
+             [--out DIR | --results DIR --figures DIR]
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
              [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
@@ -21,8 +22,9 @@ Exit codes: 0 success; 2 bad arguments or environment (unknown experiment, bad
 device, CUDA requested without a GPU, an output directory that cannot be written
 or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
 any other ``OSError`` such as a full disk or a permission denied, missing
-``diagnostics.validate``), always as ONE line on stderr; 130 interrupted (finished
-cells stay cached).  Any other exception inside an experiment is a bug and
+``diagnostics.validate``, unusable input such as a missing corpus or a broken
+``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`), always as ONE line
+on stderr; 130 interrupted (finished cells stay cached).  Any other exception inside an experiment is a bug and
 propagates with its traceback.
 
 Adding a command: implement it in a module of its own (``HELP``,
@@ -34,12 +36,15 @@ argument; ``OSError`` is reported for you.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
+
+from .errors import BadInput
 
 PROG = "matfun-diagnostics"
 DEVICES = ("cpu", "cuda")
@@ -81,6 +86,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--optimizer", action="append", metavar="NAME=MODULE:FACTORY",
+                   help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
+                   "a torch optimizer; repeatable")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
@@ -325,12 +333,14 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
     for module in modules:
+        config = _plugin_optimizer_config(module, args, len(modules) == 1)
         try:
             result = runner.run_module(
                 module,
                 plugins=maps,
                 overrides=per_experiment[module.NAME],
                 seeds=seeds,
+                config=config,
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
@@ -341,7 +351,7 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 jobs=args.jobs,
                 scheduler=args.scheduler,
             )
-        except (store.CacheMissingError, plugins.PluginError) as exc:
+        except (store.CacheMissingError, plugins.PluginError, overrides.OverrideError, BadInput) as exc:
             raise UsageError(str(exc)) from None
         except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
@@ -358,6 +368,25 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
             f"results in {results_dir}, {total_figures} figure file(s) in {figures_dir}"
         )
     return 0
+
+
+def _plugin_optimizer_config(module: Any, args: argparse.Namespace, explicit: bool) -> Any:
+    """The module's config with ``--optimizer`` entries appended (``None``: the default config).
+
+    Only experiments with ``PLUGIN_OPTIMIZERS = True`` take them: ``run`` of another one is an
+    error, ``figures`` runs the others unchanged.
+    """
+    if not args.optimizer or not getattr(module, "PLUGIN_OPTIMIZERS", False):
+        if args.optimizer and explicit:
+            raise UsageError(f"--optimizer: experiment {module.NAME!r} takes no plug-in optimizers")
+        return None
+    from .store import config_for
+
+    base = config_for(module, args.quick)
+    try:
+        return dataclasses.replace(base, optimizers=tuple(base.optimizers) + tuple(args.optimizer))
+    except ValueError as exc:
+        raise UsageError(f"--optimizer: {exc}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -66,6 +66,7 @@ MODULES: tuple[str, ...] = (
     "preconditioning",
     "scaling",
     "training",
+    "lm",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
