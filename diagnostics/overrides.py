@@ -9,7 +9,8 @@ Values
     ``int``, ``float``, ``str`` and ``bool`` (``true``/``false``/``1``/``0``)
     fields parse as such; ``tuple[...]`` fields take comma-separated items
     (``--set tiles=16,32``, ``--set shape=64,128``; ``--set schedules=jordan``
-    for a one-item tuple); ``Optional`` fields take ``none``.  The Config's own
+    for a one-item tuple), pairs inside them on ``:`` (``--set lrs=adamw:3e-3,muon:0.02``);
+    ``Optional`` fields take ``none``.  The Config's own
     ``__post_init__`` checks then apply (an unknown schedule name, a negative
     size).
 
@@ -61,7 +62,8 @@ def parse(items: Sequence[str]) -> list[tuple[str | None, str, str]]:
     return out
 
 
-def _convert(tp: Any, text: str) -> Any:
+def _convert(tp: Any, text: str, inner: bool = False) -> Any:
+    """``text`` as a value of type ``tp``; tuples split on ``,`` (tuples inside them on ``:``)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null") and type(None) in args:
@@ -71,17 +73,18 @@ def _convert(tp: Any, text: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, text)
+                return _convert(arg, text, inner)
             except ValueError as exc:
                 errors.append(str(exc))
         raise ValueError("; ".join(errors))
     if origin is tuple:
-        items = [t.strip() for t in text.strip("()[] ").split(",") if t.strip()] if text.strip("()[] ") else []
+        body = text.strip("()[] ")
+        items = [t.strip() for t in body.split(":" if inner else ",") if t.strip()] if body else []
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], t) for t in items)
+            return tuple(_convert(args[0], t, True) for t in items)
         if args and len(items) != len(args):
-            raise ValueError(f"expected {len(args)} comma-separated values, got {len(items)}")
-        return tuple(_convert(a, t) for a, t in zip(args, items)) if args else tuple(items)
+            raise ValueError(f"expected {len(args)} {'colon' if inner else 'comma'}-separated values, got {len(items)}")
+        return tuple(_convert(a, t, True) for a, t in zip(args, items)) if args else tuple(items)
     if tp is bool:
         low = text.lower()
         if low in ("true", "1", "yes"):

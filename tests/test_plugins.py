@@ -351,3 +351,23 @@ def test_map_refuses_parallel_workers(usermod, tmp_path, capsys):
     # plug-ins live in this process; Dask workers would not have them
     assert run_cli(["run", "transfer", "--quick", "--jobs", "2", "--map", f"cubic={usermod}:schedule"], tmp_path) == 2
     assert "--jobs" in one_line(capsys)
+
+
+def test_override_values_parse_by_field_type():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        n: int = 1
+        rate: float | None = 0.1
+        flag: bool = False
+        shape: tuple[int, int] = (2, 3)
+        names: tuple[str, ...] = ("a",)
+        lrs: tuple[tuple[str, float], ...] = ()
+
+    changed = overrides.apply(Config(), [("n", "4"), ("rate", "none"), ("flag", "true"), ("shape", "8,16"),
+                                         ("names", "x,y"), ("lrs", "adamw:3e-3,muon:0.02")])
+    assert changed == Config(4, None, True, (8, 16), ("x", "y"), (("adamw", 0.003), ("muon", 0.02)))
+    for bad in (("n", "1.5"), ("flag", "maybe"), ("shape", "8"), ("lrs", "adamw")):
+        with pytest.raises(overrides.OverrideError, match="valid keys: n \\(int\\)"):
+            overrides.apply(Config(), [bad])
