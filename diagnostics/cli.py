@@ -8,7 +8,11 @@ Subcommands::
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
              [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
+    run/figures also take  [--map NAME=MODULE:ATTR ...] [--set KEY=VALUE ...] [--seeds S1,S2,...]
+                           (your maps: diagnostics.plugins; Config overrides: diagnostics.overrides;
+                           several seeds, drawn as mean and spread: diagnostics.runner)
     validate ...                           delegated to diagnostics.validate
+    report MODULE:ATTR [--quick] [--out DIR]   delegated to diagnostics.report
 
 Output directories: results (cell cache + ``results.csv``) go to
 ``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
@@ -23,7 +27,8 @@ device, CUDA requested without a GPU, an output directory that cannot be written
 or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
 any other ``OSError`` such as a full disk or a permission denied, missing
 ``diagnostics.validate``, unusable input such as a missing corpus or a broken
-``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`), always as ONE line
+``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`; a ``--map`` plug-in
+that is missing or breaks its contract; a bad ``--set`` or ``--seeds``), always as ONE line
 on stderr; 130 interrupted (finished cells stay cached).  Any other exception inside an experiment is a bug and
 propagates with its traceback.
 
