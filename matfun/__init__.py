@@ -9,7 +9,8 @@ Maps (numpy arrays and torch tensors of shape ``(..., H, W)``, CPU or CUDA):
   per-tile map, with cross-matrix batching and memory-bounded chunks;
 * :func:`preconditioned_newton_schulz`, :class:`SecondMoment` — Muon²'s
   second-moment preconditioning (full or factorised);
-* :func:`transfer_function` — the scalar map ``p_K`` of a schedule.
+* :func:`transfer_function` — the scalar map ``p_K`` of a schedule;
+* :func:`design_schedule` — minimax-optimal (Polar Express) schedules for an interval.
 
 Each function is a thin wrapper over a map object (:class:`Polar`,
 :class:`SmoothedPolar`, :class:`NewtonSchulz`, :class:`Tiled`,
@@ -18,6 +19,7 @@ Each function is a thin wrapper over a map object (:class:`Polar`,
 """
 
 from .base import Map
+from .design import DesignedSchedule, design_schedule
 from .newton_schulz import NewtonSchulz, newton_schulz, newton_schulz_iterates
 from .polar import Polar, SmoothedPolar, polar, smoothed_polar
 from .precondition import Preconditioned, SecondMoment, precondition, preconditioned_newton_schulz
@@ -27,6 +29,8 @@ from ._backend import PRECISIONS
 
 __all__ = [
     "Map",
+    "DesignedSchedule",
+    "design_schedule",
     "NewtonSchulz",
     "Polar",
     "Preconditioned",
