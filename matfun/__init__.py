@@ -2,7 +2,8 @@
 
 Maps (numpy arrays and torch tensors of shape ``(..., H, W)``, CPU or CUDA):
 
-* :func:`polar`, :func:`smoothed_polar` — exact (smoothed) polar factor via SVD;
+* :func:`polar`, :func:`smoothed_polar` — exact (smoothed) polar factor via SVD
+  (``polar(..., method="qdwh")``: :func:`qdwh_polar`, the QDWH iteration);
 * :func:`newton_schulz`, :func:`newton_schulz_iterates` — full-matrix
   Newton–Schulz with the published schedules (:data:`SCHEDULES`);
 * :func:`tiled_newton_schulz`, :func:`tiled_newton_schulz_many` — HiMuon's
@@ -22,6 +23,7 @@ from .base import Map
 from .design import DesignedSchedule, design_schedule
 from .newton_schulz import NewtonSchulz, newton_schulz, newton_schulz_iterates
 from .polar import Polar, SmoothedPolar, polar, smoothed_polar
+from .qdwh import QDWHInfo, qdwh_polar
 from .precondition import Preconditioned, SecondMoment, precondition, preconditioned_newton_schulz
 from .tiling import Tiled, check_tile, tiled_newton_schulz, tiled_newton_schulz_many
 from .schedules import SCHEDULES, Schedule, get_schedule, transfer_function
@@ -44,6 +46,8 @@ __all__ = [
     "newton_schulz",
     "newton_schulz_iterates",
     "polar",
+    "qdwh_polar",
+    "QDWHInfo",
     "precondition",
     "preconditioned_newton_schulz",
     "check_tile",
