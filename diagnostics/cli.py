@@ -8,6 +8,7 @@ Subcommands::
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
              [--only NAME ...] [--force | --replot] [--no-progress]
     validate ...                           delegated to diagnostics.validate
+    design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
 
 Output directories: results (cell cache + ``results.csv``) go to
 ``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
@@ -137,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Implemented in diagnostics.validate.",
         epilog=_epilog(f"{PROG} validate --help"),
     )
+    from . import design_cli
+
+    design_cli.add_arguments(sub.add_parser(
+        "design-schedule", help="design a minimax NS schedule (diagnostics.design_cli)", formatter_class=_formatter,
+        description=design_cli.__doc__.split("\n\n", 1)[1].strip(),
+        epilog=_epilog(f"{PROG} design-schedule --lower 1e-3 --steps 5 --precision bfloat16"),
+    ))
     validate = _import_validate()
     if validate is not None and hasattr(validate, "add_arguments"):
         validate.add_arguments(p)
@@ -285,7 +293,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return int(entry(args) or 0)
 
 
-_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate}
+def _cmd_design_schedule(args: argparse.Namespace) -> int:
+    from . import design_cli
+
+    return design_cli.run(args, prog=f"{PROG} design-schedule")
+
+
+_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate,
+             "design-schedule": _cmd_design_schedule}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

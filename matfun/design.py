@@ -30,8 +30,8 @@ Beyond the worst-case design (:func:`design_schedule`) this module offers
 :func:`safety_for_precision` (the rounding margin a compute precision needs) and
 ``objective="mean_alignment"``: coefficients that maximise the mean alignment
 ``E[p_K(σ)] / √E[p_K(σ)²]`` over a prior sample of singular values (what Muon²
-reports as directional alignment), started from the minimax design and kept
-within its overshoot bound.
+reports as directional alignment), started from the best minimax design on the
+prior and kept within the minimax design's overshoot bound.
 
 References
 ----------
@@ -245,11 +245,13 @@ def design_schedule(
         Compute precision the schedule will run in (``"float64"``, ``"float32"``,
         ``"bfloat16"``); sets the default ``safety``.
     objective : {"worst_case", "mean_alignment"}
-        ``"worst_case"``: the minimax composition.  ``"mean_alignment"``: start
-        from it and maximise ``mean(p_K(σ)) / √mean(p_K(σ)²)`` over ``prior``
-        (the alignment ``cos(NS_K(G), polar(G))`` of a matrix with those singular
-        values), keeping every step within the worst-case design's range
-        ``[0, max u_k]`` on ``[0, upper]`` (so it stays as safe).
+        ``"worst_case"``: the minimax composition.  ``"mean_alignment"``:
+        maximise ``mean(p_K(σ)) / √mean(p_K(σ)²)`` over ``prior`` (the alignment
+        ``cos(NS_K(G), polar(G))`` of a matrix with those singular values),
+        starting from the best worst-case design for ``[ℓ', upper]`` over a grid
+        of ``ℓ' ≥ lower``, and keeping every step within the worst-case design's
+        range ``[0, max u_k]`` on ``[0, upper]`` (so it stays as safe).  Its
+        ``bounds`` are exact range enclosures of each step on ``[lower, upper]``.
     prior : array_like, optional
         Sample of normalised singular values for ``"mean_alignment"`` (values
         outside ``[lower, upper]`` are clipped into it).
@@ -296,9 +298,10 @@ def design_schedule(
     if objective == "mean_alignment" and prior is None:
         raise ValueError("objective='mean_alignment' needs prior= (a sample of normalised singular values)")
 
-    coefficients, bounds = _minimax_composition(lower, upper, int(steps), degree, safety, cushion)
     if objective == "mean_alignment":
-        coefficients, bounds = _optimise_mean_alignment(coefficients, bounds, prior, lower, upper, safety)
+        coefficients, bounds = _optimise_mean_alignment(prior, lower, upper, int(steps), degree, safety, cushion)
+    else:
+        coefficients, bounds = _minimax_composition(lower, upper, int(steps), degree, safety, cushion)
     label = name or f"designed (l={lower:g}, K={steps}, deg {degree}{', mean' if objective != 'worst_case' else ''})"
     return DesignedSchedule(
         name=label,
@@ -344,44 +347,51 @@ def _composition_values(coefficients: list[np.ndarray], x: np.ndarray) -> list[n
     return values
 
 
+def _mean_alignment(coefficients: list[np.ndarray], sample: np.ndarray) -> float:
+    out = _composition_values(coefficients, sample)[-1]
+    return float(out.mean() / math.sqrt(max(float(np.mean(out * out)), 1e-300)))
+
+
 def _optimise_mean_alignment(
-    coefficients: list[np.ndarray],
-    bounds: list[tuple[float, float]],
-    prior: Any,
-    lower: float,
-    upper: float,
-    safety: float,
+    prior: Any, lower: float, upper: float, steps: int, degree: int, safety: float, cushion: float
 ) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
-    """Maximise mean alignment over ``prior`` from the minimax start, overshoot-bounded."""
+    """Maximise mean alignment over ``prior``; returns coefficients and exact range enclosures.
+
+    Start: the worst-case designs for ``[ℓ', upper]`` with ``ℓ'`` on a log grid from
+    ``lower`` to ``upper/2``, the best of them on the prior (a schedule aimed at
+    where most singular values are, not at the smallest).  Then Nelder–Mead on all
+    coefficients, penalised when a step leaves ``[0, ceiling]`` on ``[0, upper]``
+    (``ceiling``: the worst-case design's own largest bound).
+    """
     from scipy.optimize import minimize
 
     sample = np.asarray(prior, dtype=np.float64).ravel()
     if sample.size == 0 or not np.all(np.isfinite(sample)):
         raise ValueError("prior must be a non-empty array of finite singular values")
     sample = np.clip(sample, lower, upper)
-    ceiling = max(hi for _, hi in bounds)  # the minimax design's worst overshoot
-    grid = np.linspace(0.0, upper, 2001)  # steps must keep [0, upper] inside [0, ceiling]
-    shapes = [len(c) for c in coefficients]
-    start = np.concatenate(coefficients)
+    candidates = [_minimax_composition(ell, upper, steps, degree, safety, cushion)[0]
+                  for ell in np.geomspace(lower, upper / 2, 16)]
+    start_coefs = max(candidates, key=lambda c: _mean_alignment(c, sample))
+    ceiling = max(hi for _, hi in _minimax_composition(lower, upper, steps, degree, safety, cushion)[1])
+    grid = np.linspace(0.0, upper, 257)
+    shapes = [len(c) for c in start_coefs]
 
     def unpack(theta: np.ndarray) -> list[np.ndarray]:
         return np.split(theta, np.cumsum(shapes)[:-1])
 
     def loss(theta: np.ndarray) -> float:
         coefs = unpack(theta)
-        out = _composition_values(coefs, sample)[-1]
-        alignment = out.mean() / math.sqrt(max(np.mean(out * out), 1e-300))
-        path = _composition_values(coefs, grid)
-        worst = max(np.max(v) for v in path[1:])
-        lowest = min(np.min(v) for v in path[1:])
-        penalty = max(0.0, worst - ceiling) + max(0.0, -lowest)
-        return -alignment + 1e3 * penalty
+        with np.errstate(over="ignore", invalid="ignore"):
+            path = _composition_values(coefs, grid)[1:]
+            penalty = sum(max(0.0, float(np.max(v)) - ceiling) + max(0.0, -float(np.min(v))) for v in path)
+            value = -_mean_alignment(coefs, sample) + 1e3 * penalty
+        return value if math.isfinite(value) else math.inf
 
+    start = np.concatenate(start_coefs)
     result = minimize(loss, start, method="Nelder-Mead",
-                      options={"maxiter": 4000 * len(start), "xatol": 1e-12, "fatol": 1e-15})
-    best = result.x if result.fun < loss(start) else start
-    coefs = unpack(best)
-    new_bounds = [(lower, upper)]  # each step's exact range on the previous enclosure
+                      options={"maxiter": 200 * len(start), "xatol": 1e-10, "fatol": 1e-12})
+    coefs = unpack(result.x if result.fun < loss(start) else start)
+    bounds = [(lower, upper)]  # each step's exact range on the previous enclosure
     for coef in coefs:
-        new_bounds.append(_range_on(coef, *new_bounds[-1]))
-    return coefs, new_bounds
+        bounds.append(_range_on(coef, *bounds[-1]))
+    return coefs, bounds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -208,3 +209,78 @@ def test_bounds_hold_property(log_lower, steps, degree, safety, cushion):
     for k, ((lo, hi), tol) in enumerate(zip(sched.bounds, _rounding_tolerances(sched))):
         v = matfun.transfer_function(x0 * sched.normalization, k, sched)
         assert v.min() >= lo - tol and v.max() <= hi + tol
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def test_cli_prints_tuples_and_draws(tmp_path, capsys):
+    from diagnostics import cli
+
+    stem = tmp_path / "fig" / "ds"
+    code = cli.main(["design-schedule", "--lower", "1e-3", "--steps", "5", "--figure", str(stem)])
+    out = capsys.readouterr().out
+    assert code == 0
+    tuples = [line for line in out.splitlines() if line.startswith("(")]
+    printed = eval("[" + "\n".join(tuples) + "]")  # noqa: S307 - our own output
+    np.testing.assert_allclose(np.array(printed), np.array(PUBLISHED_PE), atol=1e-10)
+    assert "1.02" in out  # the normalisation to use
+    assert (tmp_path / "fig" / "ds.png").stat().st_size > 0 and (tmp_path / "fig" / "ds.pdf").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--lower", "1", "--upper", "0.5"], "lower must be < upper"),
+        (["--lower", "1e-3", "--steps", "0"], "steps must be"),
+        (["--lower", "1e-3", "--degree", "7"], "invalid choice"),
+        (["--lower", "x"], "invalid float"),
+        (["--lower", "1e-3", "--precision", "fp8"], "unknown precision"),
+        ([], "--lower"),
+    ],
+)
+def test_cli_bad_arguments_one_line_exit_2(argv, match, capsys):
+    from diagnostics import cli
+
+    assert cli.main(["design-schedule", *argv, "--no-figure"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------- experiment
+
+
+def test_design_experiment_tiny_end_to_end(tmp_path):
+    from diagnostics.experiments import design
+
+    config = design.Config(steps=3, shape=(12, 20), condition_numbers=(10.0,), stream_steps=6,
+                           record_steps=(2, 5), width=16, tiles=(0, 8), precision_kappa=100.0)
+    frames = []
+    for cell in design.cells(config):
+        frame = design.run_cell(config, cell, "cpu", 0)
+        frame["part"] = cell["part"]
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    controlled = frame[(frame["part"] == "controlled") & (frame["step"] == 3)].set_index("schedule")
+    # the design for the class interval beats every published schedule at equal K
+    published = controlled.loc[list(design.PUBLISHED), "misalignment"]
+    assert controlled.loc["designed", "misalignment"] < published.min()
+    momenta = frame[frame["part"] == "momenta"]
+    assert set(momenta["tile"]) == {0, 8} and np.all(np.isfinite(momenta["misalignment"]))
+    precision = frame[frame["part"] == "precision"]
+    assert set(precision["precision"]) == {"float32", "bfloat16"}
+    stems = design.plot(frame, config, tmp_path)
+    assert (tmp_path / "design.png").exists() and stems == [tmp_path / "design"]
+
+
+def test_tile_spectra_and_interval():
+    from diagnostics.experiments import design
+
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((16, 24))
+    whole = design.tile_spectra([M], 0)
+    np.testing.assert_allclose(np.sort(whole), np.sort(np.linalg.svd(M / np.linalg.norm(M), compute_uv=False)))
+    tiles = design.tile_spectra([M], 8)
+    assert tiles.size == 6 * 8 and np.all(tiles <= 1)  # 2×3 tiles of 8×8
+    lower, upper = design.interval_from_spectra(whole, 0.02)
+    assert 0 < lower < upper <= 1 and upper >= whole.max()

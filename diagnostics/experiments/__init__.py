@@ -50,6 +50,7 @@ MODULES: tuple[str, ...] = (
     "preconditioning",
     "scaling",
     "training",
+    "design",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
