@@ -10,13 +10,24 @@ panel: ``|1 − p_K(σ)|``).  Bad arguments: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
+HELP = "design a minimax Newton-Schulz schedule, print it as Python tuples, draw it"
+DESCRIPTION = (
+    "Design a Newton-Schulz schedule with matfun.design_schedule (per-step minimax odd polynomials, "
+    "as in The Polar Express) for singular values of G/||G||_F in [LOWER, UPPER], print its "
+    "coefficients as Python tuples and each step's interval, and draw its transfer function next "
+    "to the published schedules."
+)
+EXAMPLES = """\
+matfun-diagnostics design-schedule --lower 1e-3 --steps 5     # the published Polar Express constants
+matfun-diagnostics design-schedule --lower 1e-2 --upper 0.6 --steps 4 --precision bfloat16
+matfun-diagnostics design-schedule --lower 1e-3 --degree 3 --steps 8 --no-figure
+"""
+
 PUBLISHED = ("cubic", "jordan", "you", "polar_express")
-USAGE_EXIT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figure", action="store_true", help="print the coefficients only")
 
 
-def run(args: argparse.Namespace, prog: str = "matfun-diagnostics design-schedule") -> int:
-    """Run the command; returns the exit code (0, or 2 with one line on stderr for bad arguments)."""
+def run(args: argparse.Namespace) -> int:
+    """Run the command (exit 0); a bad argument raises :class:`diagnostics.cli.UsageError` (exit 2)."""
     import matfun
+
+    from .cli import UsageError
 
     try:
         schedule = matfun.design_schedule(
@@ -46,8 +59,7 @@ def run(args: argparse.Namespace, prog: str = "matfun-diagnostics design-schedul
             cushion=args.cushion, precision=args.precision, name=args.name,
         )
     except (ValueError, TypeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return USAGE_EXIT
+        raise UsageError(str(exc)) from None
     print(f"# {schedule.name}: degree {schedule.degree}, safety {schedule.safety:g}, cushion {schedule.cushion:g}")
     print(f"# use with X0 = G / ({schedule.normalization!r} * ||G||_F); (a, b, c) per step:")
     print(schedule.python_tuples())
@@ -56,11 +68,7 @@ def run(args: argparse.Namespace, prog: str = "matfun-diagnostics design-schedul
     if args.no_figure:
         return 0
     stem = Path(args.figure)
-    try:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"{prog}: error: cannot write the figure to '{stem.parent}': {exc.strerror or exc}", file=sys.stderr)
-        return USAGE_EXIT
+    stem.parent.mkdir(parents=True, exist_ok=True)  # an OSError is reported by the CLI in one line
     paths = draw(schedule, stem)
     print(f"# figure: {', '.join(str(p) for p in paths)}")
     return 0
