@@ -150,6 +150,8 @@ def minimax_odd(lower: float, upper: float, degree: int = 5, *, max_iter: int = 
     error : float
         The equioscillation level ``E = max |1 − p|`` on ``[lower, upper]``.
     """
+    if degree not in DEGREES or not 0 < lower <= upper:
+        raise ValueError(f"need degree 3 or 5 and 0 < lower <= upper, got {degree!r}, [{lower!r}, {upper!r}]")
     m = (degree + 1) // 2
     if lower / upper >= _LIMIT_RATIO:
         coef = np.array(_LIMIT[degree]) / upper ** np.arange(1, degree + 1, 2)
@@ -159,14 +161,12 @@ def minimax_odd(lower: float, upper: float, degree: int = 5, *, max_iter: int = 
     nodes = lower + (upper - lower) * np.arange(m + 1) / m
     signs = (-1.0) ** np.arange(m + 1)  # p(x_j) = 1 − (−1)^j E: ℓ sits below 1
     powers = np.arange(1, degree + 1, 2)
-    coef, error = None, math.inf
     for _ in range(max_iter):
         system = np.column_stack([nodes[:, None] ** powers, signs])
-        solution = np.linalg.solve(system, np.ones(m + 1))
-        coef, error = solution[:m], float(solution[m])
+        coef = np.linalg.solve(system, np.ones(m + 1))[:m]
         interior = _critical_points(coef, lower, upper)
-        if len(interior) != m - 1:  # degenerate exchange (cannot happen for a proper start); stop here
-            break
+        if len(interior) != m - 1:
+            raise RuntimeError(f"Remez exchange lost an alternation point on [{lower!r}, {upper!r}] (degree {degree})")
         new_nodes = np.concatenate([[lower], interior, [upper]])
         moved = np.max(np.abs(new_nodes - nodes))
         nodes = new_nodes
