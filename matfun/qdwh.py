@@ -55,9 +55,15 @@ import torch
 from . import _backend as B
 
 METHODS = ("svd", "qdwh", "auto")
-#: ``method="auto"`` uses QDWH on CPU from this ``min(H, W)`` on (benchmarks/bench_polar.py).
-AUTO_MIN_SIZE_CPU = 128
-#: ... and on CUDA (not measured in this session: see the benchmark's GPU section).
+#: ``method="auto"`` uses QDWH on CPU from this ``min(H, W)`` on, with at least two
+#: torch threads.  Measured with ``benchmarks/bench_polar.py`` (2-core machine under
+#: load, float64): QDWH/SVD time 0.67 at 1024², 0.38 at 2048² with 2 threads (its
+#: QR, Cholesky and GEMMs use both cores, LAPACK's bidiagonalisation does not);
+#: single-threaded the SVD is about 2× faster at every size up to 1024².
+AUTO_MIN_SIZE_CPU = 1024
+#: ... and on CUDA from this size (NOT measured here: no GPU in the session that
+#: wrote this; QDWH on one GPU is reported up to 4× faster than SVD libraries,
+#: Sukkari, Ltaief, Keyes 2016).  Re-measure with the benchmark's GPU section.
 AUTO_MIN_SIZE_CUDA = 256
 
 #: Cholesky-based steps once ``c_k`` is at most this (Nakatsukasa & Higham 2013).
@@ -103,8 +109,9 @@ def choose_method(X: Any, method: str = "auto") -> str:
     """Resolve ``method`` for the compute array ``X``: ``"svd"`` or ``"qdwh"``.
 
     ``"auto"`` takes QDWH for numpy/torch inputs whose smaller side is at least
-    :data:`AUTO_MIN_SIZE_CPU` (CPU) or :data:`AUTO_MIN_SIZE_CUDA` (CUDA), the SVD
-    otherwise (and for other array libraries).
+    :data:`AUTO_MIN_SIZE_CPU` on a CPU with at least two torch threads, or
+    :data:`AUTO_MIN_SIZE_CUDA` on CUDA; the SVD otherwise (and for other array
+    libraries).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -115,8 +122,10 @@ def choose_method(X: Any, method: str = "auto") -> str:
         return method
     if not supported:
         return "svd"
-    on_cuda = B.is_torch(X) and X.device.type == "cuda"
-    return "qdwh" if min(X.shape[-2:]) >= (AUTO_MIN_SIZE_CUDA if on_cuda else AUTO_MIN_SIZE_CPU) else "svd"
+    if B.is_torch(X) and X.device.type == "cuda":
+        return "qdwh" if min(X.shape[-2:]) >= AUTO_MIN_SIZE_CUDA else "svd"
+    multi_threaded = torch.get_num_threads() >= 2
+    return "qdwh" if multi_threaded and min(X.shape[-2:]) >= AUTO_MIN_SIZE_CPU else "svd"
 
 
 def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_info: bool = False,
