@@ -65,6 +65,8 @@ DEGREES = (3, 5)
 # Newton–Schulz limit (critical point at u), and Remez is ill-conditioned.
 _LIMIT_RATIO = 1 - 5e-6
 _LIMIT = {3: (1.5, -0.5), 5: (15 / 8, -10 / 8, 3 / 8)}
+# Within this ratio the limit's error is below ~1e-9 (1 − p ~ (1 − x)³): used if Remez degenerates.
+_NARROW_RATIO = 1 - 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +133,13 @@ def _range_on(coef: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     return float(values.min()), float(values.max())
 
 
+def _limit_polynomial(lower: float, upper: float, degree: int) -> tuple[np.ndarray, float]:
+    """The Newton–Schulz limit scaled to ``upper`` (``p(u) = 1``, ``p'(u) = 0``) and its error on the interval."""
+    coef = np.array(_LIMIT[degree]) / upper ** np.arange(1, degree + 1, 2)
+    lo, hi = _range_on(coef, lower, upper)
+    return coef, max(1 - lo, hi - 1)
+
+
 def minimax_odd(lower: float, upper: float, degree: int = 5, *, max_iter: int = 100) -> tuple[np.ndarray, float]:
     """Best uniform approximation of 1 on ``[lower, upper]`` by an odd polynomial (Remez).
 
@@ -154,9 +163,7 @@ def minimax_odd(lower: float, upper: float, degree: int = 5, *, max_iter: int = 
         raise ValueError(f"need degree 3 or 5 and 0 < lower <= upper, got {degree!r}, [{lower!r}, {upper!r}]")
     m = (degree + 1) // 2
     if lower / upper >= _LIMIT_RATIO:
-        coef = np.array(_LIMIT[degree]) / upper ** np.arange(1, degree + 1, 2)
-        lo, hi = _range_on(coef, lower, upper)
-        return coef, max(1 - lo, hi - 1)
+        return _limit_polynomial(lower, upper, degree)
     # Initial alternation points: spread between the ends (exact as lower → upper).
     nodes = lower + (upper - lower) * np.arange(m + 1) / m
     signs = (-1.0) ** np.arange(m + 1)  # p(x_j) = 1 − (−1)^j E: ℓ sits below 1
@@ -166,6 +173,8 @@ def minimax_odd(lower: float, upper: float, degree: int = 5, *, max_iter: int = 
         coef = np.linalg.solve(system, np.ones(m + 1))[:m]
         interior = _critical_points(coef, lower, upper)
         if len(interior) != m - 1:
+            if lower / upper >= _NARROW_RATIO:  # rounding-level oscillation: the limit is as good
+                return _limit_polynomial(lower, upper, degree)
             raise RuntimeError(f"Remez exchange lost an alternation point on [{lower!r}, {upper!r}] (degree {degree})")
         new_nodes = np.concatenate([[lower], interior, [upper]])
         moved = np.max(np.abs(new_nodes - nodes))

@@ -284,3 +284,11 @@ def test_tile_spectra_and_interval():
     assert tiles.size == 6 * 8 and np.all(tiles <= 1)  # 2×3 tiles of 8×8
     lower, upper = design.interval_from_spectra(whole, 0.02)
     assert 0 < lower < upper <= 1 and upper >= whole.max()
+
+
+def test_remez_narrow_interval_near_limit():
+    # Just wider than the limit threshold: Remez degenerates at rounding level, the
+    # Newton–Schulz limit polynomial is returned instead (found by the design experiment).
+    coef, error = minimax_odd(0.9999973473419231, 1.0000026526580768, 5)
+    assert error <= 1e-12
+    np.testing.assert_allclose(coef, (15 / 8, -10 / 8, 3 / 8), rtol=1e-4)
