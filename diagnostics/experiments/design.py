@@ -239,7 +239,7 @@ def _drawn(values) -> np.ndarray:
 
 def _color(name: str) -> str:
     if name.startswith("designed ("):
-        return {"safety 0": "#d62728", "float32 margin": "#ff7f0e", "bf16 margin": "#2ca02c"}[name[10:-1]]
+        return {"safety 0": "#d62728", "float32 margin": "#ff7f0e", "bf16 margin": "#9467bd"}[name[10:-1]]
     return plotting.schedule_color(name)
 
 
