@@ -80,6 +80,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
+    par.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
     _add_output_options(p)
 
 
@@ -280,9 +285,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     from . import store
+    from .parallel import ParallelError
 
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
     if not args.replot:
@@ -303,8 +311,12 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 replot=args.replot,
                 quick=args.quick,
                 progress=progress,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
             )
         except store.CacheMissingError as exc:
+            raise UsageError(str(exc)) from None
+        except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
         print(result.summary())
         total_computed += result.computed
