@@ -59,6 +59,7 @@ MODULES: tuple[str, ...] = (
     "preconditioning",
     "scaling",
     "training",
+    "lm",
     "design",
 )
 
