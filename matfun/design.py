@@ -342,7 +342,7 @@ def _minimax_composition(
             coef = coef * (2.0 / (p_min + p_max))
         if k < steps - 1:
             coef = coef / (1.0 + safety) ** powers  # p(x / (1 + safety))
-        lo = _range_on(coef, lo, hi)[0]
+        lo = min(_range_on(coef, lo, hi)[0], 1.0)  # a collapsed interval may round to 1 + ulp
         hi = 2.0 - lo
         coefficients.append(coef)
         bounds.append((lo, hi))

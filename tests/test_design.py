@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import matfun
 from matfun.design import DesignedSchedule, minimax_odd, safety_for_precision
@@ -203,6 +203,8 @@ def test_non_numeric_lower_is_a_type_error():
     safety=st.sampled_from([0.0, 1e-3, 2e-2]),
     cushion=st.sampled_from([0.0, 0.02, 0.1]),
 )
+# found by hypothesis: the interval collapses onto 1 and ℓ_k rounded to 1 + ulp > u_k
+@example(log_lower=-0.7193341278760572, steps=5, degree=5, safety=0.0, cushion=0.0)
 def test_bounds_hold_property(log_lower, steps, degree, safety, cushion):
     sched = matfun.design_schedule(10.0**log_lower, 1.0, steps, degree=degree, safety=safety, cushion=cushion)
     x0 = np.geomspace(sched.lower, 1.0, 20001)
