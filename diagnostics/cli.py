@@ -12,6 +12,7 @@ Subcommands::
                            (your maps: diagnostics.plugins; Config overrides: diagnostics.overrides;
                            several seeds, drawn as mean and spread: diagnostics.runner)
     validate ...                           delegated to diagnostics.validate
+    design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
     report MODULE:ATTR [--quick] [--out DIR]   delegated to diagnostics.report
 
 Output directories: results (cell cache + ``results.csv``) go to
@@ -212,6 +213,7 @@ def _import_validate() -> Any:
 #: matplotlib or scipy at module level.  One line per command.
 MODULE_COMMANDS: dict[str, Any] = {
     "validate": lambda: _import_validate(),
+    "design-schedule": lambda: _import_optional(f"{__package__ or 'diagnostics'}.design_cli"),
     "report": lambda: _import_optional(f"{__package__ or 'diagnostics'}.report"),
 }
 
