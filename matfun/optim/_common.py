@@ -41,7 +41,7 @@ def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        lr = float(lr)
+        lr = float(lr.detach())
     if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0.0 or not math.isfinite(lr):
         raise ValueError(f"Learning rate should be a finite number >= 0 but is: {lr!r}")
 
@@ -155,7 +155,7 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple[int, int]) -> fl
 
 
 def to_scalar(lr: Any) -> float:
-    return float(lr) if isinstance(lr, Tensor) else lr
+    return float(lr.detach()) if isinstance(lr, Tensor) else lr
 
 
 def statistics_dtype(dtype: torch.dtype) -> torch.dtype:

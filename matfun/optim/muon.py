@@ -120,6 +120,9 @@ class Muon(MatrixOptimizer):
       parameter's dtype) and in the parameter's dtype otherwise.
     * Every :meth:`step` is all or nothing: a bad gradient, hyperparameter or
       statistic in any group raises before anything is written.
+    * :meth:`load_state_dict` accepts torch.optim.Muon checkpoints (same
+      hyperparameters and state); ``precision`` and ``check_finite``, which
+      torch's lack, take this optimizer's constructor values.
     * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
       (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; each matrix is orthogonalised by one owner rank, balanced by cost (gather, NS, scatter back).
       The update equals the single-device one (``tests/test_sharding.py``);
@@ -138,6 +141,8 @@ class Muon(MatrixOptimizer):
     """
 
     _name = "Muon"
+    # torch.optim.Muon's checkpoints load: matfun's own hyperparameters come from the constructor
+    _filled_from_defaults = ("precision", "check_finite")
 
     def __init__(
         self,
@@ -247,10 +252,12 @@ def orthogonalize(
         prec = default_precision(precision, X.device)
         ns = maps.get(prec) or maps.setdefault(prec, NewtonSchulz(steps, schedule, prec))
         if 0 < n < eps:
+            # [[U, 0], [0, √(eps² − ‖U‖²)]] divided by eps (the map is scale invariant): every
+            # entry stays finite whatever eps is (eps² overflows for eps above ~1e154)
             H, W = X.shape
             aug = X.new_zeros((H + 1, W + 1))
-            aug[:H, :W] = X
-            aug[H, W] = math.sqrt(max(eps * eps - n * n, 0.0))
+            aug[:H, :W] = X / eps
+            aug[H, W] = math.sqrt(max(1.0 - (n / eps) ** 2, 0.0))
             outs.append(ns(aug, check_finite=False)[:H, :W])
         else:
             outs.append(ns(X, check_finite=False))
