@@ -211,3 +211,52 @@ def test_torch_muon_checkpoint_loads_into_muon():
     # foreign classes are still rejected
     with pytest.raises(ValueError, match="another optimizer class"):
         mo.HiMuon(_params()).load_state_dict(ref.state_dict())
+
+
+# --------------------------------------------------------------------------- validation that cannot fail
+
+
+def _identity(X):
+    return X
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"skip": testing.CHECK_NAMES}, "leaves no check"),
+        ({"skip": [c for c in testing.CHECK_NAMES if c != "schedule_agreement"]}, "leaves no check"),
+        ({"min_alignment": -1.0}, r"min_alignment must lie in \(0, 1\]"),
+        ({"min_alignment": 0.0}, r"min_alignment must lie in \(0, 1\]"),
+        ({"min_alignment": float("nan")}, r"min_alignment must lie in \(0, 1\]"),
+        ({"min_alignment": "high"}, "min_alignment must be a number"),
+        ({"scale_tol": float("inf")}, "scale_tol must be a finite number"),
+        ({"equivariance_tol": -1.0}, "equivariance_tol must be a finite number"),
+        ({"schedule": "jordan", "schedule_tol": float("inf")}, "schedule_tol must be a finite number"),
+        ({"schedule": "jordan", "coefficient_tol": float("nan")}, "coefficient_tol must be a finite number"),
+        ({"scales": (1.0,)}, "scales must be finite positive factors other than 1"),
+        ({"scales": ()}, "scales must be finite positive factors other than 1"),
+        ({"scales": (0.0, 10.0)}, "scales must be finite positive factors other than 1"),
+        ({"schedule": "jordan", "steps": -1}, "steps must be non-negative"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"device": "meta"}, "device 'meta' holds no values"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+def test_settings_under_which_a_check_cannot_fail_are_rejected(kwargs, match):
+    # each of these made the identity map (no orthogonaliser at all) pass the checks left, or
+    # ended in a library error: skipping every check gave "PASSED: all 0 checks" and exit 0
+    with pytest.raises((ValueError, TypeError), match=match):
+        testing.check_orthogonalizer(_identity, timeout=None, **kwargs)
+
+
+def test_skip_accepts_one_name():
+    report = testing.check_orthogonalizer(_identity, timeout=None, skip="alignment")
+    assert "alignment" not in {c.name for c in report.checks} and not report.passed
+
+
+def test_validate_command_with_every_check_skipped_exits_2(capsys):
+    from diagnostics.cli import main
+
+    code = main(["validate", "math:sqrt", "--skip", *testing.CHECK_NAMES])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "leaves no check to run" in err and len(err.splitlines()) == 1
