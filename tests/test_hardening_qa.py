@@ -260,3 +260,67 @@ def test_validate_command_with_every_check_skipped_exits_2(capsys):
     code = main(["validate", "math:sqrt", "--skip", *testing.CHECK_NAMES])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "leaves no check to run" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- check_sharded_optimizer
+
+
+class _Biased(torch.nn.Module):
+    """Linear layers with biases (1-D parameters), float64, 10 rows: uneven on 4 ranks."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(6, 10, dtype=torch.float64)
+        self.fc2 = torch.nn.Linear(10, 4, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def _biased():
+    return _Biased()
+
+
+def _biased_elsewhere():
+    """Other weights in the ranks than in the reference: breaks model_fn's contract."""
+    model = _Biased()
+    if torch.distributed.is_initialized():
+        with torch.no_grad():
+            model.fc1.weight.mul_(2)
+    return model
+
+
+def _muon_and_adamw(params):
+    """The usual split: Muon for the matrices, AdamW for the biases."""
+    return [mo.Muon([p for p in params if p.ndim >= 2], lr=0.02, precision="float64"),
+            torch.optim.AdamW([p for p in params if p.ndim < 2], lr=1e-2)]
+
+
+def _frozen(params):
+    return torch.optim.SGD(params, lr=0.0)
+
+
+def _not_an_optimizer(params):
+    return {"params": params}
+
+
+def test_sharded_check_takes_a_muon_adamw_split_and_blames_model_fn_not_the_optimizer():
+    # a model with biases could not be checked at all: optimizer_fn had to return ONE optimizer and
+    # Muon rejects vectors; and a model_fn with other weights in the ranks failed
+    # params_match_reference as if the optimizer were wrong
+    from matfun.testing import check_sharded_optimizer
+
+    good = check_sharded_optimizer(_biased, _muon_and_adamw, world_size=2, steps=2)
+    assert good.passed, good.table()
+    bad = check_sharded_optimizer(_biased_elsewhere, _muon_and_adamw, world_size=2, steps=1)
+    assert bad.failed_names == ["params_match_reference"]
+    assert "model_fn() gave other initial weights" in bad["params_match_reference"].detail
+
+
+def test_sharded_check_does_not_pass_when_the_reference_does_not_move():
+    from matfun.testing import check_sharded_optimizer
+
+    report = check_sharded_optimizer(_biased, _frozen, world_size=2, steps=1)  # decided before any spawn
+    assert not report.passed and "changed no parameter" in report["params_match_reference"].detail
+    with pytest.raises(TypeError, match="must return a torch.optim.Optimizer or a list"):
+        check_sharded_optimizer(_biased, _not_an_optimizer, world_size=2, steps=1)
