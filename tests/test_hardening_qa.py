@@ -324,3 +324,33 @@ def test_sharded_check_does_not_pass_when_the_reference_does_not_move():
     assert not report.passed and "changed no parameter" in report["params_match_reference"].detail
     with pytest.raises(TypeError, match="must return a torch.optim.Optimizer or a list"):
         check_sharded_optimizer(_biased, _not_an_optimizer, world_size=2, steps=1)
+
+
+# --------------------------------------------------------------------------- sweeps on a cluster
+
+
+@pytest.mark.parametrize("address", ["nonsense", "", "tcp://"])
+def test_malformed_scheduler_address_is_one_line_and_exit_2(tmp_path, capsys, address):
+    # distributed raises ValueError("missing port number ...") for these: it was a traceback, exit 1
+    from diagnostics.cli import main
+
+    code = main(["run", "ns_convergence", "--quick", "--no-progress", "--out", str(tmp_path), "--scheduler", address])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "scheduler" in err, err
+
+
+def test_jobs_never_starts_more_workers_than_cells(monkeypatch):
+    # --jobs 99999999999 asked LocalCluster for that many processes: the command hung
+    from diagnostics import parallel
+
+    asked = []
+
+    def fake_open_client(jobs, scheduler):
+        asked.append(jobs)
+        raise parallel.ParallelError("stop here")
+
+    monkeypatch.setattr(parallel, "open_client", fake_open_client)
+    todo = [({"n": k}, {"n": k}, f"d{k}") for k in range(3)]
+    with pytest.raises(parallel.ParallelError):
+        parallel.compute_cells(None, None, todo, None, {}, "cpu", 0, jobs=99999999999)
+    assert asked == [3]
