@@ -117,6 +117,9 @@ a call, a monkeypatched matfun, a fork or a closed stdout cannot make it pass
 ``if __name__ == "__main__":`` guard (the child is started by
 ``multiprocessing``).  Any exception from a callable — ``SystemExit``
 included, ``KeyboardInterrupt`` excepted — fails the check that called it.
+The ``dtype`` and ``device`` checks read what the child reports about its
+output, so they catch mistakes, not a target written to lie; every value
+check uses the returned numbers themselves.
 
 ``timeout`` (default :data:`DEFAULT_TIMEOUT` = 600 s for the whole battery)
 raises :class:`BatteryTimeout`.  In the child-process form the child (and all

@@ -106,6 +106,24 @@ def test_muon_eps_floor_stays_finite_for_huge_eps():
     torch.testing.assert_close(p.detach(), expected, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("cls,kw", CLASSES, ids=IDS)
+def test_a_schedule_whose_iterates_overflow_is_rejected(cls, kw):
+    # finite coefficients (1e30, 0, 0) passed validation and every weight became NaN, silently
+    with pytest.raises(ValueError, match="grow singular values to 1e\\+30"):
+        cls(_params(), ns_coefficients=(1e30, 0.0, 0.0), **kw)
+    opt, params = _trained(cls, kw)
+    opt.param_groups[0]["ns_coefficients"] = [(3.0, 0.0, 0.0)]  # 3^16 ≈ 4.3e7 after 16 steps
+    opt.param_groups[0]["ns_steps"] = 16
+    _grads(params, 3)
+    snap = _snapshot(opt, params)
+    with pytest.raises(ValueError, match="param group 0: .*would overflow"):
+        opt.step()
+    _assert_unchanged(opt, params, snap)
+    opt.param_groups[0]["ns_steps"] = 14  # 3^14 ≈ 4.8e6: allowed, and the step is finite
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in params)
+
+
 # --------------------------------------------------------------------------- parameters
 
 

@@ -30,7 +30,7 @@ from ._common import (
     check_bool,
     check_lr,
     check_nonneg,
-    check_ns_steps,
+    check_ns_schedule,
     check_precision,
     check_unit_interval,
     default_precision,
@@ -76,7 +76,9 @@ class Muon(MatrixOptimizer):
     ns_coefficients : str, Schedule, sequence of (a, b, c) or one (a, b, c), default Jordan
         Newton–Schulz schedule (``"jordan"`` = torch's ``(3.4445, −4.7750, 2.0315)``,
         ``"you"``, ``"polar_express"``, ``"cubic"``, or explicit tuples; the last
-        tuple repeats).  Alias: ``coefficients``.
+        tuple repeats).  Alias: ``coefficients``.  A schedule whose iterates grow
+        singular values beyond 1e7 within ``ns_steps`` is rejected (its products
+        would overflow).
     eps : float, default 1e-7
         torch.optim.Muon's floor on the normalisation: the map's input is
         ``U / max(‖U‖_F, eps)``.  matfun's own normalisation is exactly scale
@@ -227,8 +229,7 @@ def check_common(group: dict[str, Any]) -> None:
     check_nonneg("weight decay", group["weight_decay"])
     check_unit_interval("momentum", group["momentum"])
     check_bool("nesterov", group["nesterov"])
-    resolve_coefficients(group["ns_coefficients"])
-    check_ns_steps(group["ns_steps"])
+    check_ns_schedule(group["ns_coefficients"], group["ns_steps"])
     check_precision(group["precision"])
     check_adjust_lr_fn(group["adjust_lr_fn"])
 
