@@ -3,24 +3,29 @@
 Subcommands::
 
     list                                   experiments, one line each
-    run NAME [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+    run NAME [--quick] [--device D] [--seed N] [--optimizer NAME=MODULE:FACTORY ...]
+             [--out DIR | --results DIR --figures DIR]
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
-             [--only NAME ...] [--force | --replot] [--no-progress]
+             [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
     validate ...                           delegated to diagnostics.validate
+    design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
 
 Output directories: results (cell cache + ``results.csv``) go to
 ``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
 ``figures/``; ``--out DIR`` means ``--results DIR/results --figures DIR/figures``.
 With ``--quick`` the defaults become ``results/quick`` and ``figures/quick`` so a
 smoke run never overwrites full-size figures (explicit directories are used as given).
+Both are ignored by git; ``figures --quick --gallery`` also copies the PNGs into the
+committed gallery ``figures/gallery/`` (:mod:`diagnostics.gallery`).
 
 Exit codes: 0 success; 2 bad arguments or environment (unknown experiment, bad
 device, CUDA requested without a GPU, an output directory that cannot be written
 or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
 any other ``OSError`` such as a full disk or a permission denied, missing
-``diagnostics.validate``), always as ONE line on stderr; 130 interrupted (finished
-cells stay cached).  Any other exception inside an experiment is a bug and
+``diagnostics.validate``, unusable input such as a missing corpus or a broken
+``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`), always as ONE line
+on stderr; 130 interrupted (finished cells stay cached).  Any other exception inside an experiment is a bug and
 propagates with its traceback.
 
 Adding a command: implement it in a module of its own (``HELP``,
@@ -32,12 +37,15 @@ argument; ``OSError`` is reported for you.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
+
+from .errors import BadInput
 
 PROG = "matfun-diagnostics"
 DEVICES = ("cpu", "cuda")
@@ -79,6 +87,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--optimizer", action="append", metavar="NAME=MODULE:FACTORY",
+                   help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
+                   "a torch optimizer; repeatable")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
@@ -139,10 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
             {PROG} figures --quick
             {PROG} figures --device cuda --out paper/
             {PROG} figures --only transfer --replot
+            {PROG} figures --quick --gallery         # maintainers: refresh figures/gallery/
             """
         ),
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
+    p.add_argument("--gallery", action="store_true",
+                   help="then copy the PNGs into the committed gallery figures/gallery/ (needs --quick)")
     _add_run_options(p)
 
     for name, load in MODULE_COMMANDS.items():
@@ -183,6 +197,7 @@ def _import_validate() -> Any:
 #: matplotlib or scipy at module level.  One line per command.
 MODULE_COMMANDS: dict[str, Any] = {
     "validate": lambda: _import_validate(),
+    "design-schedule": lambda: _import_optional(f"{__package__ or 'diagnostics'}.design_cli"),
 }
 
 
@@ -298,9 +313,11 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
     for module in modules:
+        config = _plugin_optimizer_config(module, args, len(modules) == 1)
         try:
             result = store.run_experiment(
                 module,
+                config,
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
@@ -312,7 +329,7 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 jobs=args.jobs,
                 scheduler=args.scheduler,
             )
-        except store.CacheMissingError as exc:
+        except (store.CacheMissingError, BadInput) as exc:
             raise UsageError(str(exc)) from None
         except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
@@ -328,6 +345,25 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_optimizer_config(module: Any, args: argparse.Namespace, explicit: bool) -> Any:
+    """The module's config with ``--optimizer`` entries appended (``None``: the default config).
+
+    Only experiments with ``PLUGIN_OPTIMIZERS = True`` take them: ``run`` of another one is an
+    error, ``figures`` runs the others unchanged.
+    """
+    if not args.optimizer or not getattr(module, "PLUGIN_OPTIMIZERS", False):
+        if args.optimizer and explicit:
+            raise UsageError(f"--optimizer: experiment {module.NAME!r} takes no plug-in optimizers")
+        return None
+    from .store import config_for
+
+    base = config_for(module, args.quick)
+    try:
+        return dataclasses.replace(base, optimizers=tuple(base.optimizers) + tuple(args.optimizer))
+    except ValueError as exc:
+        raise UsageError(f"--optimizer: {exc}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     return _run_many(_resolve_names([args.name]), args)
 
@@ -336,7 +372,18 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from . import experiments
 
     names = experiments.names() if not args.only else list(dict.fromkeys(args.only))
-    return _run_many(_resolve_names(names), args)
+    if args.gallery and not args.quick:
+        raise UsageError("--gallery needs --quick (the gallery shows the quick figures)")
+    status = _run_many(_resolve_names(names), args)
+    if args.gallery:
+        from . import gallery
+
+        try:
+            written = gallery.refresh(_output_dirs(args)[1], names)
+        except FileNotFoundError as exc:
+            raise UsageError(f"cannot refresh the gallery: {exc}") from None
+        print(f"gallery: {len(written)} file(s) copied into {gallery.DEFAULT_DIR}")
+    return status
 
 
 def _cmd_module(args: argparse.Namespace) -> int:

@@ -248,80 +248,69 @@ def run_units(
         s = parts[matrix][r][0]
         return X[lo - s : hi - s]
 
-    dtypes = sorted({X.dtype for X in local}, key=str)
     device = local[0].device if local else torch.device("cpu")
-    # forward: holders send rows to owners
-    received: dict[tuple, Tensor] = {}
-    for dtype in dtypes:
-        mine = [t for t in transfers if local[units[t.unit].matrix].dtype == dtype]
-        if not mine:
-            continue
-        pieces: dict[int, list[Tensor]] = {}
-        expect: dict[int, int] = {}
-        for t in mine:
-            u = units[t.unit]
-            if t.holder == rank:
-                pieces.setdefault(u.owner, []).append(rows_of(local[u.matrix], u.matrix, rank, t.lo, t.hi))
-            if u.owner == rank:
-                expect[t.holder] = expect.get(t.holder, 0) + numel(t)
-        got = _exchange(pieces, expect, dtype, device, world, group)
-        offsets = dict.fromkeys(range(world), 0)
-        for t in mine:
-            u = units[t.unit]
-            if u.owner == rank:
-                n = numel(t)
-                W = shapes[u.matrix][1]
-                received[(t.unit, t.holder)] = got[t.holder][offsets[t.holder] : offsets[t.holder] + n].view(t.hi - t.lo, W)
-                offsets[t.holder] += n
+
+    def move(sender, receiver, payload, place) -> None:
+        """Each transfer's rows from ``sender(t)`` to ``receiver(t)``: one all_to_all per dtype."""
+        for dtype in sorted({X.dtype for X in local}, key=str):
+            mine = [t for t in transfers if local[units[t.unit].matrix].dtype == dtype]
+            pieces: dict[int, list[Tensor]] = {}
+            expect: dict[int, int] = {}
+            for t in mine:
+                if sender(t) == rank:
+                    pieces.setdefault(receiver(t), []).append(payload(t).to(dtype))
+                if receiver(t) == rank:
+                    expect[sender(t)] = expect.get(sender(t), 0) + numel(t)
+            if not mine:  # the same on every rank: skip the collective together
+                continue
+            got = _exchange(pieces, expect, dtype, device, world, group)
+            offsets = dict.fromkeys(range(world), 0)
+            for t in mine:
+                if receiver(t) == rank:
+                    src, n = sender(t), numel(t)
+                    place(t, got[src][offsets[src] : offsets[src] + n].view(t.hi - t.lo, -1))
+                    offsets[src] += n
+
+    def mine_and_held(k: int) -> tuple[int, int, int]:
+        """Rows ``[lo, hi)`` of unit ``k`` that this rank holds, and its shard's first row."""
+        u = units[k]
+        s, e = parts[u.matrix][rank]
+        return max(s, u.start), min(e, u.stop), s
 
     owned = [k for k, u in enumerate(units) if u.owner == rank]
-    assembled = []
+    assembled: dict[int, Tensor] = {}
     for k in owned:
         u = units[k]
-        W = shapes[u.matrix][1]
-        X = local[u.matrix].new_empty((u.stop - u.start, W))
-        s, e = parts[u.matrix][rank]
-        lo, hi = max(s, u.start), min(e, u.stop)
+        assembled[k] = X = local[u.matrix].new_empty((u.stop - u.start, shapes[u.matrix][1]))
+        lo, hi, s = mine_and_held(k)
         if lo < hi:
             X[lo - u.start : hi - u.start] = local[u.matrix][lo - s : hi - s]
-        for t in transfers:
-            if t.unit == k:
-                X[t.lo - u.start : t.hi - u.start] = received[(k, t.holder)]
-        assembled.append(X)
-    results = compute([units[k] for k in owned], assembled)
+
+    def into_unit(t: _Transfer, rows: Tensor) -> None:
+        assembled[t.unit][t.lo - units[t.unit].start : t.hi - units[t.unit].start] = rows
+
+    # forward: holders send rows to owners
+    move(lambda t: t.holder, lambda t: units[t.unit].owner,
+         lambda t: rows_of(local[units[t.unit].matrix], units[t.unit].matrix, rank, t.lo, t.hi), into_unit)
+    results = compute([units[k] for k in owned], [assembled[k] for k in owned])
     if len(results) != len(owned):
         raise RuntimeError(f"compute returned {len(results)} outputs for {len(owned)} units")
     by_unit = dict(zip(owned, results))
 
     out = [X.new_empty(X.shape) for X in local]
     for k in owned:  # rows this rank both owns and holds
-        u = units[k]
-        s, e = parts[u.matrix][rank]
-        lo, hi = max(s, u.start), min(e, u.stop)
+        lo, hi, s = mine_and_held(k)
         if lo < hi:
-            out[u.matrix][lo - s : hi - s] = by_unit[k][lo - u.start : hi - u.start]
+            out[units[k].matrix][lo - s : hi - s] = by_unit[k][lo - units[k].start : hi - units[k].start]
+
+    def into_shard(t: _Transfer, rows: Tensor) -> None:
+        m = units[t.unit].matrix
+        s = parts[m][rank][0]
+        out[m][t.lo - s : t.hi - s] = rows
+
     # backward: owners send result rows back to holders
-    for dtype in dtypes:
-        mine = [t for t in transfers if local[units[t.unit].matrix].dtype == dtype]
-        if not mine:
-            continue
-        pieces, expect = {}, {}
-        for t in mine:
-            u = units[t.unit]
-            if u.owner == rank:
-                pieces.setdefault(t.holder, []).append(by_unit[t.unit][t.lo - u.start : t.hi - u.start].to(dtype))
-            if t.holder == rank:
-                expect[u.owner] = expect.get(u.owner, 0) + numel(t)
-        got = _exchange(pieces, expect, dtype, device, world, group)
-        offsets = dict.fromkeys(range(world), 0)
-        for t in mine:
-            u = units[t.unit]
-            if t.holder == rank:
-                n = numel(t)
-                W = shapes[u.matrix][1]
-                s = parts[u.matrix][rank][0]
-                out[u.matrix][t.lo - s : t.hi - s] = got[u.owner][offsets[u.owner] : offsets[u.owner] + n].view(t.hi - t.lo, W)
-                offsets[u.owner] += n
+    move(lambda t: units[t.unit].owner, lambda t: t.holder,
+         lambda t: by_unit[t.unit][t.lo - units[t.unit].start : t.hi - units[t.unit].start], into_shard)
 
     itemsize = {i: local[i].element_size() for i in range(len(local))}
     total = sent = 0

@@ -59,6 +59,8 @@ MODULES: tuple[str, ...] = (
     "preconditioning",
     "scaling",
     "training",
+    "lm",
+    "design",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
