@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from . import _backend as B
 
 
@@ -28,6 +30,9 @@ class Map(ABC):
     precision: str | None = None
     #: run numpy inputs on torch through a zero-copy view (matmul-heavy maps).
     prefers_torch: bool = True
+    #: ``map(c·G) == map(G)`` for every ``c > 0``; lets wrappers rescale their input
+    #: to stay in range (:class:`~matfun.Preconditioned`).  Off unless a map declares it.
+    scale_invariant: bool = False
 
     def __call__(self, G: Any, *, check_finite: bool = True) -> Any:
         """Apply the map; returns the same library, device, shape and dtype as ``G``."""
@@ -44,8 +49,8 @@ class Map(ABC):
         for Y in self._compute_iterates(X, precision):
             yield B.from_compute(Y, G)
 
-    def _prepare(self, G: Any, check_finite: bool) -> tuple[Any, B.Precision]:
-        B.validate_matrix(G, check_finite=check_finite)
+    def _prepare(self, G: Any, check_finite: bool, name: str = "G") -> tuple[Any, B.Precision]:
+        B.validate_matrix(G, name, check_finite=B.check_bool(check_finite, "check_finite"))
         precision = self._resolve_precision(G)
         return B.to_compute(G, precision, self.prefers_torch), precision
 
@@ -88,6 +93,10 @@ class Wrapper(Map):
     def prefers_torch(self) -> bool:  # type: ignore[override]
         return self.inner.prefers_torch
 
+    @property
+    def scale_invariant(self) -> bool:  # type: ignore[override]
+        return self.inner.scale_invariant
+
     def _resolve_precision(self, G: Any) -> B.Precision:
         return self.inner._resolve_precision(G)
 
@@ -101,8 +110,21 @@ def batch_size(shape: tuple[int, ...]) -> int:
 
 
 def check_shape(shape: Any) -> tuple[int, ...]:
-    """Validate a ``(..., H, W)`` shape given to :meth:`Map.flops`."""
-    shape = tuple(int(d) for d in shape)
-    if len(shape) < 2 or any(d < 0 for d in shape):
-        raise ValueError(f"shape must be (..., H, W) with non-negative sizes, got {shape}")
-    return shape
+    """Validate a ``(..., H, W)`` shape given to :meth:`Map.flops`.
+
+    Raises
+    ------
+    ValueError
+        Not a sequence of at least two non-negative integers (floats such as
+        ``4.5`` and bools are rejected, not truncated).
+    """
+    message = f"shape must be (..., H, W) with non-negative integer sizes, got {shape!r}"
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(message) from None
+    if len(dims) < 2 or any(
+        isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0 for d in dims
+    ):
+        raise ValueError(message)
+    return tuple(int(d) for d in dims)

@@ -40,6 +40,8 @@ class NewtonSchulz(Map):
         Compute precision (see :mod:`matfun._backend`).
     """
 
+    scale_invariant = True  # X₀ = G/(s‖G‖_F)
+
     def __init__(self, steps: int = 5, coefficients: ScheduleLike = "jordan", precision: str | None = None):
         self.steps = check_steps(steps)
         self.schedule = get_schedule(coefficients)
@@ -139,9 +141,14 @@ def newton_schulz(
 
     Raises
     ------
-    TypeError, ValueError
-        Bad input (see :func:`matfun._backend.validate_matrix`), unknown
-        schedule, negative steps.
+    TypeError
+        ``G`` is not a numpy array or torch tensor, or has an integer, bool or
+        complex dtype; ``steps`` is not an integer; coefficients that are not
+        real numbers.
+    ValueError
+        ``G`` has fewer than 2 dimensions, contains NaN or Inf (the message
+        names the batch index), or is a ``meta`` tensor; unknown schedule name
+        or precision; negative ``steps``.
 
     See Also
     --------

@@ -11,16 +11,27 @@ For ``G = U Σ Vᵀ``:
 
 Singular values at or below ``rtol · σ_max`` are treated as zero, so a
 rank-deficient ``G`` gives the partial isometry on its range.  The default
-``rtol = max(H, W) · eps(dtype)`` is the cut-off ``numpy.linalg.matrix_rank`` uses.
+cut-off is the expected rounding level of the singular values,
+``rtol = u·√(H + W + 1)`` with ``u = eps/2`` the unit roundoff of the coarser of
+the input's dtype and the compute precision (the rule of *Numerical Recipes*,
+also quoted by ``numpy.linalg.matrix_rank``); :func:`polar` documents the
+trade-off with measured numbers.
+
+Every matrix is divided by its largest absolute entry before the SVD, so inputs
+anywhere in the finite range of their dtype (1e308 or subnormal in float64,
+3e38 or 1e-45 in float32) give the same factor as inputs of size 1.
 
 References
 ----------
-*Move on Muon*: orthogonalisation as the dual of nuclear-norm smoothing.
-N. J. Higham, *Functions of Matrices*, ch. 8 (the polar decomposition).
+*Move on Muon* (arXiv:2605.23871): orthogonalisation as the dual of nuclear-norm smoothing.
+N. J. Higham, *Functions of Matrices*, SIAM (2008), ch. 8 (the polar decomposition).
+W. H. Press et al., *Numerical Recipes*, 3rd ed. (2007), §2.6 (the SVD rank threshold).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,28 +46,29 @@ class Polar(Map):
 
     Parameters
     ----------
-    rtol : float, optional
+    rtol : float in [0, 1), optional
         Relative cut-off: singular values ``≤ rtol·σ_max`` map to 0.  Default
-        ``max(H, W)·eps`` of the compute dtype.
+        :func:`default_rtol` (``u·√(H + W + 1)``); ``0`` keeps every non-zero
+        singular value (``scipy.linalg.polar``'s behaviour).
     precision : {"float64", "float32"} or None
         SVD precision; bfloat16 precisions compute in float32.
     """
 
     prefers_torch = False  # numpy's LAPACK SVD is the faster one on CPU
+    scale_invariant = True  # the cut-off is relative to σ_max
 
     def __init__(self, rtol: float | None = None, precision: str | None = None):
-        if rtol is not None and not (0 <= rtol < 1):
-            raise ValueError(f"rtol must lie in [0, 1), got {rtol!r}")
-        self.rtol = rtol
+        self.rtol = None if rtol is None else B.check_real(rtol, "rtol", low=0, high=1, high_open=True)
         self.precision = precision
 
     def _resolve_precision(self, G: Any) -> B.Precision:
         precision = B.resolve_precision(self.precision, G)
         if precision.dtype == "bfloat16" or precision.round_bf16:
-            return B.Precision("float32", "float32", False)  # no bf16 SVD anywhere
-        return precision
+            precision = B.Precision("float32", "float32", False)  # no bf16 SVD anywhere
+        return dataclasses.replace(precision, input_dtype=B.dtype_name(G))
 
-    def _spectral_factor(self, S: Any, cutoff: Any, xp: Any) -> Any:
+    def _spectral_factor(self, S: Any, cutoff: Any, scale: Any, xp: Any) -> Any:
+        """The map on the singular values ``S`` of ``G/scale`` (``scale`` of shape ``(..., 1)``)."""
         return xp.astype(S > cutoff, S.dtype)
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
@@ -64,10 +76,16 @@ class Polar(Map):
             yield X * 0
             return
         xp = B.namespace(X)
-        U, S, Vh = xp.linalg.svd(X, full_matrices=False)
-        rtol = self.rtol if self.rtol is not None else max(X.shape[-2:]) * float(np.finfo(precision.dtype).eps)
+        # Pre-scale by max|G| per matrix: σ_max of G/max|G| lies in [1, √(HW)], so the
+        # SVD neither overflows nor underflows; U, V (hence P) are unchanged.
+        scale = xp.max(xp.abs(X), axis=(-2, -1), keepdims=True)
+        scale = xp.where(scale > 0, scale, xp.ones_like(scale))
+        U, S, Vh = xp.linalg.svd(X / scale, full_matrices=False)
+        H, W = X.shape[-2:]
+        rtol = self.rtol if self.rtol is not None else default_rtol(H, W, precision.dtype, precision.input_dtype)
         cutoff = rtol * S[..., :1]  # S is sorted descending
-        factor = self._spectral_factor(S, cutoff, xp)
+        with np.errstate(over="ignore", under="ignore"):  # see SmoothedPolar._spectral_factor
+            factor = self._spectral_factor(S, cutoff, scale[..., 0], xp)
         yield (U * factor[..., None, :]) @ Vh
 
     def flops(self, shape: tuple[int, ...]) -> int:
@@ -78,6 +96,20 @@ class Polar(Map):
         return batch_size(shape) * (6 * s * r * r + 20 * r**3 + 2 * H * W * r)
 
 
+def default_rtol(H: int, W: int, compute_dtype: str, input_dtype: str = "") -> float:
+    """Default relative cut-off of :func:`polar`: ``u·√(H + W + 1)``.
+
+    ``u = eps/2`` is the unit roundoff of the coarser of ``compute_dtype`` and
+    ``input_dtype`` (data rounded to float16 cannot resolve singular values
+    below float16's rounding level, whatever precision the SVD runs in).  It is
+    the typical size of the rounding noise in the singular values of a matrix
+    whose entries carry relative errors ``u`` (*Numerical Recipes*, §2.6); the
+    noise measured on rank-deficient float32 products is 10–20× below it.
+    """
+    eps = max(B.machine_eps(d) for d in (compute_dtype, input_dtype) if d)
+    return 0.5 * eps * math.sqrt(H + W + 1)
+
+
 class SmoothedPolar(Polar):
     """Smoothed polar map ``U diag(σ/√(σ²+ε²)) Vᵀ``, gradient of ``Σ(√(σ²+ε²) − ε)``.
 
@@ -85,19 +117,26 @@ class SmoothedPolar(Polar):
     ----------
     eps : float
         Smoothing level ``ε ≥ 0`` in the units of ``G``'s singular values
-        (``ε = 0`` gives :class:`Polar`).
+        (absolute, not relative to ``‖G‖``; ``ε = 0`` gives :class:`Polar`).
+        The map is computed on ``G/c`` with ``c = max|G|`` and smoothing
+        ``ε/c``, which is the same map: ``P_ε(G) = P_{ε/c}(G/c)`` for every
+        ``c > 0``.
     rtol, precision
         As for :class:`Polar`.
     """
 
-    def __init__(self, eps: float, rtol: float | None = None, precision: str | None = None):
-        if not (np.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        super().__init__(rtol, precision)
-        self.eps = float(eps)
+    scale_invariant = False  # ε is absolute
 
-    def _spectral_factor(self, S: Any, cutoff: Any, xp: Any) -> Any:
-        smooth = S / xp.hypot(S, xp.full_like(S, self.eps))
+    def __init__(self, eps: float, rtol: float | None = None, precision: str | None = None):
+        self.eps = B.check_real(eps, "eps", low=0, high=math.inf, high_open=True)
+        super().__init__(rtol, precision)
+
+    def _spectral_factor(self, S: Any, cutoff: Any, scale: Any, xp: Any) -> Any:
+        # S are the singular values of G/scale, so the smoothing level is eps/scale.
+        # It may overflow to inf (eps ≫ σ_max/max_float): the factor is then 0,
+        # below the smallest subnormal times √(HW), i.e. correct; and 0 for ε = 0.
+        eps = self.eps / scale
+        smooth = S / xp.hypot(S, xp.broadcast_to(eps, S.shape))
         return xp.where(S > cutoff, smooth, xp.zeros_like(S))
 
 
