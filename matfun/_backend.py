@@ -34,11 +34,10 @@ Precision
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
-
 import math
 import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
@@ -88,7 +87,7 @@ def dtype_name(x: Any) -> str:
     """Name of an array's dtype, e.g. ``"float32"``, library independent."""
     if is_torch(x):
         return str(x.dtype).removeprefix("torch.")
-    return str(np.dtype(x.dtype)) if is_numpy(x) else str(x.dtype)
+    return np.dtype(x.dtype).name if is_numpy(x) else str(x.dtype)  # name: "float64" also for ">f8"
 
 
 def _is_real_float(x: Any) -> bool:
@@ -225,20 +224,74 @@ def rounding_for(precision: Precision) -> Callable[[Any], Any]:
     return bf16_round if precision.round_bf16 else (lambda X: X)
 
 
-def to_compute(G: Any, precision: Precision, prefer_torch: bool) -> Any:
+def to_compute(G: Any, precision: Precision, prefer_torch: bool, rescale: bool = False) -> Any:
     """View or convert ``G`` into the array the computation runs on.
 
     numpy inputs become torch tensors (zero copy where dtypes agree) when
     ``prefer_torch``; the result has the compute dtype of ``precision``.
+
+    A compute dtype with a narrower range than the input (float64 data computed
+    in float32 or bfloat16, float32 data in bfloat16) would overflow or flush
+    to zero entries that the input holds.  With ``rescale`` (maps with
+    ``map(c·G) = map(G)``) each matrix is first multiplied by the power of two
+    that brings its largest entry into ``[0.5, 1)`` (exact); without it an input
+    outside the compute range raises.
+
+    Raises
+    ------
+    ValueError
+        ``rescale`` is false and ``G`` does not fit the compute dtype's range.
     """
     if is_numpy(G):
         G = np.asarray(G)  # plain ndarray: np.matrix would turn ``*`` into a product
         if prefer_torch:
             G = torch.from_numpy(torch_viewable(G))
+    narrowing = _narrows_range(dtype_name(G), precision.dtype)
+    if narrowing and rescale:
+        G = _power_of_two_normalize(G)
     if is_torch(G):
-        return G.to(_TORCH_DTYPES[precision.dtype])
+        X = G.to(_TORCH_DTYPES[precision.dtype])
+    else:
+        xp = array_api_compat.array_namespace(G)
+        X = xp.astype(G, getattr(xp, precision.dtype))
+    if narrowing and not rescale:
+        _check_representable(G, X, precision.dtype)
+    return X
+
+
+def _narrows_range(source: str, target: str) -> bool:
+    """Whether casting ``source`` to ``target`` can overflow or flush a subnormal to zero."""
+    if source not in _TORCH_DTYPES or target not in _TORCH_DTYPES:
+        return False
+    a, b = torch.finfo(_TORCH_DTYPES[source]), torch.finfo(_TORCH_DTYPES[target])
+    return b.max < a.max or b.smallest_normal * b.eps > a.smallest_normal * a.eps
+
+
+def _power_of_two_normalize(G: Any) -> Any:
+    """``G·2^(−e)`` per matrix, ``e`` the binary exponent of ``max|G|`` (exact; zeros stay)."""
+    if _size(G) == 0:
+        return G
     xp = array_api_compat.array_namespace(G)
-    return xp.astype(G, getattr(xp, precision.dtype))
+    amax = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True)
+    if is_torch(G):
+        _, e = torch.frexp(amax)
+        half = -e // 2  # two steps: 2^(±1074) itself is not representable
+        return G * torch.pow(2.0, half.to(G.dtype)) * torch.pow(2.0, (-e - half).to(G.dtype))
+    _, e = np.frexp(amax)
+    return np.ldexp(G, -e)
+
+
+def _check_representable(G: Any, X: Any, target: str) -> None:
+    """Raise when the cast ``X`` of ``G`` overflowed or flushed a whole non-zero matrix to zero."""
+    if _size(G) == 0:
+        return
+    xp = array_api_compat.array_namespace(X)
+    lost = xp.any(G != 0, axis=(-2, -1)) & ~xp.any(X != 0, axis=(-2, -1))
+    if not bool(xp.all(xp.isfinite(X))) or bool(xp.any(lost)):
+        raise ValueError(
+            f"G has entries outside the range of the compute precision {target!r}: compute in the "
+            "input's precision (precision=None) or rescale G (and eps with it for smoothed_polar)"
+        )
 
 
 def torch_viewable(G: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ class Map(ABC):
     :meth:`_compute_iterates` and :meth:`flops`.
     """
 
-    #: compute precision (see :mod:`matfun._backend`); ``None`` follows the input.
+    #: compute precision (see :func:`matfun.newton_schulz`); ``None`` follows the input.
     precision: str | None = None
     #: run numpy inputs on torch through a zero-copy view (matmul-heavy maps).
     prefers_torch: bool = True
@@ -52,7 +52,7 @@ class Map(ABC):
     def _prepare(self, G: Any, check_finite: bool, name: str = "G") -> tuple[Any, B.Precision]:
         B.validate_matrix(G, name, check_finite=B.check_bool(check_finite, "check_finite"))
         precision = self._resolve_precision(G)
-        return B.to_compute(G, precision, self.prefers_torch), precision
+        return B.to_compute(G, precision, self.prefers_torch, rescale=self.scale_invariant), precision
 
     def _resolve_precision(self, G: Any) -> B.Precision:
         return B.resolve_precision(self.precision, G)

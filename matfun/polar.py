@@ -135,7 +135,7 @@ class SmoothedPolar(Polar):
         # S are the singular values of G/scale, so the smoothing level is eps/scale.
         # It may overflow to inf (eps ≫ σ_max/max_float): the factor is then 0,
         # below the smallest subnormal times √(HW), i.e. correct; and 0 for ε = 0.
-        eps = self.eps / scale
+        eps = xp.full_like(scale, self.eps) / scale  # not float / tensor: torch takes a reciprocal
         smooth = S / xp.hypot(S, xp.broadcast_to(eps, S.shape))
         return xp.where(S > cutoff, smooth, xp.zeros_like(S))
 

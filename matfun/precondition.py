@@ -163,9 +163,9 @@ def check_second_moment(V: Any, M: Any, eps: float, name: str = "V") -> None:
             f"{name} must be an array of the same library and device as M (broadcastable to "
             f"M's shape {tuple(M.shape)}) or a SecondMoment, got {type(V).__name__}"
         )
-    B.check_same_backend(M, V, "M", name)
     if B.is_torch(V) and V.device.type == "meta":
         raise ValueError(f"{name} is a torch tensor on the 'meta' device (no values)")
+    B.check_same_backend(M, V, "M", name)
     kind = B.dtype_name(V)
     if kind == "bool" or "complex" in kind:
         raise TypeError(f"{name} must hold real numbers (a second moment), got dtype {kind}")
