@@ -269,16 +269,26 @@ def _narrows_range(source: str, target: str) -> bool:
 
 def _power_of_two_normalize(G: Any) -> Any:
     """``G·2^(−e)`` per matrix, ``e`` the binary exponent of ``max|G|`` (exact; zeros stay)."""
-    if _size(G) == 0:
-        return G
+    return ldexp(G, -max_exponent(G))
+
+
+def max_exponent(G: Any) -> Any:
+    """Per matrix, the binary exponent ``e`` with ``max|G| ∈ [2^(e−1), 2^e)`` (0 for a zero matrix).
+
+    Shape ``(..., 1, 1)``, an integer array of ``G``'s library.
+    """
     xp = array_api_compat.array_namespace(G)
-    amax = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True)
-    if is_torch(G):
-        _, e = torch.frexp(amax)
-        half = -e // 2  # two steps: 2^(±1074) itself is not representable
-        return G * torch.pow(2.0, half.to(G.dtype)) * torch.pow(2.0, (-e - half).to(G.dtype))
-    _, e = np.frexp(amax)
-    return np.ldexp(G, -e)
+    amax = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True) if _size(G) else xp.zeros(G.shape[:-2] + (1, 1))
+    return (torch.frexp if is_torch(amax) else np.frexp)(amax)[1]
+
+
+def ldexp(X: Any, e: Any) -> Any:
+    """``X·2^e`` exactly (up to underflow), ``e`` an integer array broadcastable to ``X``."""
+    if not is_torch(X):
+        return np.ldexp(X, e)
+    # two factors: 2^(±1074) itself is not representable, its halves are
+    half = e // 2
+    return X * torch.pow(2.0, half.to(X.dtype)) * torch.pow(2.0, (e - half).to(X.dtype))
 
 
 def _check_representable(G: Any, X: Any, target: str) -> None:

@@ -17,8 +17,8 @@ the input's dtype and the compute precision (the rule of *Numerical Recipes*,
 also quoted by ``numpy.linalg.matrix_rank``); :func:`polar` documents the
 trade-off with measured numbers.
 
-Every matrix is divided by its largest absolute entry before the SVD, so inputs
-anywhere in the finite range of their dtype (1e308 or subnormal in float64,
+Every matrix is scaled by the power of two that brings its largest absolute entry
+into ``[0.5, 1)`` before the SVD (exact), so inputs anywhere in the finite range of their dtype (1e308 or subnormal in float64,
 3e38 or 1e-45 in float32) give the same factor as inputs of size 1.
 
 References
@@ -67,8 +67,8 @@ class Polar(Map):
             precision = B.Precision("float32", "float32", False)  # no bf16 SVD anywhere
         return dataclasses.replace(precision, input_dtype=B.dtype_name(G))
 
-    def _spectral_factor(self, S: Any, cutoff: Any, scale: Any, xp: Any) -> Any:
-        """The map on the singular values ``S`` of ``G/scale`` (``scale`` of shape ``(..., 1)``)."""
+    def _spectral_factor(self, S: Any, cutoff: Any, e: Any, xp: Any) -> Any:
+        """The map on the singular values ``S`` of ``G·2^(−e)`` (``e`` of shape ``(..., 1)``)."""
         return xp.astype(S > cutoff, S.dtype)
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
@@ -76,16 +76,16 @@ class Polar(Map):
             yield X * 0
             return
         xp = B.namespace(X)
-        # Pre-scale by max|G| per matrix: σ_max of G/max|G| lies in [1, √(HW)], so the
-        # SVD neither overflows nor underflows; U, V (hence P) are unchanged.
-        scale = xp.max(xp.abs(X), axis=(-2, -1), keepdims=True)
-        scale = xp.where(scale > 0, scale, xp.ones_like(scale))
-        U, S, Vh = xp.linalg.svd(X / scale, full_matrices=False)
+        # Pre-scale each matrix by the power of two 2^(-e) that brings max|G| into [0.5, 1):
+        # exact, so U, V (hence P) are those of G bit for bit wherever G's SVD itself stays in
+        # range, and σ_max ≤ √(HW) keeps the SVD from overflowing or underflowing elsewhere.
+        e = B.max_exponent(X)
+        U, S, Vh = xp.linalg.svd(B.ldexp(X, -e), full_matrices=False)
         H, W = X.shape[-2:]
         rtol = self.rtol if self.rtol is not None else default_rtol(H, W, precision.dtype, precision.input_dtype)
         cutoff = rtol * S[..., :1]  # S is sorted descending
         with np.errstate(over="ignore", under="ignore"):  # see SmoothedPolar._spectral_factor
-            factor = self._spectral_factor(S, cutoff, scale[..., 0], xp)
+            factor = self._spectral_factor(S, cutoff, e[..., 0], xp)
         yield (U * factor[..., None, :]) @ Vh
 
     def flops(self, shape: tuple[int, ...]) -> int:
@@ -118,9 +118,9 @@ class SmoothedPolar(Polar):
     eps : float
         Smoothing level ``ε ≥ 0`` in the units of ``G``'s singular values
         (absolute, not relative to ``‖G‖``; ``ε = 0`` gives :class:`Polar`).
-        The map is computed on ``G/c`` with ``c = max|G|`` and smoothing
-        ``ε/c``, which is the same map: ``P_ε(G) = P_{ε/c}(G/c)`` for every
-        ``c > 0``.
+        The map is computed on ``G/c`` with ``c`` the power of two nearest
+        above ``max|G|`` and smoothing ``ε/c``, which is the same map:
+        ``P_ε(G) = P_{ε/c}(G/c)`` for every ``c > 0``.
     rtol, precision
         As for :class:`Polar`.
     """
@@ -131,11 +131,11 @@ class SmoothedPolar(Polar):
         self.eps = B.check_real(eps, "eps", low=0, high=math.inf, high_open=True)
         super().__init__(rtol, precision)
 
-    def _spectral_factor(self, S: Any, cutoff: Any, scale: Any, xp: Any) -> Any:
-        # S are the singular values of G/scale, so the smoothing level is eps/scale.
-        # It may overflow to inf (eps ≫ σ_max/max_float): the factor is then 0,
-        # below the smallest subnormal times √(HW), i.e. correct; and 0 for ε = 0.
-        eps = xp.full_like(scale, self.eps) / scale  # not float / tensor: torch takes a reciprocal
+    def _spectral_factor(self, S: Any, cutoff: Any, e: Any, xp: Any) -> Any:
+        # S are the singular values of G·2^(−e), so the smoothing level is ε·2^(−e) (exact).
+        # ε beyond the compute dtype's range becomes inf: the factor σ/ε is then 0, which
+        # is its value to within the smallest subnormal times √(HW).
+        eps = B.ldexp(xp.full_like(S[..., :1], self.eps), -e)
         smooth = S / xp.hypot(S, xp.broadcast_to(eps, S.shape))
         return xp.where(S > cutoff, smooth, xp.zeros_like(S))
 
@@ -147,7 +147,7 @@ def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, ch
     ----------
     G : array of shape (..., H, W)
         numpy array or torch tensor (CPU or CUDA), any finite values (each
-        matrix is divided by its largest absolute entry before the SVD).
+        matrix is scaled exactly by a power of two before the SVD).
     rtol : float in [0, 1), optional
         Singular values ``≤ rtol·σ_max`` map to 0 (partial isometry).  Default
         ``u·√(H + W + 1)`` with ``u = eps/2`` of the coarser of the input dtype
@@ -230,7 +230,7 @@ def smoothed_polar(
     eps : float >= 0
         Smoothing level in the units of ``G``'s singular values (absolute, not
         relative to ``‖G‖``): ``smoothed_polar(c·G, c·eps) == smoothed_polar(G, eps)``
-        for every ``c > 0``.  Internally ``G`` is divided by ``c = max|G|`` and
+        for every ``c > 0``.  Internally ``G`` is divided by ``c``, a power of two near ``max|G|``, and
         ``eps`` with it, so huge or tiny inputs stay in range.
     rtol, precision, check_finite
         As for :func:`polar`.
