@@ -3,10 +3,11 @@
 Subcommands::
 
     list                                   experiments, one line each
-    run NAME [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+    run NAME [--quick] [--device D] [--seed N] [--optimizer NAME=MODULE:FACTORY ...]
+             [--out DIR | --results DIR --figures DIR]
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
-             [--only NAME ...] [--force | --replot] [--no-progress]
+             [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
     validate ...                           delegated to diagnostics.validate
 
 Output directories: results (cell cache + ``results.csv``) go to
@@ -14,22 +15,36 @@ Output directories: results (cell cache + ``results.csv``) go to
 ``figures/``; ``--out DIR`` means ``--results DIR/results --figures DIR/figures``.
 With ``--quick`` the defaults become ``results/quick`` and ``figures/quick`` so a
 smoke run never overwrites full-size figures (explicit directories are used as given).
+Both are ignored by git; ``figures --quick --gallery`` also copies the PNGs into the
+committed gallery ``figures/gallery/`` (:mod:`diagnostics.gallery`).
 
-Exit codes: 0 success; 2 bad arguments (unknown experiment, bad device, CUDA
-requested without a GPU, unwritable output directory, ``--replot`` without a
-cache, missing ``diagnostics.validate``).  An exception inside an experiment is a
-bug and propagates with its traceback.
+Exit codes: 0 success; 2 bad arguments or environment (unknown experiment, bad
+device, CUDA requested without a GPU, an output directory that cannot be written
+or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
+any other ``OSError`` such as a full disk or a permission denied, missing
+``diagnostics.validate``, unusable input such as a missing corpus or a broken
+``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`), always as ONE line
+on stderr; 130 interrupted (finished cells stay cached).  Any other exception inside an experiment is a bug and
+propagates with its traceback.
+
+Adding a command: implement it in a module of its own (``HELP``,
+``add_arguments(parser)``, ``run(args) -> int``, no heavy imports at module level)
+and add one line to :data:`MODULE_COMMANDS`.  Raise :class:`UsageError` for a bad
+argument; ``OSError`` is reported for you.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
+
+from .errors import BadInput
 
 PROG = "matfun-diagnostics"
 DEVICES = ("cpu", "cuda")
@@ -71,6 +86,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--optimizer", action="append", metavar="NAME=MODULE:FACTORY",
+                   help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
+                   "a torch optimizer; repeatable")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
+    par.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
     _add_output_options(p)
 
 
@@ -113,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
             """
         ),
     )
-    p.add_argument("name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())}")
+    p.add_argument("name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())} "
+                   f"('{PROG} list' describes them)")
     _add_run_options(p)
 
     p = sub.add_parser(
@@ -125,37 +149,54 @@ def build_parser() -> argparse.ArgumentParser:
             {PROG} figures --quick
             {PROG} figures --device cuda --out paper/
             {PROG} figures --only transfer --replot
+            {PROG} figures --quick --gallery         # maintainers: refresh figures/gallery/
             """
         ),
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
+    p.add_argument("--gallery", action="store_true",
+                   help="then copy the PNGs into the committed gallery figures/gallery/ (needs --quick)")
     _add_run_options(p)
 
-    p = sub.add_parser(
-        "validate", help="validate optimizer math (diagnostics.validate)", formatter_class=_formatter,
-        description="Check a user's orthogonalisation / optimizer code against the reference maps. "
-        "Implemented in diagnostics.validate.",
-        epilog=_epilog(f"{PROG} validate --help"),
-    )
-    validate = _import_validate()
-    if validate is not None and hasattr(validate, "add_arguments"):
-        validate.add_arguments(p)
-    else:
-        p.add_argument("validate_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    for name, load in MODULE_COMMANDS.items():
+        module = load()
+        p = sub.add_parser(
+            name, help=getattr(module, "HELP", "(unavailable: its module is missing)"),
+            formatter_class=_formatter, description=textwrap.fill(getattr(module, "DESCRIPTION", "") or "", 100),
+            epilog=_epilog(module.EXAMPLES) if getattr(module, "EXAMPLES", None) else None,
+        )
+        if module is not None:
+            module.add_arguments(p)
+        else:
+            p.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
-def _import_validate() -> Any:
-    """``diagnostics.validate`` or ``None`` if it does not exist (other errors propagate)."""
+def _import_optional(name: str) -> Any:
+    """Module ``name`` or ``None`` if it does not exist (other errors propagate)."""
     import importlib
 
-    name = f"{__package__ or 'diagnostics'}.validate"
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name == name:
             return None
         raise
+
+
+def _import_validate() -> Any:
+    """``diagnostics.validate`` or ``None`` if it does not exist."""
+    return _import_optional(f"{__package__ or 'diagnostics'}.validate")
+
+
+#: Commands implemented in a module of their own: name -> loader returning the
+#: module (``None`` when it is missing).  The module defines ``HELP`` (one line),
+#: ``add_arguments(parser)``, ``run(args) -> int`` and optionally ``DESCRIPTION``
+#: and ``EXAMPLES``; ``--help`` imports it, so it must not import torch,
+#: matplotlib or scipy at module level.  One line per command.
+MODULE_COMMANDS: dict[str, Any] = {
+    "validate": lambda: _import_validate(),
+}
 
 
 # ------------------------------------------------------------------------ checks
@@ -179,9 +220,16 @@ def check_device(device: str) -> str:
     return device
 
 
+def _no_file_in_the_way(directory: Path, what: str, verb: str) -> None:
+    blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot {verb} {what} directory '{directory}': '{blocker}' is a file, not a directory")
+
+
 def check_writable(directory: Path, what: str) -> Path:
     """Create ``directory`` if needed and prove it is writable, else :class:`UsageError`."""
     try:
+        _no_file_in_the_way(directory, what, "write to")
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
@@ -189,6 +237,27 @@ def check_writable(directory: Path, what: str) -> Path:
         reason = exc.strerror or str(exc)
         raise UsageError(f"cannot write to {what} directory '{directory}': {reason}") from None
     return directory
+
+
+def check_readable(directory: Path, what: str) -> Path:
+    """``directory`` if it is a directory that can be listed, else :class:`UsageError`."""
+    try:
+        _no_file_in_the_way(directory, what, "read")
+        if directory.exists():
+            next(directory.iterdir(), None)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} directory '{directory}': {exc.strerror or exc}") from None
+    return directory
+
+
+def _check_output_dirs(names: Sequence[str], results_dir: Path, figures_dir: Path, replot: bool) -> None:
+    """Every experiment's output directories, before anything is computed."""
+    for name in names:
+        if replot:  # reads the cache; results.csv is rewritten only if it changed
+            check_readable(results_dir / name / "cells", "results")
+        else:
+            check_writable(results_dir / name / "cells", "results")
+        check_writable(figures_dir / name, "figures")
 
 
 def _output_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -221,26 +290,32 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     width = max((len(n) for n in experiments.names()), default=0)
     for name in experiments.names():
-        print(f"{name:<{width}}  {experiments.get(name).DESCRIPTION.strip()}")
+        print(f"{name:<{width}}  {experiments.describe(name)}")
     return 0
 
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     from . import store
+    from .parallel import ParallelError
 
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")
+    _check_output_dirs([m.NAME for m in modules], results_dir, figures_dir, args.replot)
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
     for module in modules:
+        config = _plugin_optimizer_config(module, args, len(modules) == 1)
         try:
             result = store.run_experiment(
                 module,
+                config,
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
@@ -249,8 +324,12 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 replot=args.replot,
                 quick=args.quick,
                 progress=progress,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
             )
-        except store.CacheMissingError as exc:
+        except (store.CacheMissingError, BadInput) as exc:
+            raise UsageError(str(exc)) from None
+        except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
         print(result.summary())
         total_computed += result.computed
@@ -264,6 +343,25 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_optimizer_config(module: Any, args: argparse.Namespace, explicit: bool) -> Any:
+    """The module's config with ``--optimizer`` entries appended (``None``: the default config).
+
+    Only experiments with ``PLUGIN_OPTIMIZERS = True`` take them: ``run`` of another one is an
+    error, ``figures`` runs the others unchanged.
+    """
+    if not args.optimizer or not getattr(module, "PLUGIN_OPTIMIZERS", False):
+        if args.optimizer and explicit:
+            raise UsageError(f"--optimizer: experiment {module.NAME!r} takes no plug-in optimizers")
+        return None
+    from .store import config_for
+
+    base = config_for(module, args.quick)
+    try:
+        return dataclasses.replace(base, optimizers=tuple(base.optimizers) + tuple(args.optimizer))
+    except ValueError as exc:
+        raise UsageError(f"--optimizer: {exc}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     return _run_many(_resolve_names([args.name]), args)
 
@@ -272,24 +370,44 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from . import experiments
 
     names = experiments.names() if not args.only else list(dict.fromkeys(args.only))
-    return _run_many(_resolve_names(names), args)
+    if args.gallery and not args.quick:
+        raise UsageError("--gallery needs --quick (the gallery shows the quick figures)")
+    status = _run_many(_resolve_names(names), args)
+    if args.gallery:
+        from . import gallery
+
+        try:
+            written = gallery.refresh(_output_dirs(args)[1], names)
+        except FileNotFoundError as exc:
+            raise UsageError(f"cannot refresh the gallery: {exc}") from None
+        print(f"gallery: {len(written)} file(s) copied into {gallery.DEFAULT_DIR}")
+    return status
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    validate = _import_validate()
-    if validate is None:
-        raise UsageError("the validate command is not available: module diagnostics.validate is missing")
-    entry = getattr(validate, "run", None) or getattr(validate, "main", None)
-    if entry is None:
-        raise UsageError("diagnostics.validate defines neither run(args) nor main(args)")
-    return int(entry(args) or 0)
+def _cmd_module(args: argparse.Namespace) -> int:
+    module = MODULE_COMMANDS[args.command]()
+    if module is None:
+        name = "diagnostics.validate" if args.command == "validate" else f"of the {args.command} command"
+        raise UsageError(f"the {args.command} command is not available: module {name} is missing")
+    return int(module.run(args) or 0)
 
 
-_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate}
+_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures}
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line naming the path(s), without the errno prefix."""
+    reason = exc.strerror or _one_line(exc) or type(exc).__name__
+    paths = " -> ".join(f"'{p}'" for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{reason}: {paths}" if paths else reason
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,18 +419,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         with warnings.catch_warnings():
-            from .store import CorruptCacheWarning
+            if args.command in ("run", "figures"):  # list, --help and validate do not import the store
+                from .store import CorruptCacheWarning
 
-            warnings.simplefilter("always", CorruptCacheWarning)
+                warnings.simplefilter("always", CorruptCacheWarning)
             previous = warnings.showwarning
             warnings.showwarning = _show_warning
             try:
-                return _COMMANDS[args.command](args)
+                return _COMMANDS.get(args.command, _cmd_module)(args)
             finally:
                 warnings.showwarning = previous
     except UsageError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment (disk, permissions), not a bug: one line
+        print(f"{PROG} {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resume = " (finished cells are cached; rerun to resume)" if args.command in ("run", "figures") else ""
+        print(f"{PROG} {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
