@@ -248,7 +248,7 @@ def to_compute(G: Any, precision: Precision, prefer_torch: bool, rescale: bool =
             G = torch.from_numpy(torch_viewable(G))
     narrowing = _narrows_range(dtype_name(G), precision.dtype)
     if narrowing and rescale:
-        G = _power_of_two_normalize(G)
+        G = ldexp(G, -max_exponent(G))  # exact
     if is_torch(G):
         X = G.to(_TORCH_DTYPES[precision.dtype])
     else:
@@ -265,11 +265,6 @@ def _narrows_range(source: str, target: str) -> bool:
         return False
     a, b = torch.finfo(_TORCH_DTYPES[source]), torch.finfo(_TORCH_DTYPES[target])
     return b.max < a.max or b.smallest_normal * b.eps > a.smallest_normal * a.eps
-
-
-def _power_of_two_normalize(G: Any) -> Any:
-    """``G·2^(−e)`` per matrix, ``e`` the binary exponent of ``max|G|`` (exact; zeros stay)."""
-    return ldexp(G, -max_exponent(G))
 
 
 def max_exponent(G: Any) -> Any:
@@ -385,6 +380,11 @@ def _is_real_scalar(value: Any) -> bool:
         dtype = value.dtype
         return (not dtype.is_complex and dtype != torch.bool) if is_torch(value) else dtype.kind in "iuf"
     return False
+
+
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer, bools excluded (``True`` is not a size or a count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def check_bool(value: Any, name: str) -> bool:

@@ -14,8 +14,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from . import _backend as B
 
 
@@ -123,8 +121,6 @@ def check_shape(shape: Any) -> tuple[int, ...]:
         dims = tuple(shape)
     except TypeError:
         raise ValueError(message) from None
-    if len(dims) < 2 or any(
-        isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)) or d < 0 for d in dims
-    ):
+    if len(dims) < 2 or not all(B.is_integer(d) and d >= 0 for d in dims):
         raise ValueError(message)
     return tuple(int(d) for d in dims)

@@ -153,7 +153,7 @@ def get_schedule(coefficients: ScheduleLike) -> Schedule:
 
 def check_steps(steps: Any) -> int:
     """Validate a step count: a non-negative integer (bools and floats are rejected)."""
-    if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, (int, np.integer)):
+    if not B.is_integer(steps):
         raise TypeError(f"steps must be a non-negative integer, got {steps!r} ({type(steps).__name__})")
     if steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps}")

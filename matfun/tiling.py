@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
-import numpy as np
 import torch
 
 from . import _backend as B
@@ -44,14 +43,14 @@ CPU_CHUNK_BYTES = 8 * 2**20
 
 def check_tile(tile: Any) -> tuple[int, int]:
     """Validate ``tile`` (``T`` or ``(Th, Tw)``, positive integers) and return ``(Th, Tw)``."""
-    if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
+    if B.is_integer(tile):
         tile = (tile, tile)
     try:
         Th, Tw = tile
     except (TypeError, ValueError):
         raise ValueError(f"tile must be a positive integer T or a pair (Th, Tw), got {tile!r}") from None
     for t in (Th, Tw):
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0:
+        if not B.is_integer(t) or t <= 0:
             raise ValueError(f"tile sizes must be positive integers, got {tile!r}")
     return int(Th), int(Tw)
 
@@ -128,11 +127,7 @@ def check_budget(memory_budget: Any) -> Any:
     """Validate ``memory_budget``: a positive integer number of bytes, ``None`` or ``"auto"``."""
     if memory_budget is None or (isinstance(memory_budget, str) and memory_budget == "auto"):
         return memory_budget
-    if (
-        isinstance(memory_budget, (bool, np.bool_))
-        or not isinstance(memory_budget, (int, np.integer))
-        or memory_budget <= 0
-    ):
+    if not B.is_integer(memory_budget) or memory_budget <= 0:
         raise ValueError(
             "memory_budget must be a positive integer number of bytes, None (unbounded) or 'auto', "
             f"got {memory_budget!r}"
