@@ -9,6 +9,7 @@ Subcommands::
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
              [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
     validate ...                           delegated to diagnostics.validate
+    design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
 
 Output directories: results (cell cache + ``results.csv``) go to
 ``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
@@ -196,6 +197,7 @@ def _import_validate() -> Any:
 #: matplotlib or scipy at module level.  One line per command.
 MODULE_COMMANDS: dict[str, Any] = {
     "validate": lambda: _import_validate(),
+    "design-schedule": lambda: _import_optional(f"{__package__ or 'diagnostics'}.design_cli"),
 }
 
 

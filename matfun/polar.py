@@ -39,6 +39,7 @@ import numpy as np
 
 from . import _backend as B
 from .base import Map, batch_size, check_shape
+from .qdwh import METHODS, choose_method, qdwh_compute
 
 
 class Polar(Map):
@@ -52,14 +53,22 @@ class Polar(Map):
         singular value (``scipy.linalg.polar``'s behaviour).
     precision : {"float64", "float32"} or None
         SVD precision; bfloat16 precisions compute in float32.
+    method : {"svd", "qdwh", "auto"}
+        ``"svd"``: the thin SVD.  ``"qdwh"``: the QDWH iteration
+        (:func:`matfun.qdwh_polar`; same result and rank cut-off).  ``"auto"``:
+        the faster of the two for the input's device and size
+        (:func:`matfun.qdwh.choose_method`).
     """
 
     prefers_torch = False  # numpy's LAPACK SVD is the faster one on CPU
     scale_invariant = True  # the cut-off is relative to σ_max
 
-    def __init__(self, rtol: float | None = None, precision: str | None = None):
+    def __init__(self, rtol: float | None = None, precision: str | None = None, method: str = "svd"):
         self.rtol = None if rtol is None else B.check_real(rtol, "rtol", low=0, high=1, high_open=True)
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.precision = precision
+        self.method = method
 
     def _resolve_precision(self, G: Any) -> B.Precision:
         precision = B.resolve_precision(self.precision, G)
@@ -76,13 +85,17 @@ class Polar(Map):
             yield X * 0
             return
         xp = B.namespace(X)
+        H, W = X.shape[-2:]
+        rtol = self.rtol if self.rtol is not None else default_rtol(H, W, precision.dtype, precision.input_dtype)
         # Pre-scale each matrix by the power of two 2^(-e) that brings max|G| into [0.5, 1):
         # exact, so U, V (hence P) are those of G bit for bit wherever G's SVD itself stays in
         # range, and σ_max ≤ √(HW) keeps the SVD from overflowing or underflowing elsewhere.
         e = B.max_exponent(X)
-        U, S, Vh = xp.linalg.svd(B.ldexp(X, -e), full_matrices=False)
-        H, W = X.shape[-2:]
-        rtol = self.rtol if self.rtol is not None else default_rtol(H, W, precision.dtype, precision.input_dtype)
+        X = B.ldexp(X, -e)
+        if self.method != "svd" and choose_method(X, self.method) == "qdwh":
+            yield qdwh_compute(X, rtol)[0]
+            return
+        U, S, Vh = xp.linalg.svd(X, full_matrices=False)
         cutoff = rtol * S[..., :1]  # S is sorted descending
         with np.errstate(over="ignore", under="ignore"):  # see SmoothedPolar._spectral_factor
             factor = self._spectral_factor(S, cutoff, e[..., 0], xp)
@@ -140,7 +153,8 @@ class SmoothedPolar(Polar):
         return xp.where(S > cutoff, smooth, xp.zeros_like(S))
 
 
-def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, check_finite: bool = True) -> Any:
+def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, method: str = "svd",
+          check_finite: bool = True) -> Any:
     """Exact polar factor ``U Vᵀ`` of each matrix in ``G`` (shape ``(..., H, W)``).
 
     Parameters
@@ -156,6 +170,9 @@ def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, ch
     precision : {"float64", "float32"}, optional
         SVD precision; default the input's dtype (float16 and bfloat16 inputs
         compute in float32).
+    method : {"svd", "qdwh", "auto"}, default "svd"
+        Algorithm: the SVD, QDWH (:func:`matfun.qdwh_polar`, iteration counts
+        with ``return_info=True`` there), or the faster one for this device and size.
     check_finite : bool, default True
         Raise on NaN/Inf input.
 
@@ -212,7 +229,7 @@ def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, ch
     >>> np.allclose(P, np.eye(2))
     True
     """
-    return Polar(rtol, precision)(G, check_finite=check_finite)
+    return Polar(rtol, precision, method)(G, check_finite=check_finite)
 
 
 def smoothed_polar(

@@ -76,6 +76,8 @@ MAPS = {
     "tiled_polar": lambda G, k: matfun.Tiled(matfun.Polar(), 4)(G),
     "tiled_many": lambda G, k: matfun.tiled_newton_schulz_many([G], 4)[0],
     "polar_iterates": lambda G, k: list(matfun.Polar().iterates(G))[-1],
+    "polar_qdwh": lambda G, k: matfun.polar(G, method="qdwh"),
+    "qdwh_polar": lambda G, k: matfun.qdwh_polar(G),
 }
 TOL = {"float64": 8 * 2.0**-52, "float32": 8 * 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
@@ -264,6 +266,7 @@ def _views(A: np.ndarray):
 
 ODD_MAPS = {
     "polar": lambda G: matfun.polar(G),
+    "qdwh_polar": lambda G: matfun.qdwh_polar(G),
     "smoothed_polar": lambda G: matfun.smoothed_polar(G, 0.1),
     "newton_schulz": lambda G: matfun.newton_schulz(G, 3),
     "iterates": lambda G: list(matfun.newton_schulz_iterates(G, 2))[-1],

@@ -60,6 +60,7 @@ MODULES: tuple[str, ...] = (
     "scaling",
     "training",
     "lm",
+    "design",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")
