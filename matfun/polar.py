@@ -201,26 +201,27 @@ def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, me
     measured on rank-deficient float32 products is 0.5–1.8·u for sizes
     64–1024, 10–20× below it).  Measured on 64×64 inputs
     (``python -m benchmarks.polar_cutoff``; kept rank, ``‖P − P_ref‖_F`` with
-    ``P_ref`` the float64 polar factor of the float64 matrix; before = the old
-    default ``max(H, W)·eps``; scipy = no cut-off):
+    ``P_ref`` the float64 polar factor of the float64 matrix, i.e. of the float64
+    SVD (so float64 rows are exactly 0); before = the old default
+    ``max(H, W)·eps``; scipy = ``scipy.linalg.polar``, no cut-off):
 
     ===============  =======  ==============  ==============  ==============
     input            dtype    before          default         scipy
     ===============  =======  ==============  ==============  ==============
-    cond 1e4         float32  64, 4.6e-05     64, 4.6e-05     64, 1.6e-04
-    cond 1e6         float32  54, 3.2         64, 2.5e-03     64, 3.0e-02
+    cond 1e4         float32  64, 3.6e-05     64, 3.6e-05     64, 1.6e-04
+    cond 1e6         float32  54, 3.2         64, 1.7e-03     64, 3.0e-02
     cond 1e8         float32  41, 4.8         49, 3.9         64, 0.96
     rank 10 of 64    float32  10, 2.4e-07     10, 2.4e-07     64, 7.4
-    cond 1e4–1e8     float64  64, ≤ 1.7e-09   64, ≤ 1.7e-09   64, 0
-    rank 10 of 64    float64  10, 3.1e-15     10, 3.1e-15     64, 7.4
+    cond 1e4–1e8     float64  64, 0           64, 0           64, 0
+    rank 10 of 64    float64  10, 0           10, 0           64, 7.4
     ===============  =======  ==============  ==============  ==============
 
     So in float32 every direction above ``≈ 7e-7·σ_max`` (at 64×64; condition
     numbers up to about 1.5e6) is kept, and exactly rank-deficient input still
     gives the partial isometry.  For a full-rank float32 matrix with a larger
     condition number pass ``rtol=0`` (or compute in float64); for data with
-    more noise than one rounding (long float32 sums, float16 storage
-    upcast to float32) pass a larger ``rtol``.
+    more noise than one rounding (long float32 sums, float16 data passed
+    as float32) pass a larger ``rtol``.
 
     Examples
     --------
