@@ -34,6 +34,8 @@ Precision
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -69,6 +71,8 @@ class Precision:
     name: str
     dtype: str
     round_bf16: bool
+    #: dtype of the input data (set by maps whose defaults depend on it, e.g. polar's cut-off).
+    input_dtype: str = ""
 
 
 def is_torch(x: Any) -> bool:
@@ -83,7 +87,7 @@ def dtype_name(x: Any) -> str:
     """Name of an array's dtype, e.g. ``"float32"``, library independent."""
     if is_torch(x):
         return str(x.dtype).removeprefix("torch.")
-    return str(np.dtype(x.dtype)) if is_numpy(x) else str(x.dtype)
+    return np.dtype(x.dtype).name if is_numpy(x) else str(x.dtype)  # name: "float64" also for ">f8"
 
 
 def _is_real_float(x: Any) -> bool:
@@ -116,11 +120,18 @@ def validate_matrix(G: Any, name: str = "G", check_finite: bool = True) -> Any:
     Raises
     ------
     TypeError
-        Not an array; integer, bool or complex dtype.
+        Not an array (a numpy masked array counts as not an array: its mask
+        would be ignored); integer, bool or complex dtype.
     ValueError
         ``ndim < 2``; NaN or Inf (the message names the batch index of the
-        first offending matrix).
+        first offending matrix); a torch tensor on the ``meta`` device (it has
+        a shape but no values to compute with).
     """
+    if isinstance(G, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy masked array; matfun maps would ignore the mask: pass "
+            f"{name}.filled(value) or a plain array"
+        )
     try:
         xp = array_api_compat.array_namespace(G)
     except TypeError:
@@ -128,6 +139,12 @@ def validate_matrix(G: Any, name: str = "G", check_finite: bool = True) -> Any:
             f"{name} must be a numpy array or a torch tensor of shape (..., H, W), "
             f"got {type(G).__name__}"
         ) from None
+    if is_torch(G) and G.device.type == "meta":
+        raise ValueError(
+            f"{name} is a torch tensor on the 'meta' device (shape {tuple(G.shape)}, no values); "
+            "matfun maps compute with values: use a CPU or CUDA tensor "
+            "(for costs without data, Map.flops(shape) takes a shape)"
+        )
     if G.ndim < 2:
         raise ValueError(
             f"{name} must have at least 2 dimensions (..., H, W), got shape {tuple(G.shape)}"
@@ -186,6 +203,11 @@ def resolve_precision(precision: str | None, G: Any) -> Precision:
     return Precision(precision, precision, False)
 
 
+def machine_eps(dtype: str) -> float:
+    """Machine epsilon of a floating dtype name (``"bfloat16"`` included)."""
+    return float(torch.finfo(_TORCH_DTYPES[dtype]).eps)
+
+
 def bf16_round(X: Any) -> Any:
     """Round a float32 array to the nearest bfloat16 value (ties to even), kept in float32."""
     if is_torch(X):
@@ -202,18 +224,97 @@ def rounding_for(precision: Precision) -> Callable[[Any], Any]:
     return bf16_round if precision.round_bf16 else (lambda X: X)
 
 
-def to_compute(G: Any, precision: Precision, prefer_torch: bool) -> Any:
+def to_compute(G: Any, precision: Precision, prefer_torch: bool, rescale: bool = False) -> Any:
     """View or convert ``G`` into the array the computation runs on.
 
     numpy inputs become torch tensors (zero copy where dtypes agree) when
     ``prefer_torch``; the result has the compute dtype of ``precision``.
+
+    A compute dtype with a narrower range than the input (float64 data computed
+    in float32 or bfloat16, float32 data in bfloat16) would overflow or flush
+    to zero entries that the input holds.  With ``rescale`` (maps with
+    ``map(c·G) = map(G)``) each matrix is first multiplied by the power of two
+    that brings its largest entry into ``[0.5, 1)`` (exact); without it an input
+    outside the compute range raises.
+
+    Raises
+    ------
+    ValueError
+        ``rescale`` is false and ``G`` does not fit the compute dtype's range.
     """
-    if is_numpy(G) and prefer_torch:
-        G = torch.from_numpy(np.ascontiguousarray(G))
+    if is_numpy(G):
+        G = np.asarray(G)  # plain ndarray: np.matrix would turn ``*`` into a product
+        if prefer_torch:
+            G = torch.from_numpy(torch_viewable(G))
+    narrowing = _narrows_range(dtype_name(G), precision.dtype)
+    if narrowing and rescale:
+        G = ldexp(G, -max_exponent(G))  # exact
     if is_torch(G):
-        return G.to(_TORCH_DTYPES[precision.dtype])
+        X = G.to(_TORCH_DTYPES[precision.dtype])
+    else:
+        xp = array_api_compat.array_namespace(G)
+        X = xp.astype(G, getattr(xp, precision.dtype))
+    if narrowing and not rescale:
+        _check_representable(G, X, precision.dtype)
+    return X
+
+
+def _narrows_range(source: str, target: str) -> bool:
+    """Whether casting ``source`` to ``target`` can overflow or flush a subnormal to zero."""
+    if source not in _TORCH_DTYPES or target not in _TORCH_DTYPES:
+        return False
+    a, b = torch.finfo(_TORCH_DTYPES[source]), torch.finfo(_TORCH_DTYPES[target])
+    return b.max < a.max or b.smallest_normal * b.eps > a.smallest_normal * a.eps
+
+
+def max_exponent(G: Any) -> Any:
+    """Per matrix, the binary exponent ``e`` with ``max|G| ∈ [2^(e−1), 2^e)`` (0 for a zero matrix).
+
+    Shape ``(..., 1, 1)``, an integer array of ``G``'s library.
+    """
     xp = array_api_compat.array_namespace(G)
-    return xp.astype(G, getattr(xp, precision.dtype))
+    amax = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True) if _size(G) else xp.zeros(G.shape[:-2] + (1, 1))
+    return (torch.frexp if is_torch(amax) else np.frexp)(amax)[1]
+
+
+def ldexp(X: Any, e: Any) -> Any:
+    """``X·2^e`` exactly (up to underflow), ``e`` an integer array broadcastable to ``X``."""
+    if not is_torch(X):
+        return np.ldexp(X, e)
+    # two factors: 2^(±1074) itself is not representable, its halves are
+    half = e // 2
+    return X * torch.pow(2.0, half.to(X.dtype)) * torch.pow(2.0, (e - half).to(X.dtype))
+
+
+def _check_representable(G: Any, X: Any, target: str) -> None:
+    """Raise when the cast ``X`` of ``G`` overflowed or flushed a whole non-zero matrix to zero."""
+    if _size(G) == 0:
+        return
+    xp = array_api_compat.array_namespace(X)
+    lost = xp.any(G != 0, axis=(-2, -1)) & ~xp.any(X != 0, axis=(-2, -1))
+    if not bool(xp.all(xp.isfinite(X))) or bool(xp.any(lost)):
+        raise ValueError(
+            f"G has entries outside the range of the compute precision {target!r}: compute in the "
+            "input's precision (precision=None) or rescale G (and eps with it for smoothed_polar)"
+        )
+
+
+def torch_viewable(G: np.ndarray) -> np.ndarray:
+    """``G`` itself when ``torch.from_numpy`` can view it safely, else a C-ordered copy.
+
+    ``torch.from_numpy`` refuses negative strides (numpy flags a one-row view of a
+    flipped array contiguous, so ``np.ascontiguousarray`` keeps them), non-native
+    byte order, and warns on read-only arrays (``np.broadcast_to``, frozen
+    buffers); numpy subclasses (``np.matrix``) become plain arrays.  Positive,
+    zero (broadcast) and Fortran-order strides are viewed without a copy when the
+    array is writeable.
+    """
+    G = np.asarray(G)
+    if not G.dtype.isnative:
+        return G.astype(G.dtype.newbyteorder("="))
+    if not G.flags.writeable or any(stride < 0 for stride in G.strides):
+        return np.array(G, order="C", copy=True)
+    return G
 
 
 def from_compute(X: Any, like: Any) -> Any:
@@ -234,3 +335,90 @@ def from_compute(X: Any, like: Any) -> Any:
 def namespace(x: Any) -> Any:
     """The array-API namespace of ``x`` (numpy and torch through array-api-compat)."""
     return array_api_compat.array_namespace(x)
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Validate a real-number argument and return it as a Python float.
+
+    Accepts Python and numpy real numbers and 0-d real tensors/arrays; rejects
+    bools, strings, ``None``, NaN and values outside ``[low, high]`` (an open end
+    when ``low_open``/``high_open``).  ±inf is accepted only when an infinite
+    bound allows it.
+
+    Raises
+    ------
+    TypeError
+        Not a real number (the message names ``name`` and what is accepted).
+    ValueError
+        NaN, or outside the interval.
+    """
+    if low == -math.inf and high == math.inf:
+        what = "a real number"
+    else:
+        what = f"a real number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, (bool, np.bool_)) or not _is_real_scalar(value):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    x = float(value)
+    inside = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
+    if math.isnan(x) or not inside:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return x
+
+
+def _is_real_scalar(value: Any) -> bool:
+    if isinstance(value, numbers.Real):
+        return True
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        dtype = value.dtype
+        return (not dtype.is_complex and dtype != torch.bool) if is_torch(value) else dtype.kind in "iuf"
+    return False
+
+
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer, bools excluded (``True`` is not a size or a count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Validate a flag: ``True``/``False`` (or numpy bools) only, never a truthy string."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_same_backend(A: Any, B_: Any, name_a: str, name_b: str) -> None:
+    """Require ``B_`` to be the same library as ``A`` (and for torch, the same device).
+
+    Raises
+    ------
+    TypeError
+        Different libraries (numpy vs torch).
+    ValueError
+        torch tensors on different devices.
+    """
+    lib_a, lib_b = _library(A), _library(B_)
+    if lib_a != lib_b:
+        raise TypeError(
+            f"{name_b} is a {lib_b} array but {name_a} is a {lib_a} array; "
+            f"pass both as the same library (and device)"
+        )
+    if is_torch(A) and A.device != B_.device:
+        raise ValueError(
+            f"{name_b} is on device {B_.device} but {name_a} is on {A.device}; move them to the same device"
+        )
+
+
+def _library(x: Any) -> str:
+    if is_torch(x):
+        return "torch"
+    if is_numpy(x):
+        return "numpy"
+    return type(x).__module__.split(".")[0]

@@ -24,10 +24,13 @@ class Map(ABC):
     :meth:`_compute_iterates` and :meth:`flops`.
     """
 
-    #: compute precision (see :mod:`matfun._backend`); ``None`` follows the input.
+    #: compute precision (see :func:`matfun.newton_schulz`); ``None`` follows the input.
     precision: str | None = None
     #: run numpy inputs on torch through a zero-copy view (matmul-heavy maps).
     prefers_torch: bool = True
+    #: ``map(c·G) == map(G)`` for every ``c > 0``; lets wrappers rescale their input
+    #: to stay in range (:class:`~matfun.Preconditioned`).  Off unless a map declares it.
+    scale_invariant: bool = False
 
     def __call__(self, G: Any, *, check_finite: bool = True) -> Any:
         """Apply the map; returns the same library, device, shape and dtype as ``G``."""
@@ -44,10 +47,10 @@ class Map(ABC):
         for Y in self._compute_iterates(X, precision):
             yield B.from_compute(Y, G)
 
-    def _prepare(self, G: Any, check_finite: bool) -> tuple[Any, B.Precision]:
-        B.validate_matrix(G, check_finite=check_finite)
+    def _prepare(self, G: Any, check_finite: bool, name: str = "G") -> tuple[Any, B.Precision]:
+        B.validate_matrix(G, name, check_finite=B.check_bool(check_finite, "check_finite"))
         precision = self._resolve_precision(G)
-        return B.to_compute(G, precision, self.prefers_torch), precision
+        return B.to_compute(G, precision, self.prefers_torch, rescale=self.scale_invariant), precision
 
     def _resolve_precision(self, G: Any) -> B.Precision:
         return B.resolve_precision(self.precision, G)
@@ -88,6 +91,10 @@ class Wrapper(Map):
     def prefers_torch(self) -> bool:  # type: ignore[override]
         return self.inner.prefers_torch
 
+    @property
+    def scale_invariant(self) -> bool:  # type: ignore[override]
+        return self.inner.scale_invariant
+
     def _resolve_precision(self, G: Any) -> B.Precision:
         return self.inner._resolve_precision(G)
 
@@ -101,8 +108,19 @@ def batch_size(shape: tuple[int, ...]) -> int:
 
 
 def check_shape(shape: Any) -> tuple[int, ...]:
-    """Validate a ``(..., H, W)`` shape given to :meth:`Map.flops`."""
-    shape = tuple(int(d) for d in shape)
-    if len(shape) < 2 or any(d < 0 for d in shape):
-        raise ValueError(f"shape must be (..., H, W) with non-negative sizes, got {shape}")
-    return shape
+    """Validate a ``(..., H, W)`` shape given to :meth:`Map.flops`.
+
+    Raises
+    ------
+    ValueError
+        Not a sequence of at least two non-negative integers (floats such as
+        ``4.5`` and bools are rejected, not truncated).
+    """
+    message = f"shape must be (..., H, W) with non-negative integer sizes, got {shape!r}"
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(message) from None
+    if len(dims) < 2 or not all(B.is_integer(d) and d >= 0 for d in dims):
+        raise ValueError(message)
+    return tuple(int(d) for d in dims)

@@ -37,8 +37,10 @@ class NewtonSchulz(Map):
         ``"cubic"``, ``"jordan"``, ``"you"``, ``"polar_express"`` or explicit
         tuples; the last tuple repeats when ``steps`` exceeds the list.
     precision : str or None
-        Compute precision (see :mod:`matfun._backend`).
+        Compute precision (see :func:`newton_schulz`).
     """
+
+    scale_invariant = True  # X₀ = G/(s‖G‖_F)
 
     def __init__(self, steps: int = 5, coefficients: ScheduleLike = "jordan", precision: str | None = None):
         self.steps = check_steps(steps)
@@ -128,7 +130,12 @@ def newton_schulz(
         Schedule name (``"cubic"``, ``"jordan"``, ``"you"``,
         ``"polar_express"``) or explicit tuples (the last repeats).
     precision : {"float64", "float32", "bfloat16", "bfloat16-emulated"}, optional
-        Compute precision; default the input's dtype.
+        Compute precision (:data:`matfun.PRECISIONS`); default the input's
+        dtype (float16 inputs compute in float32).  ``"bfloat16"`` is native
+        bf16 arithmetic (torch only; products accumulate in float32 and round
+        once; slow on CPU, use it on CUDA).  ``"bfloat16-emulated"`` computes
+        in float32 and rounds every fused product to bfloat16: the numerics of
+        native bf16 products at float32 speed, for numpy and torch alike.
     check_finite : bool, default True
         Raise on NaN/Inf input (costs one pass over ``G``).
 
@@ -139,9 +146,14 @@ def newton_schulz(
 
     Raises
     ------
-    TypeError, ValueError
-        Bad input (see :func:`matfun._backend.validate_matrix`), unknown
-        schedule, negative steps.
+    TypeError
+        ``G`` is not a numpy array or torch tensor, or has an integer, bool or
+        complex dtype; ``steps`` is not an integer; coefficients that are not
+        real numbers.
+    ValueError
+        ``G`` has fewer than 2 dimensions, contains NaN or Inf (the message
+        names the batch index), or is a ``meta`` tensor; unknown schedule name
+        or precision; negative ``steps``.
 
     See Also
     --------

@@ -49,7 +49,6 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _backend as B
@@ -138,7 +137,7 @@ def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_
         numpy array or torch tensor, float32 or float64 (lower precisions run in
         float32).
     rtol : float, optional
-        Rank cut-off as in :func:`matfun.polar` (default ``max(H, W)·eps``):
+        Rank cut-off as in :func:`matfun.polar` (the same default):
         matrices that may have a singular value ``≤ rtol·σ_max`` are computed by
         the SVD with this cut-off.
     max_iter : int
@@ -153,11 +152,11 @@ def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_
     array, or (array, QDWHInfo)
         Same library, device, shape and dtype as ``G``.
     """
-    B.validate_matrix(G, check_finite=check_finite)
+    B.validate_matrix(G, check_finite=B.check_bool(check_finite, "check_finite"))
     if not (B.is_numpy(G) or B.is_torch(G)):
         raise TypeError(f"qdwh_polar needs a numpy array or a torch tensor, got {type(G).__name__}")
-    if rtol is not None and not (0 <= rtol < 1):
-        raise ValueError(f"rtol must lie in [0, 1), got {rtol!r}")
+    if rtol is not None:
+        rtol = B.check_real(rtol, "rtol", low=0, high=1, high_open=True)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     precision = B.resolve_precision("float64" if B.dtype_name(G) == "float64" else "float32", G)
@@ -170,15 +169,18 @@ def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_
 def qdwh_compute(X: Any, rtol: float | None = None, max_iter: int = 20) -> tuple[torch.Tensor, QDWHInfo]:
     """QDWH on a float32/float64 compute array (numpy arrays run on torch, zero copy)."""
     if B.is_numpy(X):
-        X = torch.from_numpy(np.ascontiguousarray(X))
+        X = torch.from_numpy(B.torch_viewable(X))
     *batch, H, W = X.shape
     if X.numel() == 0:
         return X.clone(), QDWHInfo(0, 0, 0, math.nan, ())
+    X = B.ldexp(X, -B.max_exponent(X))  # exact; keeps 1e308 or subnormal input in range
     wide = H < W
     A = (X.mT if wide else X).reshape(-1, max(H, W), min(H, W))
     eps = float(torch.finfo(A.dtype).eps)
     if rtol is None:
-        rtol = max(H, W) * eps
+        from .polar import default_rtol  # polar imports this module
+
+        rtol = default_rtol(H, W, B.dtype_name(A))
     U, info = _qdwh_tall(A, rtol, max_iter, eps)
     U = U.reshape(*batch, max(H, W), min(H, W))
     return (U.mT if wide else U), info

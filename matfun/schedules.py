@@ -16,8 +16,12 @@ Published schedules (the last tuple repeats when more steps are asked for):
 ``"you"``
     Jiacheng You's 5-step schedule.
 ``"polar_express"``
-    Amsel et al., *The Polar Express* (2025), 5-step schedule used with the input
-    normalised by ``1.02·‖G‖_F``.
+    N. Amsel, D. Persson, C. Musco, R. M. Gower, *The Polar Express: Optimal
+    Matrix Sign Methods and Their Application to the Muon Algorithm* (2025),
+    arXiv:2505.16932.  The 5-step schedule in full double precision, as the
+    reference implementation prints it: the output of its coefficient
+    generator for ``ℓ = 1e-3``, 5 iterations, safety factor ``2e-2`` and
+    cushion ``0.02``; used with the input normalised by ``1.02·‖G‖_F``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+import math
+
 import numpy as np
+
+from . import _backend as B
 
 Coefficients = tuple[float, float, float]
 
@@ -50,19 +58,47 @@ class Schedule:
     normalization: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.coefficients:
-            raise ValueError("a schedule needs at least one (a, b, c) tuple")
-        for abc in self.coefficients:
-            if len(abc) != 3 or not all(np.isfinite(float(v)) for v in abc):
-                raise ValueError(f"each schedule entry must be 3 finite numbers (a, b, c), got {abc!r}")
-        if not (self.normalization > 0 and np.isfinite(self.normalization)):
-            raise ValueError(f"normalization must be a positive finite number, got {self.normalization!r}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"name must be a str, got {self.name!r}")
+        # materialise once (a generator would be used up by the checks) as a hashable tuple
+        object.__setattr__(self, "coefficients", _coefficient_tuples(self.coefficients))
+        norm = B.check_real(self.normalization, "normalization", low=0, high=math.inf, low_open=True, high_open=True)
+        object.__setattr__(self, "normalization", norm)
 
     def steps(self, steps: int) -> list[Coefficients]:
         """The ``(a, b, c)`` of each of ``steps`` steps (the last entry repeats)."""
         steps = check_steps(steps)
         last = len(self.coefficients) - 1
         return [tuple(map(float, self.coefficients[min(k, last)])) for k in range(steps)]
+
+
+def _coefficient_tuples(coefficients: Any) -> tuple[Coefficients, ...]:
+    """``coefficients`` (any iterable of 3-number iterables) as a tuple of float triples.
+
+    Raises
+    ------
+    TypeError
+        Not an iterable of triples, or an entry that is not a real number
+        (strings and bools are rejected, not converted).
+    ValueError
+        No entries, an entry of length other than 3, NaN or ±inf.
+    """
+    accepted = "a schedule name or a sequence of (a, b, c) tuples of real numbers"
+    if isinstance(coefficients, (str, bytes)) or not hasattr(coefficients, "__iter__"):
+        raise TypeError(f"coefficients must be {accepted}, got {coefficients!r}")
+    entries = []
+    for k, abc in enumerate(coefficients):
+        if isinstance(abc, (str, bytes)) or not hasattr(abc, "__iter__"):
+            raise TypeError(f"coefficients must be {accepted}; entry {k} is {abc!r}")
+        abc = tuple(abc)
+        if len(abc) != 3:
+            raise ValueError(f"each schedule entry must be 3 finite numbers (a, b, c); entry {k} is {abc!r}")
+        entries.append(tuple(B.check_real(v, f"coefficients[{k}][{j}]") for j, v in enumerate(abc)))
+        if not all(math.isfinite(v) for v in entries[-1]):
+            raise ValueError(f"each schedule entry must be 3 finite numbers (a, b, c); entry {k} is {abc!r}")
+    if not entries:
+        raise ValueError("a schedule needs at least one (a, b, c) tuple")
+    return tuple(entries)
 
 
 SCHEDULES: dict[str, Schedule] = {
@@ -81,11 +117,11 @@ SCHEDULES: dict[str, Schedule] = {
     "polar_express": Schedule(
         "polar_express",
         (
-            (8.15655, -22.48329, 15.87877),
-            (4.04293, -2.80892, 0.50002),
-            (3.89167, -2.77248, 0.50606),
-            (3.28575, -2.36813, 0.46449),
-            (2.34654, -1.70978, 0.42324),
+            (8.156554524902461, -22.48329292557795, 15.878769915207462),
+            (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+            (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+            (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+            (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
         ),
         normalization=1.02,
     ),
@@ -112,22 +148,15 @@ def get_schedule(coefficients: ScheduleLike) -> Schedule:
                 f"unknown schedule {coefficients!r}; valid names: {sorted(SCHEDULES)} "
                 "(or pass a sequence of (a, b, c) tuples)"
             ) from None
-    try:
-        entries = tuple(tuple(float(v) for v in abc) for abc in coefficients)
-    except TypeError:
-        raise ValueError(
-            "coefficients must be a schedule name or a sequence of (a, b, c) tuples, "
-            f"got {coefficients!r}"
-        ) from None
-    return Schedule("custom", entries)
+    return Schedule("custom", coefficients)
 
 
 def check_steps(steps: Any) -> int:
-    """Validate a step count: a non-negative integer."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise TypeError(f"steps must be a non-negative integer, got {steps!r}")
+    """Validate a step count: a non-negative integer (bools and floats are rejected)."""
+    if not B.is_integer(steps):
+        raise TypeError(f"steps must be a non-negative integer, got {steps!r} ({type(steps).__name__})")
     if steps < 0:
-        raise ValueError(f"steps must be non-negative, got {steps}")
+        raise ValueError(f"steps must be a non-negative integer, got {steps}")
     return int(steps)
 
 
@@ -151,13 +180,55 @@ def transfer_function(sigma: Any, steps: int = 5, coefficients: ScheduleLike = "
     Returns
     -------
     array
-        ``p_K(σ)`` in the library and dtype of ``sigma`` (float64 for scalars
-        and lists).
+        ``p_K(σ)`` in the library and dtype of ``sigma`` (float64 for Python
+        scalars, lists and integer arrays).  float16 and bfloat16 inputs are
+        evaluated in float32 and rounded once.  Where the true value exceeds the
+        dtype's range (``|σ|`` well above 1 grows like ``σ^(5^K)``) the result is
+        ±inf, without a warning.
+
+    Raises
+    ------
+    TypeError
+        ``sigma`` not real numbers (strings, complex, bool); bad ``steps``
+        or ``coefficients`` (see :func:`get_schedule`).
+    ValueError
+        Negative ``steps``, malformed coefficients.
     """
     schedule = get_schedule(coefficients)
-    x = sigma if hasattr(sigma, "shape") else np.asarray(sigma, dtype=np.float64)
-    x = x / schedule.normalization
-    for a, b, c in schedule.steps(steps):
-        x2 = x * x
-        x = x * (a + x2 * (b + c * x2))
-    return x
+    schedule_steps = schedule.steps(steps)
+    x, restore = _transfer_input(sigma)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = x / schedule.normalization
+        for a, b, c in schedule_steps:
+            x2 = x * x
+            x = x * (a + x2 * (b + c * x2))
+    return restore(x)
+
+
+def _transfer_input(sigma: Any) -> tuple[Any, Any]:
+    """``sigma`` as a real floating array to evaluate on, and the map back to its dtype."""
+    import torch
+
+    if isinstance(sigma, torch.Tensor):
+        if sigma.dtype == torch.bool or sigma.is_complex():
+            raise TypeError(f"sigma must hold real numbers, got a {sigma.dtype} tensor")
+        if not sigma.is_floating_point():
+            return sigma.to(torch.float64), lambda x: x
+        if sigma.dtype in (torch.float16, torch.bfloat16):
+            return sigma.float(), lambda x: x.to(sigma.dtype)
+        return sigma, lambda x: x
+    if hasattr(sigma, "shape") and not isinstance(sigma, (np.ndarray, np.generic)):
+        if not B._is_real_float(sigma):  # another array-API library
+            raise TypeError(f"sigma must hold real floating numbers, got dtype {sigma.dtype}")
+        return sigma, lambda x: x
+    try:
+        x = np.asarray(sigma)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise TypeError(f"sigma must be real numbers (array, tensor or scalar), got {type(sigma).__name__}") from exc
+    if x.dtype.kind not in "iuf":
+        raise TypeError(f"sigma must hold real numbers, got dtype {x.dtype} ({sigma!r:.60})")
+    if x.dtype.kind in "iu":
+        return x.astype(np.float64), lambda y: y
+    if x.dtype == np.float16:
+        return x.astype(np.float32), lambda y: y.astype(np.float16)
+    return x, lambda y: y

@@ -24,10 +24,9 @@ memory-bounded chunking and tile-size schedules.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
-import numpy as np
 import torch
 
 from . import _backend as B
@@ -44,14 +43,14 @@ CPU_CHUNK_BYTES = 8 * 2**20
 
 def check_tile(tile: Any) -> tuple[int, int]:
     """Validate ``tile`` (``T`` or ``(Th, Tw)``, positive integers) and return ``(Th, Tw)``."""
-    if isinstance(tile, (int, np.integer)) and not isinstance(tile, bool):
+    if B.is_integer(tile):
         tile = (tile, tile)
     try:
         Th, Tw = tile
     except (TypeError, ValueError):
         raise ValueError(f"tile must be a positive integer T or a pair (Th, Tw), got {tile!r}") from None
     for t in (Th, Tw):
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t <= 0:
+        if not B.is_integer(t) or t <= 0:
             raise ValueError(f"tile sizes must be positive integers, got {tile!r}")
     return int(Th), int(Tw)
 
@@ -125,11 +124,15 @@ def default_budget(X: Any) -> int | None:
 
 
 def check_budget(memory_budget: Any) -> Any:
-    if memory_budget in (None, "auto"):
+    """Validate ``memory_budget``: a positive integer number of bytes, ``None`` or ``"auto"``."""
+    if memory_budget is None or (isinstance(memory_budget, str) and memory_budget == "auto"):
         return memory_budget
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes, None (unbounded) or 'auto', got {memory_budget!r}")
-    return memory_budget
+    if not B.is_integer(memory_budget) or memory_budget <= 0:
+        raise ValueError(
+            "memory_budget must be a positive integer number of bytes, None (unbounded) or 'auto', "
+            f"got {memory_budget!r}"
+        )
+    return int(memory_budget)
 
 
 class Tiled(Wrapper):
@@ -266,6 +269,18 @@ def tiled_newton_schulz(
     array
         Same library, device, shape and dtype as ``G``.
 
+    Raises
+    ------
+    TypeError
+        ``G`` is not a numpy array or torch tensor, or has an integer, bool or
+        complex dtype; ``steps`` is not an integer; coefficients that are not
+        real numbers; ``check_finite`` not a bool.
+    ValueError
+        ``G`` has fewer than 2 dimensions, contains NaN or Inf (the message
+        names the batch index), or is a ``meta`` tensor; ``tile`` not a
+        positive integer or pair of them; bad ``memory_budget``; unknown
+        schedule name or precision; negative ``steps``.
+
     Examples
     --------
     >>> import numpy as np, matfun
@@ -278,7 +293,7 @@ def tiled_newton_schulz(
 
 
 def tiled_newton_schulz_many(
-    matrices: Sequence[Any],
+    matrices: Iterable[Any],
     tile: TileLike,
     steps: int = 5,
     coefficients: ScheduleLike = "jordan",
@@ -297,25 +312,35 @@ def tiled_newton_schulz_many(
 
     Parameters
     ----------
-    matrices : sequence of arrays
+    matrices : iterable of arrays
         Each of shape ``(..., H, W)``; shapes, dtypes, devices and libraries
-        may differ.
+        may differ.  Any iterable (list, tuple, generator) is read exactly once.
     tile, steps, coefficients, precision, memory_budget, check_finite
         As for :func:`tiled_newton_schulz`.
 
     Returns
     -------
     list
-        One output per input, same library, device, shape and dtype.
+        One output per input, in input order; same library, device, shape and
+        dtype.
+
+    Raises
+    ------
+    TypeError
+        ``matrices`` is a single array, a string or a mapping (pass
+        ``list(d.values())``), or an element is not an array (the message
+        names its position ``matrices[i]``).
+    ValueError
+        An element contains NaN or Inf (the message names ``matrices[i]`` and
+        the batch index inside it), or as for :func:`tiled_newton_schulz`.
     """
-    if isinstance(matrices, (torch.Tensor,)) or hasattr(matrices, "__array__"):
-        raise TypeError("matrices must be a list of arrays; for one matrix use tiled_newton_schulz")
+    matrices = _materialize(matrices)
     tiled = Tiled(NewtonSchulz(steps, coefficients, precision), tile, memory_budget)
     inner = tiled.inner
     # 1. split every matrix into its tile groups, remembering where each group goes.
     prepared, buckets = [], {}
     for index, G in enumerate(matrices):
-        X, prec = tiled._prepare(G, check_finite)
+        X, prec = tiled._prepare(G, check_finite, name=f"matrices[{index}]")
         groups = tile_groups(X.shape[-2], X.shape[-1], tiled.tile) if B._size(X) else []
         tiles = [split_group(X, g) for g in groups]
         prepared.append((X, prec, groups, tiles))
@@ -358,6 +383,21 @@ def tiled_newton_schulz_many(
         blocks = [merge_group(results[index, k], g) for k, g in enumerate(groups)]
         outputs.append(B.from_compute(assemble(blocks, groups), G))
     return outputs
+
+
+def _materialize(matrices: Any) -> list[Any]:
+    """The matrices of a list-taking API as a list, reading the iterable once."""
+    if isinstance(matrices, torch.Tensor) or hasattr(matrices, "__array__") or hasattr(matrices, "__array_namespace__"):
+        raise TypeError(
+            "matrices must be an iterable of arrays (e.g. a list), got one array; "
+            "for one matrix use tiled_newton_schulz"
+        )
+    if isinstance(matrices, (str, bytes, Mapping)) or not isinstance(matrices, Iterable):
+        raise TypeError(
+            "matrices must be an iterable of arrays (list, tuple or generator), "
+            f"got {type(matrices).__name__}" + (" (pass list(d.values()))" if isinstance(matrices, Mapping) else "")
+        )
+    return list(matrices)
 
 
 def _pack(counts: list[int], per_chunk: int) -> Iterator[list[tuple[int, int, int]]]:
