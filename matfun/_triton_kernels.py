@@ -20,7 +20,12 @@ interpreter, whose bfloat16 ``dot`` is not usable).  Without it, products are
 IEEE float32 (``input_precision="ieee"``, no TF32).
 
 ``TRITON_INTERPRET=1`` must be set before this module is imported for the
-kernels to run on CPU tensors (Triton decides at decoration time).
+kernels to run on CPU tensors (Triton decides at decoration time;
+:mod:`matfun._triton_ns` re-imports the module when the setting changes).  The
+kernels call only Triton builtins and the helpers below, never the
+``@triton.jit`` functions of ``triton.language.standard`` (``tl.max``,
+``tl.sum``, ``tl.zeros``): those are decorated when ``triton`` itself is imported, so they
+would not run under an interpreter switched on later.
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ def _round_bf16(x):
     bits = x.to(tl.uint32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
 
 
 @triton.jit
@@ -68,9 +83,9 @@ def ns_tiles_kernel(
     x = tl.load(x_tile, mask=mask, other=0.0).to(tl.float32)
     if NORMALIZE:
         # X / (factor ‖X‖_F), scaled by the largest entry first (as matfun's normalize)
-        amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        amax = tl.reduce(tl.reduce(tl.abs(x), 1, _maximum), 0, _maximum)
         x = x / tl.where(amax > 0, amax, 1.0)
-        norm = tl.sqrt(tl.sum(tl.sum(x * x, axis=1), axis=0)) * factor
+        norm = tl.sqrt(tl.reduce(tl.reduce(x * x, 1, _add), 0, _add)) * factor
         x = x / tl.where(norm > 0, norm, 1.0)
         if ROUND_BF16:
             x = _round_bf16(x)
@@ -110,7 +125,7 @@ def gram_kernel(
     offs_i = bi * BM + tl.arange(0, BM)
     offs_j = bj * BM + tl.arange(0, BM)
     offs_k = tl.arange(0, BK)
-    acc = tl.zeros((BM, BM), dtype=tl.float32)
+    acc = tl.full((BM, BM), 0.0, tl.float32)
     for k0 in range(0, S, BK):
         ks = k0 + offs_k
         p = tl.load(
