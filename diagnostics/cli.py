@@ -15,10 +15,18 @@ Output directories: results (cell cache + ``results.csv``) go to
 With ``--quick`` the defaults become ``results/quick`` and ``figures/quick`` so a
 smoke run never overwrites full-size figures (explicit directories are used as given).
 
-Exit codes: 0 success; 2 bad arguments (unknown experiment, bad device, CUDA
-requested without a GPU, unwritable output directory, ``--replot`` without a
-cache, missing ``diagnostics.validate``).  An exception inside an experiment is a
-bug and propagates with its traceback.
+Exit codes: 0 success; 2 bad arguments or environment (unknown experiment, bad
+device, CUDA requested without a GPU, an output directory that cannot be written
+or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
+any other ``OSError`` such as a full disk or a permission denied, missing
+``diagnostics.validate``), always as ONE line on stderr; 130 interrupted (finished
+cells stay cached).  Any other exception inside an experiment is a bug and
+propagates with its traceback.
+
+Adding a command: implement it in a module of its own (``HELP``,
+``add_arguments(parser)``, ``run(args) -> int``, no heavy imports at module level)
+and add one line to :data:`MODULE_COMMANDS`.  Raise :class:`UsageError` for a bad
+argument; ``OSError`` is reported for you.
 """
 
 from __future__ import annotations
@@ -113,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
             """
         ),
     )
-    p.add_argument("name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())}")
+    p.add_argument("name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())} "
+                   f"('{PROG} list' describes them)")
     _add_run_options(p)
 
     p = sub.add_parser(
@@ -131,31 +140,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
     _add_run_options(p)
 
-    p = sub.add_parser(
-        "validate", help="validate optimizer math (diagnostics.validate)", formatter_class=_formatter,
-        description="Check a user's orthogonalisation / optimizer code against the reference maps. "
-        "Implemented in diagnostics.validate.",
-        epilog=_epilog(f"{PROG} validate --help"),
-    )
-    validate = _import_validate()
-    if validate is not None and hasattr(validate, "add_arguments"):
-        validate.add_arguments(p)
-    else:
-        p.add_argument("validate_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    for name, load in MODULE_COMMANDS.items():
+        module = load()
+        p = sub.add_parser(
+            name, help=getattr(module, "HELP", "(unavailable: its module is missing)"),
+            formatter_class=_formatter, description=textwrap.fill(getattr(module, "DESCRIPTION", "") or "", 100),
+            epilog=_epilog(module.EXAMPLES) if getattr(module, "EXAMPLES", None) else None,
+        )
+        if module is not None:
+            module.add_arguments(p)
+        else:
+            p.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
-def _import_validate() -> Any:
-    """``diagnostics.validate`` or ``None`` if it does not exist (other errors propagate)."""
+def _import_optional(name: str) -> Any:
+    """Module ``name`` or ``None`` if it does not exist (other errors propagate)."""
     import importlib
 
-    name = f"{__package__ or 'diagnostics'}.validate"
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name == name:
             return None
         raise
+
+
+def _import_validate() -> Any:
+    """``diagnostics.validate`` or ``None`` if it does not exist."""
+    return _import_optional(f"{__package__ or 'diagnostics'}.validate")
+
+
+#: Commands implemented in a module of their own: name -> loader returning the
+#: module (``None`` when it is missing).  The module defines ``HELP`` (one line),
+#: ``add_arguments(parser)``, ``run(args) -> int`` and optionally ``DESCRIPTION``
+#: and ``EXAMPLES``; ``--help`` imports it, so it must not import torch,
+#: matplotlib or scipy at module level.  One line per command.
+MODULE_COMMANDS: dict[str, Any] = {
+    "validate": lambda: _import_validate(),
+}
 
 
 # ------------------------------------------------------------------------ checks
@@ -179,9 +202,16 @@ def check_device(device: str) -> str:
     return device
 
 
+def _no_file_in_the_way(directory: Path, what: str, verb: str) -> None:
+    blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot {verb} {what} directory '{directory}': '{blocker}' is a file, not a directory")
+
+
 def check_writable(directory: Path, what: str) -> Path:
     """Create ``directory`` if needed and prove it is writable, else :class:`UsageError`."""
     try:
+        _no_file_in_the_way(directory, what, "write to")
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
@@ -189,6 +219,27 @@ def check_writable(directory: Path, what: str) -> Path:
         reason = exc.strerror or str(exc)
         raise UsageError(f"cannot write to {what} directory '{directory}': {reason}") from None
     return directory
+
+
+def check_readable(directory: Path, what: str) -> Path:
+    """``directory`` if it is a directory that can be listed, else :class:`UsageError`."""
+    try:
+        _no_file_in_the_way(directory, what, "read")
+        if directory.exists():
+            next(directory.iterdir(), None)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} directory '{directory}': {exc.strerror or exc}") from None
+    return directory
+
+
+def _check_output_dirs(names: Sequence[str], results_dir: Path, figures_dir: Path, replot: bool) -> None:
+    """Every experiment's output directories, before anything is computed."""
+    for name in names:
+        if replot:  # reads the cache; results.csv is rewritten only if it changed
+            check_readable(results_dir / name / "cells", "results")
+        else:
+            check_writable(results_dir / name / "cells", "results")
+        check_writable(figures_dir / name, "figures")
 
 
 def _output_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -221,7 +272,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     width = max((len(n) for n in experiments.names()), default=0)
     for name in experiments.names():
-        print(f"{name:<{width}}  {experiments.get(name).DESCRIPTION.strip()}")
+        print(f"{name:<{width}}  {experiments.describe(name)}")
     return 0
 
 
@@ -235,6 +286,7 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")
+    _check_output_dirs([m.NAME for m in modules], results_dir, figures_dir, args.replot)
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
     for module in modules:
@@ -275,21 +327,30 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return _run_many(_resolve_names(names), args)
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    validate = _import_validate()
-    if validate is None:
-        raise UsageError("the validate command is not available: module diagnostics.validate is missing")
-    entry = getattr(validate, "run", None) or getattr(validate, "main", None)
-    if entry is None:
-        raise UsageError("diagnostics.validate defines neither run(args) nor main(args)")
-    return int(entry(args) or 0)
+def _cmd_module(args: argparse.Namespace) -> int:
+    module = MODULE_COMMANDS[args.command]()
+    if module is None:
+        name = "diagnostics.validate" if args.command == "validate" else f"of the {args.command} command"
+        raise UsageError(f"the {args.command} command is not available: module {name} is missing")
+    return int(module.run(args) or 0)
 
 
-_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures, "validate": _cmd_validate}
+_COMMANDS = {"list": _cmd_list, "run": _cmd_run, "figures": _cmd_figures}
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line naming the path(s), without the errno prefix."""
+    reason = exc.strerror or _one_line(exc) or type(exc).__name__
+    paths = " -> ".join(f"'{p}'" for p in (exc.filename, exc.filename2) if p is not None)
+    return f"{reason}: {paths}" if paths else reason
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,18 +362,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     try:
         with warnings.catch_warnings():
-            from .store import CorruptCacheWarning
+            if args.command in ("run", "figures"):  # list, --help and validate do not import the store
+                from .store import CorruptCacheWarning
 
-            warnings.simplefilter("always", CorruptCacheWarning)
+                warnings.simplefilter("always", CorruptCacheWarning)
             previous = warnings.showwarning
             warnings.showwarning = _show_warning
             try:
-                return _COMMANDS[args.command](args)
+                return _COMMANDS.get(args.command, _cmd_module)(args)
             finally:
                 warnings.showwarning = previous
     except UsageError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment (disk, permissions), not a bug: one line
+        print(f"{PROG} {args.command}: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resume = " (finished cells are cached; rerun to resume)" if args.command in ("run", "figures") else ""
+        print(f"{PROG} {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,15 @@ Resuming
     Cells are computed in order and each is written as soon as it finishes, so an
     interrupted sweep (exception, Ctrl-C, crash) resumes at the first unfinished
     cell.  ``force=True`` recomputes every cell; ``replot=True`` computes nothing and
-    fails with :class:`CacheMissingError` if any cell is not cached.
+    fails with :class:`CacheMissingError` if any cell is not cached.  A replot
+    writes nothing into the results directory when ``results.csv`` already holds
+    what it would write, so a read-only (shared) results directory can be replotted.
+    Nothing is cached from a failed cell: its files are written only after
+    ``run_cell`` returned a valid frame.
+
+Files
+    Cache files and ``results.csv`` get mode ``0o666 & ~umask``, like any file the
+    user creates (a group-readable umask gives a results directory colleagues can read).
 
 Seeds
     ``run_cell`` receives the run's seed unchanged; experiments that draw random
@@ -243,12 +251,33 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read by setting (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, replace)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, replace).
+
+    The file gets the mode a plain ``open(path, "w")`` would give it,
+    ``0o666 & ~umask`` (``tempfile.mkstemp`` alone would leave it 0600, unreadable
+    to the colleagues sharing a results directory).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -262,6 +291,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -329,7 +365,10 @@ def _load_cell(cells_dir: Path, key: Mapping[str, Any], digest: str) -> tuple[pd
         return None, f"{meta_path.name} has an unknown format"
     if meta.get("key") != key:
         return None, f"{meta_path.name} belongs to a different cell (hash collision or edited file)"
-    data = csv_path.read_bytes()
+    try:
+        data = csv_path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable {csv_path.name}: {exc.strerror or exc}"
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         return None, f"{csv_path.name} does not match its checksum (truncated or modified)"
     try:
@@ -488,7 +527,9 @@ def run_experiment(
 
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     results_path = exp_dir / "results.csv"
-    atomic_write_bytes(results_path, _csv_bytes(frame))
+    data = _csv_bytes(frame)
+    if not (replot and _same_bytes(results_path, data)):  # a replot may read a read-only directory
+        atomic_write_bytes(results_path, data)
 
     figures: list[Path] = []
     fig_dir = Path(figures_dir) / name if figures_dir is not None else exp_dir

@@ -2,6 +2,11 @@
 
 Adding an experiment is one line: put its module name in :data:`MODULES`.
 
+The registry is lazy: ``list``, ``--help`` and name checks read each module's
+``NAME`` and ``DESCRIPTION`` from its source (they must be string literals) and
+import nothing; :func:`get` imports the module (matplotlib, scipy, torch...) only
+when the experiment is run.
+
 Protocol — an experiment module ``diagnostics/experiments/<module>.py`` defines
 
 ``NAME`` : str
@@ -27,18 +32,22 @@ Protocol — an experiment module ``diagnostics/experiments/<module>.py`` define
     with :func:`diagnostics.plotting.save_figure` (PDF + PNG) and return the
     stems written (paths without extension).
 
-A module listed in :data:`MODULES` that fails to import, or that misses part of
-the protocol, raises at import of this package: a broken experiment is a bug, not
-something to skip silently.
+A module listed in :data:`MODULES` whose source lacks literal ``NAME`` /
+``DESCRIPTION`` raises at import of this package; one that fails to import or
+misses part of the protocol raises at :func:`get`: a broken experiment is a bug,
+not something to skip silently.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
+import re
 from types import ModuleType
 
-__all__ = ["MODULES", "REGISTRY", "check_experiment", "get", "names", "register"]
+__all__ = ["MODULES", "REGISTRY", "LazyExperiment", "check_experiment", "describe", "get", "names", "register"]
 
 #: Experiment modules, in the order ``list`` and ``figures`` use.  One line each.
 MODULES: tuple[str, ...] = (
@@ -78,24 +87,74 @@ def check_experiment(module: ModuleType) -> ModuleType:
     return module
 
 
-def _load(module_name: str) -> ModuleType:
-    return check_experiment(importlib.import_module(f"{__name__}.{module_name}"))
+#: ``NAME = "..."`` / ``DESCRIPTION = "..."`` at the start of a line (a regex, not a
+#: parse of the whole module: ``list`` and ``--help`` must stay fast).
+_LITERAL = re.compile(r"""^(NAME|DESCRIPTION)\s*(?::\s*str\s*)?=\s*((?:'[^'\n]*'|"[^"\n]*"))\s*(?:#.*)?$""", re.M)
 
 
-REGISTRY: dict[str, ModuleType] = {}
+@dataclasses.dataclass(frozen=True)
+class LazyExperiment:
+    """A registered experiment whose module is not imported yet.
+
+    ``name`` and ``description`` are read from the module's source (the one-line
+    literal assignments ``NAME = "..."`` and ``DESCRIPTION = "..."``) without running it.
+    """
+
+    module: str
+    name: str
+    description: str
+
+    @classmethod
+    def from_source(cls, module: str) -> "LazyExperiment":
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise ImportError(f"experiment module {module} not found (or not a .py file)")
+        with open(spec.origin, encoding="utf-8") as fh:
+            source = fh.read()
+        literals = {}
+        for match in _LITERAL.finditer(source):
+            try:
+                value = ast.literal_eval(match.group(2))
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(value, str):
+                literals.setdefault(match.group(1), value)
+        missing = [k for k in ("NAME", "DESCRIPTION") if k not in literals]
+        if missing:
+            raise TypeError(f"experiment module {module}: {' and '.join(missing)} must be assigned a one-line "
+                            "string literal at module level (read without importing, see diagnostics.experiments)")
+        if "\n" in literals["DESCRIPTION"].strip():
+            raise TypeError(f"experiment module {module}: DESCRIPTION must be one line")
+        return cls(module, literals["NAME"], literals["DESCRIPTION"].strip())
+
+    def load(self) -> ModuleType:
+        """Import the module and check it against the protocol and its source literals."""
+        module = check_experiment(importlib.import_module(self.module))
+        if module.NAME != self.name:
+            raise TypeError(f"experiment module {self.module}: NAME is {module.NAME!r} at run time "
+                            f"but {self.name!r} in its source")
+        return module
 
 
-def register(module: ModuleType, *, replace: bool = False) -> ModuleType:
-    """Add an experiment module to :data:`REGISTRY` (tests use this for fakes)."""
-    check_experiment(module)
-    if module.NAME in REGISTRY and not replace and REGISTRY[module.NAME] is not module:
-        raise ValueError(f"experiment name {module.NAME!r} is already registered")
-    REGISTRY[module.NAME] = module
+#: Experiment name -> module (imported) or :class:`LazyExperiment` (not yet imported).
+REGISTRY: dict[str, ModuleType | LazyExperiment] = {}
+
+
+def register(module: ModuleType | LazyExperiment, *, replace: bool = False) -> ModuleType | LazyExperiment:
+    """Add an experiment (a module, or a :class:`LazyExperiment`) to :data:`REGISTRY`."""
+    if isinstance(module, LazyExperiment):
+        name = module.name
+    else:
+        check_experiment(module)
+        name = module.NAME
+    if name in REGISTRY and not replace and REGISTRY[name] is not module:
+        raise ValueError(f"experiment name {name!r} is already registered")
+    REGISTRY[name] = module
     return module
 
 
 for _name in MODULES:
-    register(_load(_name))
+    register(LazyExperiment.from_source(f"{__name__}.{_name}"))
 del _name
 
 
@@ -104,9 +163,21 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
+def describe(name: str) -> str:
+    """The one-line description of experiment ``name`` (imports nothing)."""
+    entry = REGISTRY[name]
+    return entry.description if isinstance(entry, LazyExperiment) else entry.DESCRIPTION.strip()
+
+
 def get(name: str) -> ModuleType:
-    """The experiment called ``name``; ``KeyError`` listing the valid names otherwise."""
+    """The experiment module called ``name``, imported on first use.
+
+    ``KeyError`` listing the valid names for an unknown name.
+    """
     try:
-        return REGISTRY[name]
+        entry = REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown experiment {name!r}; valid: {', '.join(names()) or '(none)'}") from None
+    if isinstance(entry, LazyExperiment):
+        entry = REGISTRY[name] = entry.load()
+    return entry

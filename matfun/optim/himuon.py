@@ -4,7 +4,9 @@ References
 ----------
 *Hierarchical Muon (HiMuon)*: tile-wise Newton–Schulz with per-tile Frobenius
 normalisation, cross-layer batching of equal-shape tiles, memory-bounded chunks,
-a per-tile learning-rate scale ``0.2·√max(Th, Tw)`` and a tile-size schedule.
+a per-tile learning-rate scale ``0.2·√max(Th, Tw)`` and a tile-size schedule; the
+official optimizer runs one full Newton–Schulz on a parameter no larger than a tile
+and scales its learning rate by the parameter's own shape.
 K. Jordan et al., *Muon: An optimizer for hidden layers in neural networks* (2024).
 ``torch.optim.Muon`` (momentum recurrence, decoupled weight decay).
 """
@@ -18,78 +20,12 @@ from torch import Tensor
 
 import matfun
 
-from ._common import (
-    JORDAN,
-    MatrixOptimizer,
-    adjust_lr,
-    as_matrix,
-    check_adjust_lr_fn,
-    default_precision,
-    matrix_shape,
-    pick_alias,
-    resolve_coefficients,
-    to_scalar,
-)
+from ._base import MatrixOptimizer, ParamStep
+from ._common import JORDAN, default_precision, pick_alias, resolve_coefficients
+from ._tiles import Tile, check_tile_spec, check_tiling, effective_tile, resolve_tile, tile_plan
 from .muon import check_common
 
-__all__ = ["HiMuon", "check_tile_spec", "resolve_tile"]
-
-Tile = tuple[int, int] | None
-
-
-def _check_tile_value(tile: Any) -> Tile:
-    """``None`` (full matrices), ``T`` or ``(Th, Tw)`` → ``None`` or ``(Th, Tw)``."""
-    if tile is None:
-        return None
-    return matfun.check_tile(tuple(tile) if isinstance(tile, list) else tile)
-
-
-def _is_schedule(spec: Any) -> bool:
-    return (
-        isinstance(spec, (list, tuple))
-        and len(spec) > 0
-        and all(isinstance(e, (list, tuple)) and len(e) == 2 for e in spec)
-    )
-
-
-def check_tile_spec(spec: Any) -> None:
-    """Validate a tile specification (see :class:`HiMuon`); raises ``ValueError``."""
-    if spec is None or callable(spec):
-        return
-    if _is_schedule(spec):
-        starts = []
-        for start, tile in spec:
-            if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-                raise ValueError(f"tile schedule start steps must be integers >= 0, got {start!r}")
-            _check_tile_value(tile)
-            starts.append(start)
-        if starts[0] != 0:
-            raise ValueError(f"a tile schedule must start at step 0, got {list(spec)!r}")
-        if any(b <= a for a, b in zip(starts, starts[1:])):
-            raise ValueError(f"tile schedule start steps must increase strictly, got {starts}")
-        return
-    _check_tile_value(spec)
-
-
-def resolve_tile(spec: Any, step: int) -> Tile:
-    """The tile in force at (0-based) optimizer step ``step``: ``None`` or ``(Th, Tw)``."""
-    if callable(spec):
-        return _check_tile_value(spec(step))
-    if _is_schedule(spec):
-        current = None
-        for start, tile in spec:
-            if start <= step:
-                current = tile
-        return _check_tile_value(current)
-    return _check_tile_value(spec)
-
-
-def effective_tile(tile: Tile, shape: tuple[int, int]) -> tuple[int, int]:
-    """``min(Th, H) × min(Tw, W)`` (the whole matrix for ``tile=None``)."""
-    H, W = shape
-    if tile is None:
-        return H, W
-    return min(tile[0], H), min(tile[1], W)
+__all__ = ["HiMuon", "check_tile_spec", "effective_tile", "resolve_tile"]
 
 
 class HiMuon(MatrixOptimizer):
@@ -105,8 +41,15 @@ class HiMuon(MatrixOptimizer):
     which batches equal-shape tiles across layers::
 
         B ← B.lerp(g, 1 − μ);  U ← g.lerp(B, μ) if nesterov else B
-        O ← TiledNS_{T,K}(U)
-        θ ← θ(1 − lr·λ) − AdjustLR(lr, tile) · O
+        O ← TiledNS_{T,K}(U)                       # NS_K(U) if H·W ≤ Th·Tw
+        θ ← θ(1 − lr·λ) − AdjustLR(lr, tile) · O   # AdjustLR(lr, (H, W)) if H·W ≤ Th·Tw
+
+    Like the official HiMuon optimizer, a parameter no larger than one tile
+    (``H·W ≤ Th·Tw``) gets one full Newton–Schulz and the learning-rate rule of
+    its own shape (``small_matrix="full"``).  The default rule is
+    ``"match_rms_adamw"``, ``lr·0.2·√max(Th, Tw)``: **not** Muon's ``"original"``,
+    so ``lr=0.02`` on a 256×256 layer steps 3.2× further than
+    :class:`matfun.optim.Muon` with ``lr=0.02`` does.
 
     Parameters
     ----------
@@ -119,7 +62,10 @@ class HiMuon(MatrixOptimizer):
     momentum : float in [0, 1), default 0.95
     nesterov : bool, default True
     tile : int, (Th, Tw), None, callable or list of (start_step, tile), default 512
-        ``T`` or ``(Th, Tw)``: tile size; ``None``: full matrices (plain Muon);
+        ``T`` or ``(Th, Tw)``: tile size; ``None``: full matrices — Muon's
+        orthogonalisation, but still HiMuon's lr rule ``adjust_lr_fn`` on each
+        matrix's own shape (by default ``"match_rms_adamw"``, ``lr·0.2·√max(H, W)``;
+        pass ``adjust_lr_fn="original"`` for :class:`matfun.optim.Muon`'s step size);
         a callable ``step ↦ tile`` (``step`` = 0-based count of steps taken);
         or a schedule ``[(0, None), (200, 512)]`` — each entry's tile is used
         from its start step on (full matrices for steps 0–199, then ``T=512``);
@@ -130,13 +76,23 @@ class HiMuon(MatrixOptimizer):
         Alias ``coefficients``.
     ns_steps : int, default 5
         Alias ``steps``.
-    adjust_lr_fn : {"match_rms_adamw", "original", None}, default "match_rms_adamw"
-        Applied to the *effective tile* ``min(Th, H) × min(Tw, W)`` (the whole
-        matrix for ``tile=None``): ``"match_rms_adamw"`` gives HiMuon's
-        ``lr·0.2·√max(Th, Tw)``; ``"original"`` (or None) ``lr·√max(1, Th/Tw)``.
+    adjust_lr_fn : {"match_rms_adamw", "original", "spectral_norm", None}, default "match_rms_adamw"
+        Applied to the *effective tile* ``min(Th, H) × min(Tw, W)`` of a tiled
+        parameter, and to the parameter's own shape ``H × W`` when it gets a full
+        Newton–Schulz (``tile=None``, or ``H·W ≤ Th·Tw``): ``"match_rms_adamw"``
+        gives HiMuon's ``lr·0.2·√max(Th, Tw)``; ``"original"`` (or None)
+        ``lr·√max(1, Th/Tw)``; ``"spectral_norm"`` (dion) ``lr·√(Th/Tw)``.
         One factor per parameter: ragged edge tiles use the nominal effective
         tile's factor, as the interior tiles do (their per-entry RMS is the
         same up to the ragged block's aspect ratio).
+    small_matrix : {"full", "tile"}, default "full", keyword-only
+        ``"full"`` (the official optimizer's rule): a parameter with
+        ``H·W ≤ Th·Tw`` gets one full Newton–Schulz and the lr factor of its own
+        shape — e.g. 64×256 at ``T=128``: full NS and ``0.2·√256 = 3.20``.
+        ``"tile"``: strict tiling, every parameter goes through the tile map
+        (:func:`matfun.tiled_newton_schulz`) — 64×256 at ``T=128`` is two 64×128
+        tiles and the factor ``0.2·√128 = 2.26``; the two updates differ by 0.62
+        (relative Frobenius distance, Gaussian gradient).
     precision : str or None, keyword-only
         As for :class:`matfun.optim.Muon` (default bf16 on CUDA, float32 elsewhere).
     memory_budget : int, None or "auto", default "auto", keyword-only
@@ -147,10 +103,12 @@ class HiMuon(MatrixOptimizer):
 
     Notes
     -----
-    * With a tile at least as large as every parameter (or ``tile=None``) and
-      ``adjust_lr_fn="match_rms_adamw"`` HiMuon equals
-      ``Muon(..., adjust_lr_fn="match_rms_adamw", eps=0)``.  HiMuon has no ``eps``
+    * With a tile at least as large as every parameter (or ``tile=None``)
+      HiMuon equals ``Muon(..., eps=0)`` with the same ``adjust_lr_fn``
+      (``"match_rms_adamw"`` by default).  HiMuon has no ``eps``
       floor: every tile is normalised scale-invariantly and zero tiles stay zero.
+    * Statistics (``"momentum_buffer"``) are float32 for float16/bfloat16
+      parameters; every :meth:`step` is all or nothing (see :class:`matfun.optim.Muon`).
     * The optimizer-level step count is kept in each param group as
       ``"step_count"`` (saved by ``state_dict``); groups added later inherit
       the current count.
@@ -170,6 +128,7 @@ class HiMuon(MatrixOptimizer):
         ns_steps: int | None = None,
         adjust_lr_fn: str | None = "match_rms_adamw",
         *,
+        small_matrix: str = "full",
         precision: str | None = None,
         memory_budget: int | str | None = "auto",
         coefficients: Any = None,
@@ -182,6 +141,7 @@ class HiMuon(MatrixOptimizer):
             "momentum": momentum,
             "nesterov": nesterov,
             "tile": tile,
+            "small_matrix": small_matrix,
             "ns_coefficients": pick_alias("ns_coefficients", ns_coefficients, "coefficients", coefficients, JORDAN),
             "ns_steps": pick_alias("ns_steps", ns_steps, "steps", steps, 5),
             "adjust_lr_fn": adjust_lr_fn,
@@ -193,9 +153,9 @@ class HiMuon(MatrixOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
         check_common(group)
-        check_adjust_lr_fn(group["adjust_lr_fn"])
-        check_tile_spec(group["tile"])
+        check_tiling(group)
         check_memory_budget(group["memory_budget"])
 
     def set_tile(self, tile: Any, group: int | None = None) -> None:
@@ -210,36 +170,36 @@ class HiMuon(MatrixOptimizer):
         g = self.param_groups[group]
         return resolve_tile(g["tile"], g["step_count"])
 
-    def _step_groups(self, work, stats) -> None:
-        jobs: dict[tuple, list[tuple[dict, Tensor, Tensor]]] = {}
-        for group, params, grads in work:
-            tile = resolve_tile(group["tile"], group["step_count"])
-            if params:
-                updates = self._momentum(group, params, grads)
-                schedule = resolve_coefficients(group["ns_coefficients"])
-                for p, u in zip(params, updates):
-                    key = (
-                        tile,
-                        group["ns_steps"],
-                        schedule,
-                        default_precision(group["precision"], u.device),
-                        group["memory_budget"],
-                    )
-                    jobs.setdefault(key, []).append((group, p, as_matrix(u)))
-        for (tile, steps, schedule, precision, budget), members in jobs.items():
-            mats = [m for _, _, m in members]
-            call_tile = tile
-            if tile is None:  # full matrices: a tile as large as every matrix
-                call_tile = (max(m.shape[0] for m in mats), max(m.shape[1] for m in mats))
-            outs = matfun.tiled_newton_schulz_many(
-                mats, call_tile, steps, schedule, precision, memory_budget=budget, check_finite=False
+    def _group_context(self, group: dict[str, Any]) -> Tile:
+        return resolve_tile(group["tile"], group["step_count"])
+
+    def _prepare(self, item: ParamStep, tile: Tile) -> None:
+        super()._prepare(item, tile)
+        item.tile, item.lr_shape = tile_plan(tile, item.lr_shape, item.group["small_matrix"])
+
+    def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
+        """One :func:`matfun.tiled_newton_schulz_many` call per configuration (normally one per
+        step, two when some parameters are small enough for a full Newton–Schulz)."""
+        jobs: dict[tuple, list[ParamStep]] = {}
+        for item in items:
+            group = item.group
+            key = (
+                item.tile,
+                group["ns_steps"],
+                resolve_coefficients(group["ns_coefficients"]),
+                default_precision(group["precision"], item.direction.device),
+                group["memory_budget"],
             )
-            for (group, p, _), o in zip(members, outs):
-                lr = to_scalar(group["lr"])
-                eff = effective_tile(tile, matrix_shape(p))
-                self._apply(p, o, lr, adjust_lr(lr, group["adjust_lr_fn"], eff), group["weight_decay"])
-        for group, _, _ in work:
-            group["step_count"] += 1
+            jobs.setdefault(key, []).append(item)
+        for (tile, steps, schedule, precision, budget), members in jobs.items():
+            mats = [item.direction for item in members]
+            if tile is None:  # full matrices: a tile as large as every matrix
+                tile = (max(m.shape[0] for m in mats), max(m.shape[1] for m in mats))
+            outs = matfun.tiled_newton_schulz_many(
+                mats, tile, steps, schedule, precision, memory_budget=budget, check_finite=False
+            )
+            for item, out in zip(members, outs):
+                item.update = out
 
 
 def check_memory_budget(budget: Any) -> None:

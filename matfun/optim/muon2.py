@@ -17,21 +17,19 @@ from torch import Tensor
 
 import matfun
 
+from ._base import MatrixOptimizer, ParamStep
 from ._common import (
     JORDAN,
-    MatrixOptimizer,
-    adjust_lr,
     as_matrix,
-    check_adjust_lr_fn,
+    check_bool,
     check_nonneg,
     check_unit_interval,
     default_precision,
     matrix_shape,
     pick_alias,
     resolve_coefficients,
-    to_scalar,
 )
-from .himuon import effective_tile, resolve_tile
+from ._tiles import Tile, check_tiling, resolve_tile, tile_plan
 from .muon import check_common
 
 __all__ = ["Muon2"]
@@ -82,26 +80,36 @@ class Muon2(MatrixOptimizer):
     ns_steps : int, default 5
         Alias ``steps``.  The Muon² paper reports that preconditioning reaches a
         given alignment with about 40% fewer steps, so 3 is a reasonable choice.
-    adjust_lr_fn : {None, "original", "match_rms_adamw"}, default None
-        torch.optim.Muon's adjustment on the (flattened) matrix shape, or on the
-        effective tile ``min(Th, H) × min(Tw, W)`` when ``tile`` is given.
+    adjust_lr_fn : {None, "original", "match_rms_adamw", "spectral_norm"}, default None
+        The rules of :class:`matfun.optim.Muon`; the default ``None`` is
+        ``"original"``, ``lr·√max(1, A/B)``.  dion's Muon² uses
+        ``"spectral_norm"``, ``lr·√(fan_out/fan_in)``.  Applied to the (flattened)
+        matrix shape, or to the effective tile ``min(Th, H) × min(Tw, W)`` when
+        the parameter is tiled.
     tile : int, (Th, Tw), None, callable or list of (start_step, tile), default None
         ``None``: full Newton–Schulz; otherwise tile-wise NS (HiMuon) on the
-        preconditioned momentum, with the same specification forms as
-        :class:`matfun.optim.HiMuon`.
+        preconditioned momentum, with the same specification forms and the same
+        small-matrix rule as :class:`matfun.optim.HiMuon`.
+    small_matrix : {"full", "tile"}, default "full", keyword-only
+        As for :class:`matfun.optim.HiMuon` (only used with a ``tile``).
     precision : str or None, keyword-only
         As for :class:`matfun.optim.Muon` (default bf16 on CUDA, float32 elsewhere).
-        The preconditioning itself runs in the parameter's dtype.
+        The preconditioning runs in the dtype of the statistics.
     check_finite : bool, default True, keyword-only
 
     Notes
     -----
     State per parameter: ``"momentum_buffer"``, and ``"exp_avg_sq"`` (full) or
-    ``"exp_avg_sq_row"``/``"exp_avg_sq_col"`` (factorised).  Each parameter is
-    mapped by its own call (no cross-layer batching).
+    ``"exp_avg_sq_row"``/``"exp_avg_sq_col"`` (factorised), all in float32 for
+    float16/bfloat16 parameters (the parameter's dtype otherwise): a float16
+    ``G ⊙ G`` would overflow for entries above 256.  A statistic that would
+    overflow even so (float32 entries above about 1.8e19) is reported by
+    parameter name before anything is written: every :meth:`step` is all or
+    nothing.  Each parameter is mapped by its own call (no cross-layer batching).
     """
 
     _name = "Muon2"
+    _state_keys = ("momentum_buffer", "exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")
 
     def __init__(
         self,
@@ -118,6 +126,7 @@ class Muon2(MatrixOptimizer):
         adjust_lr_fn: str | None = None,
         tile: Any = None,
         *,
+        small_matrix: str = "full",
         precision: str | None = None,
         coefficients: Any = None,
         steps: int | None = None,
@@ -135,6 +144,7 @@ class Muon2(MatrixOptimizer):
             "ns_steps": pick_alias("ns_steps", ns_steps, "steps", steps, 5),
             "adjust_lr_fn": adjust_lr_fn,
             "tile": tile,
+            "small_matrix": small_matrix,
             "precision": precision,
             "check_finite": check_finite,
             "step_count": 0,
@@ -142,54 +152,70 @@ class Muon2(MatrixOptimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        from .himuon import check_tile_spec
-
+        super()._check_group(group)
         check_common(group)
-        check_adjust_lr_fn(group["adjust_lr_fn"])
         check_unit_interval("beta2", group["beta2"])
         check_nonneg("eps", group["eps"])
-        if not isinstance(group["factorized"], bool):
-            raise ValueError(f"factorized must be a bool, got {group['factorized']!r}")
-        check_tile_spec(group["tile"])
+        check_bool("factorized", group["factorized"])
+        check_tiling(group)
 
-    def _step_groups(self, work, stats) -> None:
-        for group, params, grads in work:
-            tile = resolve_tile(group["tile"], group["step_count"])
-            group["step_count"] += 1
-            if not params:
-                continue
-            updates = self._momentum(group, params, grads)
-            schedule = resolve_coefficients(group["ns_coefficients"])
-            lr = to_scalar(group["lr"])
-            for p, g, u in zip(params, grads, updates):
-                moment = self._second_moment(group, p, as_matrix(g))
-                out = matfun.preconditioned_newton_schulz(
-                    as_matrix(u),
-                    moment,
+    def _state_shapes(self, p: Tensor) -> dict[str, tuple[int, ...]]:
+        H, W = matrix_shape(p)
+        return {**super()._state_shapes(p), "exp_avg_sq": (H, W), "exp_avg_sq_row": (H,), "exp_avg_sq_col": (W,)}
+
+    def _check_state(self, name: str, p: Tensor, group: dict[str, Any], state: dict[str, Tensor]) -> None:
+        if ("exp_avg_sq_row" in state) != ("exp_avg_sq_col" in state):
+            raise ValueError(f"the state of parameter {name} has only one of 'exp_avg_sq_row', 'exp_avg_sq_col'")
+        for key in _MOMENT_KEYS[True] + _MOMENT_KEYS[False]:
+            if key in state and bool((state[key] < 0).any()):
+                raise ValueError(f"state {key!r} of parameter {name} has negative entries (a second moment)")
+
+    def _group_context(self, group: dict[str, Any]) -> Tile:
+        return resolve_tile(group["tile"], group["step_count"])
+
+    def _prepare(self, item: ParamStep, tile: Tile) -> None:
+        """Momentum (base class), then the second moment folded with ``G``, out of place in float32
+        or wider (a float16 ``G ⊙ G`` overflows for entries above 256)."""
+        super()._prepare(item, tile)
+        group, state = item.group, self.state[item.param]
+        G2 = as_matrix(item.grad.to(item.direction.dtype)).square()
+        keys = _MOMENT_KEYS[group["factorized"]]
+        fresh = (G2.sum(-1), G2.sum(-2)) if group["factorized"] else (G2,)
+        beta2 = group["beta2"]
+        # SecondMoment.update's recurrence, out of place (the finiteness check comes first, in one sync)
+        if all(k in state for k in keys):
+            new = [beta2 * state[k].to(G2.dtype) + (1 - beta2) * f for k, f in zip(keys, fresh)]
+        else:
+            new = [(1 - beta2) * f for f in fresh]
+        item.new_state.update(zip(keys, new))
+        moment = matfun.SecondMoment(beta2=beta2, eps=group["eps"], factorized=group["factorized"])
+        moment.shape = tuple(G2.shape)
+        if moment.factorized:
+            moment.row, moment.col = new
+        else:
+            (moment.full,) = new
+        item.extra = moment
+        item.tile, item.lr_shape = tile_plan(tile, item.lr_shape, group["small_matrix"])
+
+    def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
+        for item in items:
+            group = item.group
+            try:
+                item.update = matfun.preconditioned_newton_schulz(
+                    item.direction,
+                    item.extra,
                     group["eps"],
                     group["ns_steps"],
-                    schedule,
-                    tile=tile,
-                    precision=default_precision(group["precision"], p.device),
+                    resolve_coefficients(group["ns_coefficients"]),
+                    tile=item.tile,
+                    precision=default_precision(group["precision"], item.direction.device),
                     check_finite=False,
                 )
-                eff = effective_tile(tile, matrix_shape(p))
-                self._apply(p, out, lr, adjust_lr(lr, group["adjust_lr_fn"], eff), group["weight_decay"])
+            except ValueError as error:
+                raise ValueError(
+                    f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
+                ) from error
 
-    def _second_moment(self, group: dict, p: Tensor, G: Tensor) -> "matfun.SecondMoment":
-        """Fold ``G`` into the parameter's second moment; return it as a :class:`matfun.SecondMoment`."""
-        state = self.state[p]
-        sm = matfun.SecondMoment(beta2=group["beta2"], eps=group["eps"], factorized=group["factorized"])
-        keys = ("exp_avg_sq_row", "exp_avg_sq_col") if sm.factorized else ("exp_avg_sq",)
-        if all(k in state for k in keys):
-            sm.shape = tuple(G.shape)
-            if sm.factorized:
-                sm.row, sm.col = state[keys[0]], state[keys[1]]
-            else:
-                sm.full = state[keys[0]]
-        sm.update(G)
-        if sm.factorized:
-            state[keys[0]], state[keys[1]] = sm.row, sm.col
-        else:
-            state[keys[0]] = sm.full
-        return sm
+
+#: state keys of the second moment, by ``factorized``
+_MOMENT_KEYS = {False: ("exp_avg_sq",), True: ("exp_avg_sq_row", "exp_avg_sq_col")}

@@ -1,0 +1,283 @@
+"""The base class of the matrix optimizers: an all-or-nothing step in two phases.
+
+``step`` first *plans*: it validates every group (hyperparameters, the tile in
+force) and every gradient, computes each parameter's new statistics and its
+orthogonalised update into temporaries, and checks gradients and statistics
+for NaN/Inf in one host synchronisation.  Only then does it *commit*: state,
+weights and step counts are written, by operations that cannot fail.  Any
+error leaves the optimizer and the parameters bit-identical to before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._checkpoint import loaded_state
+from ._common import (
+    adjust_lr,
+    as_matrix,
+    check_bool,
+    check_foreign_keys,
+    host_values,
+    matrix_shape,
+    param_name,
+    statistics_dtype,
+    to_scalar,
+)
+
+
+@dataclass
+class ParamStep:
+    """What one step does to one parameter, computed before anything is written."""
+
+    param: Tensor
+    group: dict[str, Any]
+    name: str
+    grad: Tensor
+    #: the parameter's statistics after this step (keys of ``optimizer.state[param]``)
+    new_state: dict[str, Tensor] = field(default_factory=dict)
+    #: the ``(H, W)`` matrix to orthogonalise, and its orthogonalised form
+    direction: Tensor | None = None
+    update: Tensor | None = None
+    #: the tile it runs with (None: one full Newton–Schulz) and the shape the lr rule sees
+    tile: tuple[int, int] | None = None
+    lr_shape: tuple[int, int] = (0, 0)
+    #: subclass data (Muon²: the second moment)
+    extra: Any = None
+
+
+class MatrixOptimizer(Optimizer):
+    """Base of the matrix optimizers: validation, the two-phase step, checkpoint checks.
+
+    Subclasses set :attr:`_name` and :attr:`_state_keys`, and implement
+    :meth:`_check_group` (hyperparameters) and :meth:`_orthogonalize`; they may
+    extend :meth:`_group_context`, :meth:`_prepare` and :meth:`_sync_extras`.
+    """
+
+    _name = "MatrixOptimizer"
+    #: every state key the class writes (a loaded state with another key is rejected)
+    _state_keys: tuple[str, ...] = ("momentum_buffer",)
+
+    # -- construction ------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; a group that fails validation is not added.
+
+        Raises
+        ------
+        ValueError
+            Invalid hyperparameters, another optimizer's hyperparameters, or a
+            parameter that is not a real floating matrix (vectors and scalars
+            belong to AdamW; see :func:`matfun.optim.split_params`).
+        """
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        param_group = dict(param_group)  # the caller's dict stays as it was
+        # groups added later join the tile schedule where the first group is
+        if self.param_groups and "step_count" in self.param_groups[0] and "step_count" not in param_group:
+            param_group["step_count"] = self.param_groups[0]["step_count"]
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+            self._check_params(group, len(self.param_groups) - 1)
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Validate a group's hyperparameters (subclasses extend)."""
+        check_foreign_keys(group, self.defaults, self._name)
+        check_bool("check_finite", group["check_finite"])
+
+    def _check_params(self, group: dict[str, Any], gi: int) -> None:
+        for j, p in enumerate(group["params"]):
+            name = param_name(group, gi, j)
+            if p.ndim < 2:
+                raise ValueError(
+                    f"{self._name} only optimizes matrices (and conv kernels, flattened to (out, in·k·k)); "
+                    f"parameter {name} has shape {tuple(p.shape)}. Give vectors and scalars "
+                    "(biases, norms' gains) to a standard optimizer such as torch.optim.AdamW "
+                    "(matfun.optim.split_params(model) makes the split)."
+                )
+            if torch.is_complex(p):
+                raise ValueError(f"{self._name} does not support complex parameters ({name})")
+            if not p.dtype.is_floating_point:
+                raise ValueError(f"{self._name} needs floating-point parameters; {name} is {p.dtype}")
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    @torch._disable_dynamo
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by the same optimizer class, or raise and change nothing.
+
+        Statistics are kept in float32 or wider (torch's loader would cast them to
+        the parameter dtype).
+
+        Raises
+        ------
+        ValueError
+            The state dict was saved by another optimizer class (missing or
+            foreign hyperparameters, foreign state keys), has another number of
+            param groups or parameters, state of the wrong shape, or invalid or
+            non-finite values.  The message says what does not match.
+        """
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{self._name}.load_state_dict needs a dict, got {type(state_dict).__name__}")
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        groups, state = loaded_state(self, state_dict)
+        self.__setstate__({"state": state, "param_groups": groups})
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _check_state(self, name: str, p: Tensor, group: dict[str, Any], state: dict[str, Tensor]) -> None:
+        """Class-specific checks of one loaded parameter state (after shapes and finiteness)."""
+
+    def _state_shapes(self, p: Tensor) -> dict[str, tuple[int, ...]]:
+        """The shape of every state key for parameter ``p``."""
+        return {"momentum_buffer": tuple(p.shape)}
+
+    # -- step ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimisation step, all or nothing.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (run with grad enabled).
+
+        Returns
+        -------
+        The closure's loss, or None.
+
+        Raises
+        ------
+        RuntimeError
+            Sparse or complex gradients, or a gradient of the wrong shape.
+        ValueError
+            Invalid hyperparameters or tile in any group, a NaN or Inf gradient,
+            or a statistic (momentum, second moment) that would become NaN or
+            Inf; the message names the parameter.  Whatever the error (also one
+            raised by a tile callable), nothing is changed: parameters, state
+            and step counts are bit-identical to before the call.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._commit(self._plan())
+        return loss
+
+    def _plan(self) -> list[ParamStep]:
+        """Validate everything and compute every update; writes nothing."""
+        items = []
+        for gi, group in enumerate(self.param_groups):
+            try:
+                self._check_group(group)
+                context = self._group_context(group)
+            except (ValueError, TypeError) as error:
+                message = f"{self._name}: param group {gi}: {error}; nothing was updated in this step"
+                raise type(error)(message) from error
+            except Exception as error:  # e.g. raised by a tile callable: keep its type
+                error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
+                raise
+            for j, p in enumerate(group["params"]):
+                if p.grad is not None:
+                    item = ParamStep(p, group, param_name(group, gi, j), self._checked_grad(p, group, gi, j))
+                    self._prepare(item, context)
+                    items.append(item)
+        extras = self._check_finite(items)
+        self._orthogonalize(items, extras)
+        return items
+
+    def _commit(self, items: list[ParamStep]) -> None:
+        """Write state, weights and step counts (nothing here can fail)."""
+        for item in items:
+            p, group = item.param, item.group
+            self.state[p].update(item.new_state)
+            lr = to_scalar(group["lr"])
+            p.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay
+            p.add_(item.update.reshape(p.shape), alpha=-adjust_lr(lr, group["adjust_lr_fn"], item.lr_shape))
+        for group in self.param_groups:
+            if "step_count" in group:
+                group["step_count"] += 1
+
+    def _checked_grad(self, p: Tensor, group: dict, gi: int, j: int) -> Tensor:
+        g = p.grad
+        if g.is_sparse:
+            raise RuntimeError(f"{self._name} does not support sparse gradients ({param_name(group, gi, j)})")
+        if torch.is_complex(g):
+            raise RuntimeError(f"{self._name} does not support complex gradients ({param_name(group, gi, j)})")
+        if g.shape != p.shape:
+            raise RuntimeError(
+                f"gradient of {param_name(group, gi, j)} has shape {tuple(g.shape)}, parameter has {tuple(p.shape)}"
+            )
+        return g
+
+    def _group_context(self, group: dict[str, Any]) -> Any:
+        """Per-group data for :meth:`_prepare` (HiMuon: the tile in force); may raise."""
+        return None
+
+    def _prepare(self, item: ParamStep, context: Any) -> None:
+        """torch.optim.Muon's momentum, op for op, out of place and in float32 or wider.
+
+        ``B ← B.lerp(g, 1 − μ)`` (= μB + (1 − μ)g), then the direction
+        ``g.lerp(B, μ)`` (Nesterov) or ``B``.  This EMA form is ``(1 − μ)`` times
+        the heavy-ball sum ``B ← μB + g`` of the Muon post; the normalised maps
+        are scale invariant, so the orthogonalised update is the same.
+        """
+        group, state = item.group, self.state[item.param]
+        dtype = statistics_dtype(item.param.dtype)
+        g = item.grad.to(dtype)
+        momentum = group["momentum"]
+        buf = state.get("momentum_buffer")
+        buf = torch.zeros_like(g, memory_format=torch.preserve_format) if buf is None else buf.to(dtype)
+        new = buf.lerp(g, 1 - momentum)
+        item.new_state["momentum_buffer"] = new
+        item.direction = as_matrix(g.lerp(new, momentum) if group["nesterov"] else new)
+        item.lr_shape = matrix_shape(item.param)
+
+    def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
+        """0-d device tensors the subclass needs on the host, fetched with the finiteness flags."""
+        return []
+
+    def _check_finite(self, items: list[ParamStep]) -> list[float]:
+        """Raise on the first NaN/Inf gradient or statistic; return the host values of
+        :meth:`_sync_extras`.  Flags and extras travel together: one synchronisation per device."""
+        checks = []
+        for item in items:
+            if item.group["check_finite"]:
+                checks.append((item, None, item.grad))
+                checks.extend((item, key, value) for key, value in item.new_state.items())
+        extras = self._sync_extras(items)
+        values = host_values([torch.isfinite(t).all() for _, _, t in checks] + list(extras))
+        for (item, key, _), ok in zip(checks, values):
+            if ok:
+                continue
+            if key is None:
+                what = f"the gradient of parameter {item.name} contains NaN or Inf"
+                hint = "check the loss, or use gradient clipping / a loss scaler that skips such steps"
+            else:
+                what = f"the statistic {key!r} of parameter {item.name} would become NaN or Inf"
+                dtype = statistics_dtype(item.param.dtype)
+                hint = f"its {dtype} accumulator overflows: scale the loss or clip gradients"
+            raise ValueError(
+                f"{self._name}: {what}; no parameter or optimizer state was updated in this step ({hint})"
+            )
+        return values[len(checks) :]
+
+    def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:  # pragma: no cover
+        """Set ``item.update`` for every item."""
+        raise NotImplementedError
