@@ -36,6 +36,9 @@ PRECISIONS = ("float32", "bfloat16", "bfloat16-emulated")
 #: largest tile side run by the fused kernel (one tile's iterate, Gram matrix and
 #: its polynomial live in one program; larger tiles take the stepwise path).
 FUSED_MAX_TILE = 128
+#: shared memory the fused kernel needs for a float32 128-tile (compiled for sm_90:
+#: 192 KiB; bfloat16 128-tiles need 64 KiB, float32 64-tiles 64 KiB).
+FLOAT32_TILE_SHARED_BYTES = 192 * 2**10
 #: block edges of the symmetric Gram kernel (output block, reduction block).
 GRAM_BLOCK, GRAM_REDUCTION_BLOCK = 64, 32
 
@@ -101,6 +104,18 @@ def _kernels() -> Any:
     return _kernel_module
 
 
+def fused_max_side(X: torch.Tensor, precision: B.Precision) -> int:
+    """Largest tile side the fused kernel runs on ``X``'s device in ``precision``.
+
+    :data:`FUSED_MAX_TILE`, except float32 on a GPU with less opt-in shared
+    memory per block than :data:`FLOAT32_TILE_SHARED_BYTES` (e.g. an A100): 64.
+    """
+    if precision.name != "float32" or X.device.type != "cuda":
+        return FUSED_MAX_TILE
+    shared = getattr(torch.cuda.get_device_properties(X.device), "shared_memory_per_block_optin", 0)
+    return FUSED_MAX_TILE if shared >= FLOAT32_TILE_SHARED_BYTES else FUSED_MAX_TILE // 2
+
+
 def _block(n: int) -> int:
     """Smallest power of two ≥ n and ≥ 16 (``tl.dot`` needs 16-wide operands)."""
     return max(16, 1 << (max(n, 1) - 1).bit_length())
@@ -130,7 +145,7 @@ def fused_tiles(
 
     ``normalize=False`` skips the per-tile normalisation (the input already is an
     iterate).  Both sides of the effective tile must be at most
-    :data:`FUSED_MAX_TILE`.
+    :func:`fused_max_side`.
     """
     H, W = X.shape[-2:]
     th, tw = min(tile[0], H), min(tile[1], W)
@@ -199,11 +214,11 @@ def newton_schulz_iterates(
 ) -> Iterator[torch.Tensor]:
     """Every iterate of full-matrix NS on the batch ``X`` (``(..., H, W)``) with the Triton kernels.
 
-    Matrices with both sides at most :data:`FUSED_MAX_TILE` run one fused launch
+    Matrices with both sides at most :func:`fused_max_side` run one fused launch
     per iterate; larger ones take :func:`gram` steps.
     """
     H, W = X.shape[-2:]
-    if max(H, W) <= FUSED_MAX_TILE:
+    if max(H, W) <= fused_max_side(X, precision):
         X = fused_tiles(X, (H, W), [], factor, precision)
         yield X
         for step in steps:
@@ -225,9 +240,9 @@ def newton_schulz_iterates(
 def newton_schulz(
     X: torch.Tensor, steps: Sequence[tuple[float, float, float]], factor: float, precision: B.Precision
 ) -> torch.Tensor:
-    """Full-matrix NS with the Triton kernels (one launch when both sides ≤ :data:`FUSED_MAX_TILE`)."""
+    """Full-matrix NS with the Triton kernels (one launch when both sides ≤ :func:`fused_max_side`)."""
     H, W = X.shape[-2:]
-    if max(H, W) <= FUSED_MAX_TILE:
+    if max(H, W) <= fused_max_side(X, precision):
         return fused_tiles(X, (H, W), steps, factor, precision)
     out = None
     for out in newton_schulz_iterates(X, steps, factor, precision):

@@ -187,10 +187,10 @@ class Tiled(Wrapper):
     def _fused_kernel_steps(self, X: Any, precision: B.Precision) -> list | None:
         """The NS steps when Triton's fused tile kernel runs this map on ``X``, else ``None``."""
         inner = self.inner
-        tile_side = max(min(self.tile[0], X.shape[-2]), min(self.tile[1], X.shape[-1]))
-        if not isinstance(inner, NewtonSchulz) or tile_side > _triton_ns.FUSED_MAX_TILE:
+        if not isinstance(inner, NewtonSchulz) or not _triton_ns.use_triton(inner.backend, X, precision):
             return None
-        return inner._step_coefficients if _triton_ns.use_triton(inner.backend, X, precision) else None
+        tile_side = max(min(self.tile[0], X.shape[-2]), min(self.tile[1], X.shape[-1]))
+        return inner._step_coefficients if tile_side <= _triton_ns.fused_max_side(X, precision) else None
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
         if B._size(X) == 0:

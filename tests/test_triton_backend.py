@@ -17,9 +17,18 @@ import matfun  # noqa: E402
 from matfun import _triton_ns  # noqa: E402
 
 
+def cuda(test):
+    """A test of the compiled kernels: needs a GPU, runs without the interpreter."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
 @pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def interpreter(monkeypatch, request):
+    """The interpreter for CPU tests; compiled kernels for the CUDA ones."""
+    if request.node.get_closest_marker("cuda"):
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def rel(X, Y):
@@ -153,3 +162,79 @@ def test_cpu_tensor_without_interpreter_is_a_clear_error(monkeypatch):
 def test_float64_is_refused_by_the_triton_backend():
     with pytest.raises(ValueError, match="backend='triton' supports precision"):
         matfun.tiled_newton_schulz(randn(8, 8, dtype=torch.float64), 4, backend="triton")
+
+
+# ------------------------------------------------------------- compiled kernels on a GPU
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "bfloat16-emulated"])
+@pytest.mark.parametrize("tile", [128, 256, None])  # fused tiles, stepwise tiles, full NS (Gram kernel)
+def test_cuda_kernels_agree_with_the_torch_path(precision, tile):
+    G = randn(2, 300, 200, seed=13).cuda()
+    if tile is None:
+        run = lambda X, backend, p=precision: matfun.newton_schulz(X, 5, "jordan", p, backend=backend)  # noqa: E731
+    else:
+        run = lambda X, backend, p=precision: matfun.tiled_newton_schulz(X, tile, 5, "jordan", p, backend=backend)  # noqa: E731
+    got = run(G, "triton")
+    assert got.device == G.device and got.dtype == G.dtype
+    exact = run(G.double().cpu(), "torch", None)
+    assert_agrees(got.cpu(), run(G, "torch").cpu(), exact, precision)
+
+
+@cuda
+def test_cuda_fused_kernel_memory():
+    """The fused kernel keeps tiles on chip: the only allocation is the output."""
+    G = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    m = matfun.Tiled(matfun.NewtonSchulz(5, backend="triton"), 128)
+    m(G)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    m(G)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base <= G.numel() * G.element_size() + 2**20
+
+
+# ------------------------------------------- GPU code generation, checked without a GPU
+
+
+def _signature(kernel, pointers, floats, constexprs):
+    names = kernel.arg_names
+    sig = {n: "i32" for n in names}
+    sig.update(pointers)
+    sig.update(dict.fromkeys(floats, "fp32"))
+    sig.update(dict.fromkeys(constexprs, "constexpr"))
+    return sig
+
+
+@pytest.mark.parametrize(
+    "kernel, pointer_type, constexprs",
+    [
+        ("ns_tiles_kernel", "*bf16", {"BR": 128, "BS": 128, "NORMALIZE": True, "ROUND_BF16": True, "BF16_DOT": True}),
+        ("gram_kernel", "*bf16", {"BM": 64, "BK": 32, "HAS_C0": True, "ROUND_BF16": True, "BF16_DOT": True}),
+    ],
+)
+def test_kernels_compile_for_h100(monkeypatch, kernel, pointer_type, constexprs):
+    """The GPU-only branches (bfloat16 tensor-core dots) compile to sm_90 code within shared memory.
+
+    Compiles through Triton's whole pipeline (PTX and cubin) for an H100 target;
+    no GPU is needed (about a second each; the float32 128-tile, 192 KiB of shared
+    memory, takes half a minute and is left out).
+    """
+    pytest.importorskip("triton.backends.nvidia")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    from triton import compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module = _triton_ns._kernels()
+    fn = getattr(module, kernel)
+    pointers = {n: pointer_type for n in fn.arg_names if n.endswith("_ptr")}
+    pointers.update({n: "*fp32" for n in ("coef_ptr",) if n in fn.arg_names})
+    pointers.update({n: "*i32" for n in ("pairs_ptr",) if n in fn.arg_names})
+    floats = [n for n in ("factor", "alpha", "beta") if n in fn.arg_names]
+    source = ASTSource(fn, _signature(fn, pointers, floats, constexprs), constexprs=constexprs)
+    compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    assert "cubin" in compiled.asm
+    assert compiled.metadata.shared <= 227 * 2**10  # H100's opt-in shared memory per block
