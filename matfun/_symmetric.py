@@ -107,15 +107,17 @@ def symmetric_step(
     out = torch.empty(flat.shape, dtype=X.dtype)
     for index in range(flat.shape[0]):
         x = _fortran(flat[index].contiguous())
-        new = _fortran(out[index])  # written in place by symm (Fortran-contiguous, overwrite_c)
+        new = _fortran(out[index])  # Fortran-contiguous: symm writes it in place
         np.copyto(new, x)
         gram = _round_numpy(syrk(1.0, x, trans=1), rnd)  # upper triangle of X Xᵀ
         if c != 0:
             fill_lower_from_upper(gram)
             combined = syrk(c, gram, beta=b, c=np.array(gram, order="F"), overwrite_c=1)  # b A + c A Aᵀ
-            symm(1.0, _round_numpy(combined, rnd), x, beta=a, c=new, side=1, overwrite_c=1)
+            result = symm(1.0, _round_numpy(combined, rnd), x, beta=a, c=new, side=1, overwrite_c=1)
         else:
-            symm(b, gram, x, beta=a, c=new, side=1, overwrite_c=1)
+            result = symm(b, gram, x, beta=a, c=new, side=1, overwrite_c=1)
+        if result is not new:  # f2py copied instead of writing in place
+            np.copyto(new, result)
     return rnd(out).reshape(shape)
 
 

@@ -170,6 +170,21 @@ def fused_tiles(
     return out.reshape(X.shape)
 
 
+def fused_tiles_iterates(
+    X: torch.Tensor,
+    tile: tuple[int, int],
+    steps: Sequence[tuple[float, float, float]],
+    factor: float,
+    precision: B.Precision,
+) -> Iterator[torch.Tensor]:
+    """Every iterate of :func:`fused_tiles`: one launch each, the same arithmetic as the fused run."""
+    X = fused_tiles(X, tile, [], factor, precision)
+    yield X
+    for step in steps:
+        X = fused_tiles(X, tile, [step], factor, precision, normalize=False)
+        yield X
+
+
 def gram(
     X: torch.Tensor,
     precision: B.Precision,
@@ -219,11 +234,7 @@ def newton_schulz_iterates(
     """
     H, W = X.shape[-2:]
     if max(H, W) <= fused_max_side(X, precision):
-        X = fused_tiles(X, (H, W), [], factor, precision)
-        yield X
-        for step in steps:
-            X = fused_tiles(X, (H, W), [step], factor, precision, normalize=False)
-            yield X
+        yield from fused_tiles_iterates(X, (H, W), steps, factor, precision)
         return
     from .newton_schulz import normalize  # the torch normalisation (no kernel needed)
 

@@ -153,7 +153,7 @@ def newton_schulz(
         Compute precision; default the input's dtype.
     backend : {"auto", "torch", "triton"}, default "auto"
         Compute engine.  ``"torch"``: torch operations (on CPU, float32 and
-        float64 Gram products of at least 512 × 512 use the symmetric BLAS
+        float64 Gram products of at least 1536 × 1536 use the symmetric BLAS
         routines ``syrk``/``symm``, about a third fewer FLOPs).  ``"triton"``:
         fused Triton kernels for CUDA tensors (precision ``"float32"``,
         ``"bfloat16"`` or ``"bfloat16-emulated"``; with ``TRITON_INTERPRET=1``

@@ -199,11 +199,7 @@ class Tiled(Wrapper):
         steps = self._fused_kernel_steps(X, precision)
         if steps is not None:
             factor = self.inner.schedule.normalization
-            X = _triton_ns.fused_tiles(X, self.tile, [], factor, precision)
-            yield X
-            for step in steps:
-                X = _triton_ns.fused_tiles(X, self.tile, [step], factor, precision, normalize=False)
-                yield X
+            yield from _triton_ns.fused_tiles_iterates(X, self.tile, steps, factor, precision)
             return
         xp = B.namespace(X)
         groups = tile_groups(X.shape[-2], X.shape[-1], self.tile)
