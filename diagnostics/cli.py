@@ -3,10 +3,11 @@
 Subcommands::
 
     list                                   experiments, one line each
-    run NAME [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
+    run NAME [--quick] [--device D] [--seed N] [--optimizer NAME=MODULE:FACTORY ...]
+             [--out DIR | --results DIR --figures DIR]
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
-             [--only NAME ...] [--force | --replot] [--no-progress]
+             [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
     validate ...                           delegated to diagnostics.validate
 
 Output directories: results (cell cache + ``results.csv``) go to
@@ -14,13 +15,16 @@ Output directories: results (cell cache + ``results.csv``) go to
 ``figures/``; ``--out DIR`` means ``--results DIR/results --figures DIR/figures``.
 With ``--quick`` the defaults become ``results/quick`` and ``figures/quick`` so a
 smoke run never overwrites full-size figures (explicit directories are used as given).
+Both are ignored by git; ``figures --quick --gallery`` also copies the PNGs into the
+committed gallery ``figures/gallery/`` (:mod:`diagnostics.gallery`).
 
 Exit codes: 0 success; 2 bad arguments or environment (unknown experiment, bad
 device, CUDA requested without a GPU, an output directory that cannot be written
 or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
 any other ``OSError`` such as a full disk or a permission denied, missing
-``diagnostics.validate``), always as ONE line on stderr; 130 interrupted (finished
-cells stay cached).  Any other exception inside an experiment is a bug and
+``diagnostics.validate``, unusable input such as a missing corpus or a broken
+``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`), always as ONE line
+on stderr; 130 interrupted (finished cells stay cached).  Any other exception inside an experiment is a bug and
 propagates with its traceback.
 
 Adding a command: implement it in a module of its own (``HELP``,
@@ -32,12 +36,15 @@ argument; ``OSError`` is reported for you.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
+
+from .errors import BadInput
 
 PROG = "matfun-diagnostics"
 DEVICES = ("cpu", "cuda")
@@ -79,6 +86,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--optimizer", action="append", metavar="NAME=MODULE:FACTORY",
+                   help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
+                   "a torch optimizer; repeatable")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
+    par.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
     _add_output_options(p)
 
 
@@ -134,10 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
             {PROG} figures --quick
             {PROG} figures --device cuda --out paper/
             {PROG} figures --only transfer --replot
+            {PROG} figures --quick --gallery         # maintainers: refresh figures/gallery/
             """
         ),
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
+    p.add_argument("--gallery", action="store_true",
+                   help="then copy the PNGs into the committed gallery figures/gallery/ (needs --quick)")
     _add_run_options(p)
 
     for name, load in MODULE_COMMANDS.items():
@@ -278,9 +296,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     from . import store
+    from .parallel import ParallelError
 
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
     if not args.replot:
@@ -290,9 +311,11 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
     for module in modules:
+        config = _plugin_optimizer_config(module, args, len(modules) == 1)
         try:
             result = store.run_experiment(
                 module,
+                config,
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
@@ -301,8 +324,12 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 replot=args.replot,
                 quick=args.quick,
                 progress=progress,
+                jobs=args.jobs,
+                scheduler=args.scheduler,
             )
-        except store.CacheMissingError as exc:
+        except (store.CacheMissingError, BadInput) as exc:
+            raise UsageError(str(exc)) from None
+        except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
         print(result.summary())
         total_computed += result.computed
@@ -316,6 +343,25 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_optimizer_config(module: Any, args: argparse.Namespace, explicit: bool) -> Any:
+    """The module's config with ``--optimizer`` entries appended (``None``: the default config).
+
+    Only experiments with ``PLUGIN_OPTIMIZERS = True`` take them: ``run`` of another one is an
+    error, ``figures`` runs the others unchanged.
+    """
+    if not args.optimizer or not getattr(module, "PLUGIN_OPTIMIZERS", False):
+        if args.optimizer and explicit:
+            raise UsageError(f"--optimizer: experiment {module.NAME!r} takes no plug-in optimizers")
+        return None
+    from .store import config_for
+
+    base = config_for(module, args.quick)
+    try:
+        return dataclasses.replace(base, optimizers=tuple(base.optimizers) + tuple(args.optimizer))
+    except ValueError as exc:
+        raise UsageError(f"--optimizer: {exc}") from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     return _run_many(_resolve_names([args.name]), args)
 
@@ -324,7 +370,18 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     from . import experiments
 
     names = experiments.names() if not args.only else list(dict.fromkeys(args.only))
-    return _run_many(_resolve_names(names), args)
+    if args.gallery and not args.quick:
+        raise UsageError("--gallery needs --quick (the gallery shows the quick figures)")
+    status = _run_many(_resolve_names(names), args)
+    if args.gallery:
+        from . import gallery
+
+        try:
+            written = gallery.refresh(_output_dirs(args)[1], names)
+        except FileNotFoundError as exc:
+            raise UsageError(f"cannot refresh the gallery: {exc}") from None
+        print(f"gallery: {len(written)} file(s) copied into {gallery.DEFAULT_DIR}")
+    return status
 
 
 def _cmd_module(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@
   (single column 3.35 in, double column 6.9 in).  No pyplot: figures are never
   registered with a GUI backend and never leak between experiments.
 * :func:`save_figure` — writes ``<stem>.pdf`` and ``<stem>.png`` with deterministic
-  metadata, so re-running an experiment gives byte-identical files.
+  metadata, so re-running an experiment on the same machine gives byte-identical files
+  (another machine, even of the same kind, draws slightly different pixels: see
+  :mod:`diagnostics.gallery`).
 * :func:`schedule_color` / :func:`schedule_label` — one colour and display name per
   Newton–Schulz schedule across all figures; :func:`tile_style` — one marker and
   linestyle per tile size.
@@ -175,7 +177,8 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike) -> list[Path]:
 
     Timestamps and software versions are stripped from the metadata, fonts are
     embedded as TrueType (``pdf.fonttype`` 42) and the SVG hash salt is fixed, so
-    saving the same figure twice gives byte-identical files.  Each file is written
+    saving the same figure twice gives byte-identical files (on one machine: other
+    library builds and last-bit differences in the data change pixels elsewhere).  Each file is written
     to a temporary name in the same directory and moved into place, so a crash
     never leaves a half-written figure behind.
 

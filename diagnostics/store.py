@@ -421,6 +421,8 @@ def run_experiment(
     replot: bool = False,
     quick: bool = False,
     progress: bool | None = None,
+    jobs: int = 1,
+    scheduler: str | None = None,
 ) -> RunResult:
     """Run (or resume, or replot) one experiment and draw its figures.
 
@@ -445,6 +447,10 @@ def run_experiment(
     progress
         tqdm progress bar over the cells: ``True``, ``False``, or ``None`` (only
         when stderr is a terminal).
+    jobs, scheduler
+        Compute the uncached cells on ``jobs`` local worker processes, or on the Dask
+        cluster at ``scheduler`` (:mod:`diagnostics.parallel`); ``jobs=1`` and no
+        scheduler compute them here, in order.  The results are the same.
     """
     from tqdm.auto import tqdm
 
@@ -458,6 +464,9 @@ def run_experiment(
         raise StoreError(f"{name}: config must be a Config dataclass instance, got {config!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise StoreError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise StoreError(f"jobs must be an integer >= 1, got {jobs!r}")
+    parallel = jobs > 1 or scheduler is not None
     start = time.perf_counter()
     exp_dir = Path(results_dir) / name
     cells_dir = exp_dir / "cells"
@@ -490,7 +499,7 @@ def run_experiment(
     else:
         cells_dir.mkdir(parents=True, exist_ok=True)
         extra = {"experiment": name, "seed": int(seed), "device": str(device), **version_columns()}
-        frames = []
+        frames, todo = [], []
         computed = cached = corrupt = 0
         bar = tqdm(
             list(zip(cells, keys, digests)),
@@ -516,6 +525,10 @@ def run_experiment(
                             CorruptCacheWarning,
                             stacklevel=2,
                         )
+                if parallel:  # computed below, on the workers
+                    todo.append((len(frames), cell, key, digest))
+                    frames.append(None)
+                    continue
                 bar.set_postfix_str(_canonical(cell)[:60], refresh=False)
                 raw = module.run_cell(config, dict(cell), device, int(seed))
                 if not isinstance(raw, pd.DataFrame):
@@ -524,6 +537,16 @@ def run_experiment(
                 computed += 1
         finally:
             bar.close()
+        if todo:
+            from .parallel import compute_cells
+
+            done = compute_cells(
+                module, config, [t[1:] for t in todo], cells_dir, extra, device, int(seed),
+                jobs=jobs if scheduler is None else None, scheduler=scheduler, progress=not bar.disable,
+            )
+            for (position, *_), frame in zip(todo, done):
+                frames[position] = frame
+            computed += len(todo)
 
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     results_path = exp_dir / "results.csv"

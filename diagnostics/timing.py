@@ -5,6 +5,7 @@
   the yardstick against which a map's achieved GFLOP/s is judged.
 * :func:`achieved_gflops` – FLOPs / seconds / 1e9.
 * :func:`scaling_exponent` – least-squares slope of log(time) against log(n).
+* :func:`pick_clock` – the thread's CPU time for single-threaded CPU work, else wall time.
 
 Examples
 --------
@@ -32,6 +33,7 @@ __all__ = [
     "gemm_flops",
     "achieved_gflops",
     "scaling_exponent",
+    "pick_clock",
 ]
 
 SYNC_MODES = (None, "cuda", "none")
@@ -411,3 +413,18 @@ def scaling_exponent(ns: Sequence[float], times: Sequence[float]) -> ScalingFit:
     rounding = 64 * np.finfo(np.float64).eps * max(1.0, float(np.max(np.abs(log_t))))
     r_squared = 1.0 if total <= rounding**2 * log_t.size else 1.0 - residual / total
     return ScalingFit(slope=slope, intercept=intercept, r_squared=r_squared)
+
+
+def pick_clock(device: str, threads: int) -> tuple[str, Callable[[], float]]:
+    """The clock to time work on ``device`` running on ``threads`` torch CPU threads.
+
+    ``("thread_cpu", time.thread_time)`` for CPU work on one thread: on a loaded
+    machine wall time also counts the time the process waits for a core (the
+    experiments' step times were 4× their quiet-machine values at load 17 on 2
+    cores), the thread's CPU time does not, and on a quiet machine the two agree.
+    Otherwise ``("wall", time.perf_counter)`` (several threads' work, or a GPU,
+    which the caller synchronises).
+    """
+    if str(device).split(":")[0] == "cpu" and threads == 1:
+        return "thread_cpu", time.thread_time
+    return "wall", time.perf_counter

@@ -1014,3 +1014,12 @@ def assert_orthogonalizer(fn: Callable[[Any], Any], **kwargs: Any) -> Report:
     if not report.passed:
         raise AssertionError("orthogonaliser failed " + ", ".join(report.failed_names) + "\n" + report.table())
     return report
+
+
+def __getattr__(name: str) -> Any:
+    # the sharded check imports torch.distributed: load it on first use only
+    if name in ("check_sharded_optimizer", "assert_sharded_optimizer", "ShardedReport"):
+        from . import sharded_check
+
+        return getattr(sharded_check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

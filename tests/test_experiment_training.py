@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -37,12 +38,14 @@ def test_columns_and_optimizers(result):
     expected = {"adamw", "muon", "himuon_t8", "himuon_t16", "muon2", "muon2_f"}
     assert set(frame["optimizer"]) == expected
     assert set(training.run_names(TINY)) == expected
-    for name, d in frame.groupby("optimizer"):
+    runs = frame.groupby(["optimizer", "lr", "replicate"])
+    assert len(runs) == len(expected) * len(TINY.lrs) * TINY.n_seeds  # each optimizer at every lr and seed
+    for name, d in runs:
         assert sorted(d["step"]) == list(range(TINY.steps + 1)), name
 
 
 def test_losses_finite_and_decreasing(result):
-    for name, d in result.frame.groupby("optimizer"):
+    for name, d in result.frame.groupby(["optimizer", "lr", "replicate"]):
         d = d.sort_values("step")
         train = d[d["step"] > 0]["train_loss"].to_numpy()
         ev = d.dropna(subset=["eval_loss"])
@@ -54,11 +57,25 @@ def test_losses_finite_and_decreasing(result):
 
 
 def test_same_start_for_every_optimizer(result):
-    frame = result.frame
-    init = frame[frame["step"] == 0]["eval_loss"].to_numpy()
-    first = frame[frame["step"] == 1]["train_loss"].to_numpy()
-    np.testing.assert_allclose(init, init[0], rtol=1e-6)  # same initial weights
-    np.testing.assert_allclose(first, first[0], rtol=1e-6)  # same first batch
+    starts = []
+    for _, frame in result.frame.groupby("replicate"):  # within a replicate: every optimizer and lr
+        init = frame[frame["step"] == 0]["eval_loss"].to_numpy()
+        first = frame[frame["step"] == 1]["train_loss"].to_numpy()
+        np.testing.assert_allclose(init, init[0], rtol=1e-6)  # same initial weights
+        np.testing.assert_allclose(first, first[0], rtol=1e-6)  # same first batch
+        starts.append(init[0])
+    assert len(set(starts)) == TINY.n_seeds  # replicates are independent: other data and weights
+
+
+def test_best_lr_per_optimizer_from_the_mean_over_seeds():
+    rows = [(o, lr, r, loss) for o, losses in {"muon": {1e-2: (1.0, 3.0), 2e-2: (1.9, 1.9)},
+                                               "adamw": {1e-2: (0.5, 0.5), 2e-2: (0.4, 0.7)}}.items()
+            for lr, pair in losses.items() for r, loss in enumerate(pair)]
+    frame = pd.DataFrame(rows, columns=["optimizer", "lr", "replicate", "final_eval_loss"]).assign(seed=0)
+    # muon: mean 2.0 at 1e-2 vs 1.9 at 2e-2 (although 1e-2 has the single best run); adamw: 0.5 vs 0.55.
+    assert training.best_lrs(frame) == {"muon": 2e-2, "adamw": 1e-2}
+    assert set(zip(training.best_runs(frame)["optimizer"], training.best_runs(frame)["lr"])) == {
+        ("muon", 2e-2), ("adamw", 1e-2)}
 
 
 def test_step_times_positive(result):
@@ -87,3 +104,7 @@ def test_config_validation():
         training.Config(optimizers=("sgd",))
     with pytest.raises(ValueError, match="himuon_tiles"):
         training.Config(himuon_tiles=(32, 32))
+    with pytest.raises(ValueError, match="n_seeds"):
+        training.Config(n_seeds=0)
+    with pytest.raises(ValueError, match="lrs must be distinct"):
+        training.Config(lrs=(1e-2, 1e-2))

@@ -111,3 +111,27 @@ def test_scaling(tmp_path):
     ns = frame[frame["map"] == "ns"].set_index("n")["flops"]
     tiled = frame[frame["map"] == "tiled"].set_index("n")["flops"]
     assert (tiled.loc[[64, 128]] < ns.loc[[64, 128]]).all()  # T < n: cheaper than full NS
+
+
+def test_scaling_slopes_only_when_reliable():
+    sizes = [96, 128, 192, 256, 384, 512, 768]
+    assert scaling.fit_sizes(sizes) == [256, 384, 512, 768]  # the upper half, at least MIN_FIT_SIZES
+    assert scaling.fit_sizes([256, 512, 1024]) == [256, 512, 1024]
+    n = np.array([256.0, 384, 512, 768])
+    assert scaling.reliable_slope(n, 2e-9 * n**3) == pytest.approx(3.0)
+    assert scaling.reliable_slope(n[:3], 2e-9 * n[:3] ** 3) is None  # too few sizes for a slope
+    assert scaling.reliable_slope(n, 2e-9 * n**3 * np.array([1.0, 4.0, 0.5, 1.0])) is None  # r² too low
+
+
+def test_scaling_timings_are_interleaved():
+    order = []
+    calls = [lambda: order.append("A"), lambda: order.append("B")]
+    fake_clock = iter(range(10**6))
+    out = scaling.interleaved_timings(calls, warmup=1, repeats=3, min_time=0.5, clock=lambda: float(next(fake_clock)))
+    assert "".join(order) == "AABB" + "AB" * 3  # warm-up and calibration per map, then ABAB rounds
+    assert [t.repeats for t in out] == [3, 3] and all(t.median == 1.0 for t in out)
+
+
+def test_preconditioning_matrix_labels_spell_out_parameter_and_step():
+    assert preconditioning.matrix_label("teacher_student:weight@79") == "teacher–student W, step 79"
+    assert preconditioning.matrix_label("mlp:fc1.weight@20", "\n") == "MLP fc1\nstep 20"

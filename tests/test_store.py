@@ -237,7 +237,12 @@ def test_transfer_experiment_quick_end_to_end(tmp_path):
     res = store.run_experiment(mod, results_dir=tmp_path / "r", figures_dir=None, quick=True, progress=False)
     f = res.frame
     assert res.computed == len(mod.cells(config)) == len(config.schedules) * len(config.steps)
-    assert len(f) == res.computed * config.n_sigma
+    sigma, _ = mod.sigma_grid(config)
+    assert len(f) == res.computed * sigma.size
+    # Dense enough to draw p_5 faithfully: Jordan's 21 local extrema in [1e-2, 1] are all sampled.
+    d = f[(f["schedule"] == "jordan") & (f["steps"] == 5)].sort_values("sigma")
+    p = d["p"].to_numpy()[d["sigma"].to_numpy() >= 1e-2]
+    assert np.count_nonzero(np.diff(np.sign(np.diff(p)))) == 21
     assert np.isfinite(f[["sigma", "p", "smoothed_fit", "eps_hat", "fit_rmse"]].to_numpy()).all()
     eps = f.groupby(["schedule", "steps"])["eps_hat"].first()
     for name in config.schedules:  # more steps, less smoothing

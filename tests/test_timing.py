@@ -170,3 +170,12 @@ def test_bad_input_raises(call, error, message):
 def test_sync_cuda_without_cuda_raises():
     with pytest.raises(ValueError, match="CUDA is not available"):
         tm.time_callable(abs, 1, sync="cuda")
+
+
+def test_pick_clock_uses_thread_cpu_time_only_for_single_threaded_cpu_work():
+    import time
+
+    assert tm.pick_clock("cpu", 1) == ("thread_cpu", time.thread_time)
+    assert tm.pick_clock("cpu", 2) == ("wall", time.perf_counter)
+    assert tm.pick_clock("cpu", 0) == ("wall", time.perf_counter)  # 0: torch's own setting
+    assert tm.pick_clock("cuda:0", 1) == ("wall", time.perf_counter)

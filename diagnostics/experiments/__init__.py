@@ -59,6 +59,7 @@ MODULES: tuple[str, ...] = (
     "preconditioning",
     "scaling",
     "training",
+    "lm",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")

@@ -36,14 +36,20 @@ direction far from Muon's (``direction_vs_polar_M`` ≈ 0.25 for ``full``: entri
 0.99/0.999, short of the published 40%; Polar Express, tuned for a wide σ range,
 gains nothing on most matrices; Jordan never reaches 0.99.
 
-Figure ``preconditioning``: (a) normalised singular values ``σ_i/σ_1`` against the
-relative index for every matrix (thin lines) before and after preconditioning;
-(b) ``1 − alignment`` against ``K`` (median over matrices) per schedule and
-variant, thresholds dotted; (c) condition number ``σ_1/σ_r`` (over the numerical
-rank) per matrix and variant; (d) the median step reduction per schedule and
-threshold with the published 40% dashed (bars labelled with how many matrices
-reached the threshold with both variants).  ``steps_to_threshold.md`` next to the
-figure lists the per-matrix step counts.
+Figure ``preconditioning``: (a) one small panel per recorded parameter (the
+teacher–student layer ``W``, the MLP's ``fc1`` and ``fc2``; title: name and shape):
+normalised singular values ``σ_i/σ_1`` against the relative index, colour = the
+variant (the matrix NS is applied to), line style = the training step the momentum
+was recorded at; values below ``1e-8`` (numerically rank-deficient ``fc2``) are drawn
+on a labelled ``1e-8`` line; (b) condition number ``σ_1/σ_r`` (over the numerical
+rank) per parameter and variant, open markers for the earlier recording, filled
+for the last; (c) ``1 − alignment`` against ``K`` (median over matrices) per
+schedule (line style) and variant (colour), thresholds dotted, values below
+``1e-7`` (the resolution of a float32 cosine) drawn on a labelled ``1e-7`` line;
+(d) the median step reduction per schedule and threshold with the published 40%
+dashed (bars labelled n/N: how many of the N matrices reached the threshold with
+both variants).
+``steps_to_threshold.md`` next to the figure lists the per-matrix step counts.
 
 Rows (column ``record`` tells the kind):
 
@@ -218,7 +224,7 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(
-            f"| {r['matrix']} | {r['schedule']} | {r['threshold']:g} | {fmt(r.get('none', np.nan))} | "
+            f"| {matrix_label(r['matrix'])} | {r['schedule']} | {r['threshold']:g} | {fmt(r.get('none', np.nan))} | "
             f"{fmt(r.get('full', np.nan))} | {fmt(r.get('factorized', np.nan))} | "
             f"{fmt(r.get('reduction_full', np.nan), True)} | {fmt(r.get('reduction_factorized', np.nan), True)} |"
         )
@@ -227,40 +233,102 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
 
 
 _SHORT_SCHEDULE = {"cubic": "cubic", "jordan": "Jordan", "you": "You", "polar_express": "PE"}
+_STREAM_LABELS = {"teacher_student": "teacher–student", "mlp": "MLP"}
+_STEP_STYLES = ["-", (0, (4, 1.5)), (0, (1, 1)), (0, (4, 1, 1, 1))]  # last recorded step solid
+#: Values below these are drawn on the floor line (log axes): rank-deficient spectra, float32 cosines.
+SPECTRUM_FLOOR, ALIGNMENT_FLOOR = 1e-8, 1e-7
 
 
-def _short(matrix: str) -> str:
-    """Tick label of a matrix: ``teacher_student:weight@79`` → ``TS W\n@79``."""
+def _parse_matrix(matrix: str) -> tuple[str, str, int]:
+    """``"teacher_student:weight@79"`` → ``("teacher_student", "weight", 79)``."""
     stream, rest = matrix.split(":", 1)
     name, step = rest.rsplit("@", 1)
-    head = "TS" if stream == "teacher_student" else stream.upper()
-    return f"{head} {name.replace('.weight', '').replace('weight', 'W')}\n@{step}"
+    return stream, name, int(step)
+
+
+def parameter_label(stream: str, name: str) -> str:
+    """Display name of a recorded parameter: ``teacher–student W``, ``MLP fc1``."""
+    short = name.replace(".weight", "") if name != "weight" else "W"
+    return f"{_STREAM_LABELS.get(stream, stream)} {short}"
+
+
+def matrix_label(matrix: str, sep: str = ", ") -> str:
+    """Display name of a recorded matrix: ``"teacher_student:weight@79"`` → ``teacher–student W, step 79``."""
+    stream, name, step = _parse_matrix(matrix)
+    return f"{parameter_label(stream, name)}{sep}step {step}"
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     variants = [v for v in VARIANTS if v in set(frame["variant"])]
+    spec = frame[frame["record"] == "spectrum"]
+    summ = frame[frame["record"] == "summary"]
+    params = sorted({_parse_matrix(m)[:2] for m in summ["matrix"]}, key=lambda sp: (sp[0] != "teacher_student", sp))
+    shapes = {_parse_matrix(m)[:2]: (int(h), int(w)) for m, h, w in summ[["matrix", "H", "W"]].itertuples(index=False)}
+    recorded = sorted({_parse_matrix(m)[2] for m in summ["matrix"]})
+    last = recorded[-1]
+    step_style = {st: _STEP_STYLES[(len(recorded) - 1 - i) % len(_STEP_STYLES)] for i, st in enumerate(recorded)}
     with plotting.style():
-        fig = plotting.figure("double", 5.2, nrows=2, ncols=2)
-        ax_s, ax_a, ax_c, ax_r = fig.axes
+        fig = plotting.figure("double", 5.6)
+        fig.clear()
+        top, bottom = fig.subfigures(2, 1, height_ratios=(1.0, 1.25))
+        *spectra_axes, ax_c = top.subplots(1, len(params) + 1, width_ratios=[1.0] * len(params) + [1.15])
+        ax_a, ax_r = bottom.subplots(1, 2)
 
-        # (a) normalised spectra, one thin line per matrix.
-        spec = frame[frame["record"] == "spectrum"]
-        for (matrix, variant), d in spec.groupby(["matrix", "variant"], sort=True):
-            d = d.sort_values("index")
-            x = d["index"].to_numpy(float) / max(len(d) - 1, 1)
-            ax_s.plot(x, np.maximum(d["sigma_normalised"].to_numpy(float), 1e-8), color=VARIANT_COLORS[variant],
-                      linewidth=0.8, alpha=0.7)
-        ax_s.set_yscale("log")
-        ax_s.set_ylim(1e-8 / 2, 1.5)
-        ax_s.set_xlim(0, 1)
-        ax_s.set_xlabel(r"relative index $(i-1)/(r-1)$")
-        ax_s.set_ylabel(r"normalised singular value $\sigma_i/\sigma_1$")
-        ax_s.text(0.02, 0.03, r"floored at $10^{-8}$ (rank-deficient fc2)", transform=ax_s.transAxes,
-                  fontsize=6.5, color="0.35")
-        plotting.panel_label(ax_s, "a")
+        # (a) normalised spectra: one panel per parameter, colour = variant, line style = recorded step.
+        for k, (ax, (stream, name)) in enumerate(zip(spectra_axes, params)):
+            if k:
+                ax.sharey(spectra_axes[0])
+                ax.tick_params(labelleft=False)
+            mine = spec[[_parse_matrix(m)[:2] == (stream, name) for m in spec["matrix"]]]
+            floored = False
+            for (matrix, variant), d in mine.groupby(["matrix", "variant"], sort=True):
+                d = d.sort_values("index")
+                y = d["sigma_normalised"].to_numpy(float)
+                floored |= bool(np.any(y < SPECTRUM_FLOOR))
+                ax.plot(d["index"].to_numpy(float) / max(len(d) - 1, 1), np.maximum(y, SPECTRUM_FLOOR),
+                        color=VARIANT_COLORS[variant], linestyle=step_style[_parse_matrix(matrix)[2]], linewidth=1.0)
+            if floored:
+                ax.axhline(SPECTRUM_FLOOR, color="0.5", linewidth=0.6, linestyle=":")
+                ax.text(0.03, SPECTRUM_FLOOR * 2, r"$<10^{-8}$ drawn here", transform=ax.get_yaxis_transform(),
+                        fontsize=6, color="0.35", va="bottom")
+            h, w = shapes[(stream, name)]
+            ax.set_title(f"{parameter_label(stream, name)}, {h}×{w}", fontsize=6, loc="right")
+            ax.set_yscale("log")
+            ax.set_xlim(0, 1)
+            ax.set_xlabel(r"$(i-1)/(r-1)$")
+        spectra_axes[0].set_ylim(SPECTRUM_FLOOR / 3, 2.0)
+        spectra_axes[0].set_ylabel(r"normalised singular value $\sigma_i/\sigma_1$")
+        spectra_axes[0].legend(handles=[Line2D([], [], color="0.3", linestyle=step_style[st], linewidth=1.0,
+                                               label=f"step {st}") for st in recorded],
+                               loc="lower left", fontsize=6, title="recorded at", title_fontsize=6)
+        plotting.panel_label(spectra_axes[0], "a")
 
-        # (b) 1 - alignment vs K, median over matrices.
+        # (b) condition numbers: per parameter, colour = variant, filled marker = last recorded step.
+        width = 0.6 / max(len(variants), 1)
+        for j, variant in enumerate(variants):
+            for i, (stream, name) in enumerate(params):
+                for st in recorded:
+                    row = summ[(summ["variant"] == variant) & (summ["matrix"] == f"{stream}:{name}@{st}")]
+                    if row.empty:
+                        continue
+                    filled = st == last
+                    x = i + (j - (len(variants) - 1) / 2) * width + (0.06 if filled else -0.06)
+                    ax_c.plot(x, float(row["condition_number"].iloc[0]), marker="o", markersize=4, linestyle="none",
+                              color=VARIANT_COLORS[variant], markerfacecolor=VARIANT_COLORS[variant] if filled else
+                              "white", markeredgewidth=1.0)
+        ax_c.set_yscale("log")
+        ax_c.set_xlim(-0.5, len(params) - 0.5)
+        ax_c.set_xticks(np.arange(len(params)), [parameter_label(*sp).replace(" ", "\n", 1) for sp in params],
+                        fontsize=6)
+        ax_c.grid(axis="x", visible=False)
+        ax_c.set_ylabel(r"condition number $\sigma_1/\sigma_r$")
+        ax_c.legend(handles=[Line2D([], [], marker="o", linestyle="none", color="0.3", markersize=4,
+                                    markerfacecolor="0.3" if st == last else "white", label=f"step {st}")
+                             for st in recorded], loc="upper left", fontsize=6, handletextpad=0.2)
+        plotting.panel_label(ax_c, "b")
+
+        # (c) 1 - alignment vs K, median over matrices.
         al = frame[frame["record"] == "alignment"]
         for schedule in config.schedules:
             for variant in variants:
@@ -268,41 +336,31 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 if d.empty:
                     continue
                 med = d.groupby("steps")["alignment"].median()
-                ax_a.plot(med.index, np.maximum(1.0 - med.to_numpy(), 1e-7), color=VARIANT_COLORS[variant],
+                ax_a.plot(med.index, np.maximum(1.0 - med.to_numpy(), ALIGNMENT_FLOOR), color=VARIANT_COLORS[variant],
                           linestyle=SCHEDULE_STYLES.get(schedule, "-"), linewidth=1.1)
         for tau in config.thresholds:
             ax_a.axhline(1 - tau, color="0.5", linestyle=":", linewidth=0.8)
             ax_a.text(config.max_steps - 0.3, (1 - tau) / 1.2, f"alignment {tau:g}", ha="right", va="top",
                       fontsize=6.5, color="0.35")
+        ax_a.axhline(ALIGNMENT_FLOOR, color="0.5", linewidth=0.6, linestyle=":")
+        ax_a.text(0.3, ALIGNMENT_FLOOR * 1.3, r"$\leq 10^{-7}$ (float32 resolution) drawn here",
+                  ha="left", va="bottom", fontsize=6, color="0.35")
         ax_a.set_yscale("log")
-        ax_a.set_ylim(1e-7 / 2, 1.5)
+        ax_a.set_ylim(ALIGNMENT_FLOOR / 3, 1.5)
         ax_a.set_xlim(0, config.max_steps)
         ax_a.set_xlabel("Newton–Schulz steps $K$")
-        ax_a.set_ylabel(r"$1 - \cos(\mathrm{NS}_K(\tilde M), \mathrm{polar}(\tilde M))$ (median)")
+        ax_a.set_ylabel(r"$1 - \cos(\mathrm{NS}_K(\tilde M), \mathrm{polar}(\tilde M))$, median")
         sched_handles = [Line2D([], [], color="0.3", linestyle=SCHEDULE_STYLES.get(s, "-"), linewidth=1.1,
                                 label=plotting.schedule_label(s)) for s in config.schedules]
-        ax_a.legend(handles=sched_handles, loc="lower left", fontsize=6.5)
-        plotting.panel_label(ax_a, "b")
-
-        # (c) condition numbers per matrix.
-        summ = frame[frame["record"] == "summary"]
-        matrices_ = sorted(set(summ["matrix"]))
-        width = 0.8 / max(len(variants), 1)
-        for j, variant in enumerate(variants):
-            d = summ[summ["variant"] == variant].set_index("matrix").reindex(matrices_)
-            ax_c.bar(np.arange(len(matrices_)) + (j - (len(variants) - 1) / 2) * width, d["condition_number"],
-                     width=width, color=VARIANT_COLORS[variant])
-        ax_c.set_yscale("log")
-        ax_c.set_xticks(np.arange(len(matrices_)), [_short(m) for m in matrices_], fontsize=6)
-        ax_c.set_ylabel(r"condition number $\sigma_1/\sigma_r$ (numerical rank)")
-        plotting.panel_label(ax_c, "c")
+        ax_a.legend(handles=sched_handles, loc="lower left", fontsize=6.5, bbox_to_anchor=(0.0, 0.12))
+        plotting.panel_label(ax_a, "c")
 
         # (d) median reduction of steps-to-threshold.
         st = frame[(frame["record"] == "steps_to") & (frame["variant"] != "none")]
         groups = [(s, t) for s in config.schedules for t in config.thresholds]
         pre = [v for v in variants if v != "none"]
         width = 0.8 / max(len(pre), 1)
-        n_mat = len(matrices_)
+        n_mat = len(set(summ["matrix"]))
         for j, variant in enumerate(pre):
             for g, (schedule, tau) in enumerate(groups):
                 d = st[(st["variant"] == variant) & (st["schedule"] == schedule) & np.isclose(st["threshold"], tau)]
@@ -322,15 +380,18 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         ax_r.axhline(0, color="0.3", linewidth=0.6)
         ax_r.set_xticks(np.arange(len(groups)),
                         [f"{_SHORT_SCHEDULE.get(s, s)}\n≥ {t:g}" for s, t in groups], fontsize=6)
+        ax_r.grid(axis="x", visible=False)
         ax_r.set_ylim(min(-10.0, float(100 * st["reduction"].min()) - 5 if st["reduction"].notna().any() else -10),
                       max(60.0, float(100 * st["reduction"].max()) + 12 if st["reduction"].notna().any() else 60))
         ax_r.set_ylabel("fewer NS steps to threshold (%)\nbars: median; dots: each matrix")
-        ax_r.text(0.01, 0.99, "n/N: matrices where both reach it", transform=ax_r.transAxes, fontsize=6,
-                  color="0.35", va="top")
+        ax_r.text(0.01, 0.99, "n/N: matrices where both variants reach it (PE: Polar Express)",
+                  transform=ax_r.transAxes, fontsize=6, color="0.35", va="top")
         plotting.panel_label(ax_r, "d")
 
         handles = [Patch(color=VARIANT_COLORS[v], label=VARIANT_LABELS[v]) for v in variants]
-        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles))
+        top.legend(handles=handles, loc="outside upper center", ncols=len(handles),
+                   title="colour: the matrix NS is applied to (momentum M, second moment V recorded along a "
+                   "training run at the steps shown)", title_fontsize=7)
         stem = out_dir / "preconditioning"
         plotting.save_figure(fig, stem)
     _write_table(steps_table(frame), out_dir / "steps_to_threshold.md")

@@ -10,11 +10,15 @@ Task
     visited in seeded random order (one permutation per epoch); a held-out set
     of ``n_eval`` samples gives the eval loss.
 
-Fairness
+Fairness and seeds
     The data, the data order and the student's initial weights depend only on the
-    run's seed (:func:`diagnostics.store.cell_seed` of the seed and a fixed
-    tag, *not* of the cell), so every optimizer starts from the same weights and
-    sees the same batches.
+    run's seed and the replicate index (:func:`diagnostics.store.cell_seed` of the
+    seed, a fixed tag and ``replicate``; *not* of the optimizer or lr), so within a
+    replicate every optimizer starts from the same weights and sees the same
+    batches.  Each configuration runs ``n_seeds`` independent replicates (other
+    data, weights and batch order); the figure shows their mean and min–max band,
+    and ratios to Muon are paired (same replicate).  Frames of several ``--seed``
+    runs combined count as further replicates.
 
 Parameter split (standard practice, e.g. modded-nanogpt and torch.optim.Muon's
 docs)
@@ -26,57 +30,68 @@ docs)
     The AdamW baseline optimises everything with AdamW.
 
 Learning rates
-    Every matrix optimizer uses ``adjust_lr_fn="match_rms_adamw"`` (update RMS
-    ``0.2`` per entry, for HiMuon per tile: ``lr·0.2·√max(Th, Tw)``), which lets
-    all optimizers share AdamW's learning rate; the AdamW part of a Muon-family
-    run uses the same lr.  Quick mode uses one lr for all (``1e-2``, the best of a
-    ``{1e-3, 3e-3, 1e-2, 3e-2}`` sweep for AdamW, Muon and HiMuon T = 32 in
-    development, on an 8192-sample training set); the full run sweeps ``lrs`` and the figure shows, per optimizer,
-    the lr with the lowest final eval loss.  Schedule: linear warm-up over
+    Every optimizer gets its own lr from a sweep recorded in the same run: each
+    one trains at every lr of ``lrs`` and every replicate, and the figure uses,
+    per optimizer, the lr with the lowest final eval loss averaged over the
+    replicates (:func:`best_lrs`; panel (c) shows the sweep, the legend the chosen
+    lr, marked "grid edge" when the optimum may lie outside the grid).  Quick grid
+    ``{5e-3, 1e-2, 2e-2}``: in a wider ``{1e-3, 3e-3, 1e-2, 3e-2, 1e-1}`` sweep
+    (quick config, seed 0) every optimizer's best lr was 1e-2, with 3e-3 and 3e-2
+    clearly worse.  Every matrix optimizer uses ``adjust_lr_fn="match_rms_adamw"``
+    (update RMS ``0.2`` per entry, for HiMuon per tile: ``lr·0.2·√max(Th, Tw)``),
+    which puts their lrs on AdamW's scale; the AdamW part of a Muon-family run
+    (biases, read-out) uses the run's lr.  Schedule: linear warm-up over
     ``warmup_frac`` of the steps, then cosine decay to 0.  Momentum 0.95 (Nesterov)
     for the Muon family, AdamW betas ``(0.9, 0.95)``; no weight decay (a short
     noiseless regression run); Newton–Schulz: Jordan's quintic, 5 steps, float32
     on CPU (bfloat16 on CUDA, the optimizers' default).
 
 Cells
-    One per (optimizer, lr): an interrupted sweep resumes per optimizer.
+    One per (optimizer, lr, replicate): an interrupted sweep resumes per run.
 
 Rows
     One per (optimizer, step) for ``step = 0 … steps``: ``train_loss`` (the loss of
     the mini-batch that step ``k`` back-propagates, i.e. of the model after
     ``k − 1`` updates; NaN at step 0), ``eval_loss`` (held-out loss of the model
     after ``k`` updates, every ``eval_every`` steps, at 0 and at the last step;
-    NaN elsewhere), ``step_ms`` (wall time of the optimizer step(s) of update
-    ``k`` — matrix optimizer and AdamW — measured with ``time.perf_counter`` and
+    NaN elsewhere), ``step_ms`` (time of the optimizer step(s) of update ``k`` —
+    matrix optimizer and AdamW — on the clock :func:`diagnostics.timing.pick_clock`
+    names in column ``clock``: the thread's CPU time for single-threaded CPU runs, else wall time,
     CUDA-synchronised on a GPU; NaN at step 0), and the per-run summaries
     ``step_ms_median``, ``step_ms_iqr``, ``final_eval_loss``, ``final_train_loss``
     (mean mini-batch loss over the last 10% of the steps), plus ``family``,
     ``tile`` (0: no tiling) and ``n_params_matrix``/``n_params_adamw``.
 
 Figure ``training``
-    (a) training loss (mini-batch MSE: centred moving average, raw faint) against
-    step, log y; (b) eval loss relative to Muon's against step (log y: the HiMuon vs Muon
-    question read off directly); (c) median optimizer-step time (ms)
-    with its interquartile range, each bar labelled with the final eval loss
-    relative to Muon's.
+    Each optimizer at its best lr, with its own colour, dash pattern and marker
+    (markers staggered so that coinciding curves stay visible); the legend gives
+    the lr.  (a) training loss (mini-batch MSE, centred moving average) against
+    step, log y, mean over replicates with a min–max band; (b) eval loss relative to
+    Muon's (same replicate) against step, log y: the HiMuon vs Muon question read
+    off directly; (c) the lr sweep: final eval loss against lr (mean, min–max over
+    replicates), the chosen lr circled; (d) optimizer-step time on a log axis
+    (median and interquartile range over every step of every run of the
+    optimizer), labelled with the final eval loss relative to Muon's.
 
-Finding (quick run: CPU, 300 steps, 64→256→256→10, batch 128, lr 1e-2 for all)
-    HiMuon stays close to Muon but measurably behind it, and the gap grows as the
-    tile shrinks.  Final eval loss, seed 0: Muon 0.0423, HiMuon T = 64 0.0448
-    (1.06× Muon), T = 32 0.0468 (1.11×), Muon² 0.0423 (1.00×), Muon²-F 0.0422
-    (1.00×), AdamW 0.0497 (1.17×).  Seed 1: HiMuon 1.07× (T = 64) and 1.12×
-    (T = 32), Muon² 0.99×, Muon²-F 1.02×, AdamW 1.19×.  So "close to Muon" holds in
-    the sense that HiMuon keeps part of Muon's advantage over AdamW (it closes
-    about 60–65% of the AdamW–Muon gap at T = 64 but only 35–40% at T = 32), not
-    in the sense of matching it; with 256-wide layers T = 32 and 64 are small
-    tiles (the paper's tiles are 512 on much larger matrices).  Muon² and Muon²-F
-    match Muon here.  Median optimizer-step time (one thread on the shared 2-core
-    CPU; noisy, ±20% between runs): AdamW ≈ 0.6–0.75 ms, Muon ≈ 9–10 ms, HiMuon
-    T = 32 ≈ 3.8–4.5 ms, T = 64 ≈ 4.7–5.4 ms (tiled NS costs ≈ 6·H·W·T·K instead
-    of full NS's cubic cost), Muon² ≈ 11–13 ms and Muon²-F ≈ 13–15 ms (one map
-    call per parameter, no cross-layer batching, plus the preconditioning).
-    The full configuration (512-wide, 1500 steps, lr sweep) has not been run on
-    this CPU (tens of minutes); run it with ``--device cuda`` or overnight.
+Finding (quick run: CPU, 300 steps, 64→256→256→10, batch 128, lr grid {5e-3, 1e-2, 2e-2}, 2 seeds)
+    Every optimizer's best lr is 1e-2 (mean final eval loss over the two seeds;
+    the neighbours 5e-3 and 2e-2 are 2–14% worse for each).  HiMuon stays close
+    to Muon but measurably behind it, and the gap grows as the tile shrinks.
+    Mean final eval loss: Muon 0.0443, HiMuon T = 64 0.0471, T = 32 0.0489,
+    Muon² 0.0436, Muon²-F 0.0443, AdamW 0.0516; paired ratios to Muon (seed by
+    seed): HiMuon T = 64 1.06–1.07×, T = 32 1.10–1.11×, Muon² 0.98×, Muon²-F
+    1.00×, AdamW 1.16–1.17×.  So "close to Muon" holds in the sense that HiMuon
+    keeps part of Muon's advantage over AdamW (it closes about 60% of the
+    AdamW–Muon gap at T = 64 but only 35–40% at T = 32), not in the sense of
+    matching it; with 256-wide layers T = 32 and 64 are small tiles (the paper's
+    tiles are 512 on much larger matrices).  Muon² and Muon²-F match Muon here
+    (Muon² 2% better on both seeds).  Median optimizer-step time (one thread's
+    CPU time, IQR within ±6%): AdamW 0.29 ms, Muon 7.1 ms, HiMuon T = 32 2.7 ms,
+    T = 64 3.6 ms (tiled NS costs ≈ 6·H·W·T·K instead of full NS's cubic cost),
+    Muon² 8.5 ms and Muon²-F 8.1 ms (one map call per parameter, no cross-layer
+    batching, plus the preconditioning).  The full configuration (512-wide, 1500
+    steps, 3 lrs × 3 seeds) has not been run on this CPU (hours); run it with
+    ``--device cuda``.
 
 Timing
     On CPU ``run_cell`` sets ``torch.set_num_threads(cpu_threads)`` (default 1,
@@ -90,18 +105,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator
 from torch import nn
 
 import matfun.optim
 
-from .. import plotting
+from .. import plotting, timing
 from ..store import cell_seed
 from ..threads import torch_threads
 
@@ -137,6 +152,7 @@ class Config:
     steps: int = 1500
     eval_every: int = 50
     lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    n_seeds: int = 3
     warmup_frac: float = 0.05
     weight_decay: float = 0.0
     momentum: float = 0.95
@@ -154,8 +170,10 @@ class Config:
             raise ValueError("himuon needs at least one tile size in himuon_tiles")
         if any(t < 1 for t in self.himuon_tiles) or len(set(self.himuon_tiles)) != len(self.himuon_tiles):
             raise ValueError(f"himuon_tiles must be distinct positive ints, got {self.himuon_tiles}")
-        if not self.lrs or any(lr <= 0 for lr in self.lrs):
-            raise ValueError(f"lrs must be positive, got {self.lrs}")
+        if not self.lrs or any(lr <= 0 for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"lrs must be distinct and positive, got {self.lrs}")
+        if self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be >= 1, got {self.n_seeds}")
         if not self.hidden:
             raise ValueError("need at least one hidden layer")
         if self.steps < 2 or self.eval_every < 1 or self.batch_size < 1 or self.batch_size > self.n_train:
@@ -167,8 +185,10 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
+        # lr grid: every optimizer's best lr of a {1e-3, 3e-3, 1e-2, 3e-2, 1e-1} sweep (seed 0) was 1e-2,
+        # with 3e-3 and 3e-2 clearly worse; this factor-2 grid around it brackets each optimizer's optimum.
         return cls(hidden=(256, 256), teacher_hidden=128, n_train=65536, n_eval=2048, batch_size=128,
-                   steps=300, eval_every=25, lrs=(1e-2,), himuon_tiles=(32, 64))
+                   steps=300, eval_every=25, lrs=(5e-3, 1e-2, 2e-2), n_seeds=2, himuon_tiles=(32, 64))
 
 
 def _run_name(family: str, tile: int = 0) -> str:
@@ -181,7 +201,8 @@ def cells(config: Config) -> list[dict]:
         tiles = config.himuon_tiles if family == "himuon" else (0,)
         for tile in tiles:
             for lr in config.lrs:
-                out.append({"optimizer": _run_name(family, tile), "lr": float(lr)})
+                for replicate in range(config.n_seeds):
+                    out.append({"optimizer": _run_name(family, tile), "lr": float(lr), "replicate": replicate})
     return out
 
 
@@ -280,18 +301,19 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
 
 
 def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
-    name, lr = cell["optimizer"], float(cell["lr"])
+    name, lr, replicate = cell["optimizer"], float(cell["lr"]), int(cell.get("replicate", 0))
     family, tile = _parse(name)
-    # Shared by all cells: same data, data order and initial weights for every optimizer.
-    data_seed = cell_seed(seed, {"training": "data"})
-    init_seed = cell_seed(seed, {"training": "init"})
-    order_seed = cell_seed(seed, {"training": "order"})
+    # Shared by all cells of a replicate: same data, data order and initial weights for every optimizer and lr.
+    data_seed = cell_seed(seed, {"training": "data", "replicate": replicate})
+    init_seed = cell_seed(seed, {"training": "init", "replicate": replicate})
+    order_seed = cell_seed(seed, {"training": "order", "replicate": replicate})
     data = {k: v.to(device) for k, v in make_data(config, data_seed).items()}
     model = make_model(config, init_seed).to(device)
     opts = make_optimizers(config, name, lr, model)
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
     cuda = torch.device(device).type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    clock, read_clock = timing.pick_clock(device, config.cpu_threads)
     order = torch.Generator().manual_seed(order_seed)
     loss_fn = nn.MSELoss()
 
@@ -319,11 +341,11 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
         loss = loss_fn(model(data["x_train"][idx]), data["y_train"][idx])
         loss.backward()
         sync()
-        t0 = time.perf_counter()
+        t0 = read_clock()
         for o in opts:
             o.step()
         sync()
-        step_ms[k] = 1e3 * (time.perf_counter() - t0)
+        step_ms[k] = 1e3 * (read_clock() - t0)
         train_loss[k] = float(loss.detach())
         if k % config.eval_every == 0 or k == config.steps:
             eval_loss[k] = evaluate()
@@ -346,6 +368,7 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
             "tile": tile,
             "n_params_matrix": sum(p.numel() for p in matrix),
             "n_params_adamw": sum(p.numel() for p in other),
+            "clock": clock,
         }
     )
 
@@ -364,23 +387,54 @@ def run_names(config: Config) -> list[str]:
     return out
 
 
+# Per run: a dash pattern and a marker besides the colour, so that curves lying on top of each
+# other (Muon, Muon², Muon²-F) stay visible; markers are staggered along the x axis.
+_STYLES = {
+    "adamw": {"linestyle": "-", "marker": "o"},
+    "muon": {"linestyle": "-", "marker": "s"},
+    "muon2": {"linestyle": (0, (5, 2)), "marker": "^"},
+    "muon2_f": {"linestyle": (0, (1, 1.5)), "marker": "v"},
+}
+_HIMUON_STYLES = [{"linestyle": (0, (6, 2, 1.5, 2)), "marker": "D"}, {"linestyle": (0, (3, 1.5)), "marker": "P"},
+                  {"linestyle": (0, (1, 1, 4, 1)), "marker": "X"}]
+
+
 def optimizer_style(name: str, config: Config) -> dict:
-    """Colour, label and line style of one optimizer run (consistent across panels)."""
+    """Colour, label, line style and marker of one optimizer run (consistent across panels)."""
     family, tile = _parse(name)
     if family == "himuon":
         i = sorted(config.himuon_tiles).index(tile) if tile in config.himuon_tiles else 0
         return {"color": _HIMUON_COLORS[i % len(_HIMUON_COLORS)], "label": f"HiMuon T = {tile}",
-                "linestyle": ("--", "-.", ":")[i % 3]}
-    return {"color": _COLORS[family], "label": _LABELS[family], "linestyle": "-"}
+                **_HIMUON_STYLES[i % len(_HIMUON_STYLES)]}
+    return {"color": _COLORS[family], "label": _LABELS[family], **_STYLES[family]}
+
+
+def _replicate_ids(frame: pd.DataFrame) -> pd.Series:
+    """One id per independent replicate: the run's seed and the replicate index (several
+    ``--seed`` runs concatenated into one frame count as further replicates)."""
+    seed = frame["seed"].astype(str) if "seed" in frame.columns else "0"
+    rep = frame["replicate"].astype(str) if "replicate" in frame.columns else "0"
+    return seed + "/" + rep
+
+
+def final_losses(frame: pd.DataFrame) -> pd.DataFrame:
+    """Final eval loss per (optimizer, lr, replicate): one row per run."""
+    f = frame.assign(rep_id=_replicate_ids(frame))
+    return f.groupby(["optimizer", "lr", "rep_id"], sort=True)["final_eval_loss"].first().reset_index()
+
+
+def best_lrs(frame: pd.DataFrame) -> dict[str, float]:
+    """Per optimizer, the lr of the sweep with the lowest final eval loss averaged over replicates
+    (ties: the smaller lr)."""
+    mean = final_losses(frame).groupby(["optimizer", "lr"])["final_eval_loss"].mean().reset_index()
+    mean = mean.sort_values(["optimizer", "final_eval_loss", "lr"]).drop_duplicates("optimizer")
+    return {str(o): float(lr) for o, lr in zip(mean["optimizer"], mean["lr"])}
 
 
 def best_runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per optimizer, the rows of the lr with the lowest final eval loss."""
-    finals = frame.groupby(["optimizer", "lr"], sort=True)["final_eval_loss"].first().reset_index()
-    finals = finals.sort_values(["optimizer", "final_eval_loss", "lr"]).drop_duplicates("optimizer")
-    keep = set(zip(finals["optimizer"], finals["lr"]))
-    mask = [(o, lr) in keep for o, lr in zip(frame["optimizer"], frame["lr"])]
-    return frame[mask]
+    """The rows of each optimizer's best lr (:func:`best_lrs`), every replicate."""
+    best = best_lrs(frame)
+    return frame[[best.get(o) == lr for o, lr in zip(frame["optimizer"], frame["lr"])]]
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -388,77 +442,123 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
 
 
+def _curves(d: pd.DataFrame, column: str, transform=None) -> pd.DataFrame:  # noqa: ANN001
+    """Step × replicate table of ``column`` (rows with a value only), optionally transformed per replicate."""
+    d = d.dropna(subset=[column])
+    d = d.assign(rep_id=_replicate_ids(d))
+    table = d.pivot_table(index="step", columns="rep_id", values=column, aggfunc="first").sort_index()
+    return table.apply(transform) if transform is not None else table
+
+
+def _lr_text(lr: float) -> str:
+    """Compact lr: ``0.005`` → ``5e-3``, ``0.0025`` → ``2.5e-3``."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
+    lrs = best_lrs(frame)
     best = best_runs(frame)
-    names = [n for n in run_names(config) if n in set(best["optimizer"])]
-    swept = len(config.lrs) > 1
-    finals = best.groupby("optimizer")[["final_eval_loss", "step_ms_median", "step_ms_iqr", "lr"]].first()
-    ref = "muon" if "muon" in finals.index else names[0]
+    names = [n for n in run_names(config) if n in lrs]
+    ref = "muon" if "muon" in lrs else names[0]
     ref_label = optimizer_style(ref, config)["label"]
-    ref_eval = best[best["optimizer"] == ref].dropna(subset=["eval_loss"]).set_index("step")["eval_loss"]
+    n_reps = int(_replicate_ids(frame).nunique())
+    grid = sorted(set(float(v) for v in frame["lr"]))
+    window = max(1, int(round(config.steps / 30)))  # ~3% of the run
+    ref_eval = _curves(best[best["optimizer"] == ref], "eval_loss")
+    finals = final_losses(best).pivot_table(index="rep_id", columns="optimizer", values="final_eval_loss")
+    ratio = finals.div(finals[ref], axis=0)  # paired: same replicate, same data and initial weights
 
     with plotting.style():
-        fig = plotting.figure("double", 2.7, ncols=3, width_ratios=(1.0, 1.0, 0.85))
-        ax_tr, ax_ev, ax_t = fig.axes
-        window = max(1, int(round(config.steps / 30)))  # ~3% of the run
+        fig = plotting.figure("double", 5.0, nrows=2, ncols=2)
+        ax_tr, ax_ev, ax_lr, ax_t = fig.axes
         handles = []
-        for name in names:
+        for i, name in enumerate(names):
             st = optimizer_style(name, config)
-            d = best[best["optimizer"] == name].sort_values("step")
-            tr = d[d["step"] > 0]
-            y = tr["train_loss"].to_numpy(dtype=float)
-            ax_tr.plot(tr["step"], y, color=st["color"], linewidth=0.4, alpha=0.15)
-            label = st["label"] + (f" (lr {float(finals.loc[name, 'lr']):g})" if swept else "")
-            (h,) = ax_tr.plot(tr["step"], _smooth(y, window), color=st["color"], linestyle=st["linestyle"],
-                              linewidth=1.2, label=label)
-            handles.append(h)
-            ev = d.dropna(subset=["eval_loss"]).set_index("step")["eval_loss"]
-            common = ev.index.intersection(ref_eval.index)
-            common = common[common > 0]
-            ax_ev.plot(common, ev.loc[common] / ref_eval.loc[common], color=st["color"], linestyle=st["linestyle"],
-                       marker="o", markersize=2.2, linewidth=1.2)
-        ax_tr.set_yscale("log")
-        ax_tr.set_xlabel("step")
-        ax_tr.set_ylabel(f"training loss ({window}-step moving avg.)")
-        ax_tr.set_xlim(0, config.steps)
+            line = {"color": st["color"], "linestyle": st["linestyle"], "linewidth": 1.2}
+            d = best[best["optimizer"] == name]
+            edge = len(grid) > 1 and lrs[name] in (grid[0], grid[-1])
+            label = f"{st['label']}, lr {_lr_text(lrs[name])}" + (" (grid edge)" if edge else "")
+            handles.append(Line2D([], [], marker=st["marker"], markersize=3.5, label=label, **line))
+
+            # (a) training loss: moving average per replicate; mean line, band = min–max over replicates.
+            tr = _curves(d[d["step"] > 0], "train_loss", lambda c: pd.Series(_smooth(c.to_numpy(), window), c.index))
+            ax_tr.fill_between(tr.index, tr.min(axis=1), tr.max(axis=1), color=st["color"], alpha=0.15, linewidth=0)
+            every = max(1, config.steps // 8)
+            ax_tr.plot(tr.index, tr.mean(axis=1), marker=st["marker"], markersize=3,
+                       markevery=(1 + (i * every) // max(len(names), 1), every), **line)
+
+            # (b) eval loss relative to the reference optimizer, paired per replicate.
+            ev = _curves(d, "eval_loss")
+            steps = ev.index.intersection(ref_eval.index)
+            rel = (ev.loc[steps] / ref_eval.loc[steps, ev.columns])[steps > 0]
+            ax_ev.fill_between(rel.index, rel.min(axis=1), rel.max(axis=1), color=st["color"], alpha=0.15,
+                               linewidth=0)
+            ax_ev.plot(rel.index, rel.mean(axis=1), marker=st["marker"], markersize=3, **line)
+
+            # (c) the lr sweep: final eval loss against lr, mean and min–max over replicates.
+            sweep = final_losses(frame[frame["optimizer"] == name]).groupby("lr")["final_eval_loss"]
+            mean, lo, hi = sweep.mean(), sweep.min(), sweep.max()
+            x = mean.index.to_numpy(float) * (1 + 0.04 * (i - (len(names) - 1) / 2))  # dodge overlapping points
+            ax_lr.errorbar(x, mean, yerr=[mean - lo, hi - mean], marker=st["marker"], markersize=3.5, capsize=1.5,
+                           elinewidth=0.7, **line)
+            j = list(mean.index).index(lrs[name])
+            ax_lr.plot(x[j], mean.iloc[j], marker=st["marker"], markersize=8, color=st["color"], markerfacecolor="none",
+                       markeredgewidth=1.0, linestyle="none")
+
         dev = str(frame["device"].iloc[0]) if "device" in frame.columns and len(frame) else "cpu"
         widths = "→".join(str(w) for w in (config.input_dim, *config.hidden, config.output_dim))
-        ax_tr.text(0.97, 0.97, f"MLP {widths}\nbatch {config.batch_size}, {config.steps} steps, {dev}\nfaint: raw mini-batch MSE",
-                   transform=ax_tr.transAxes, ha="right", va="top", fontsize=6.5, color="0.3")
+        ax_tr.set_yscale("log")
+        ax_tr.set_xlabel("step")
+        ax_tr.set_ylabel(f"training loss (MSE, {window}-step moving avg.)")
+        ax_tr.set_xlim(0, config.steps)
+        ax_tr.text(0.97, 0.97, f"MLP {widths}, batch {config.batch_size}, {dev}\n"
+                   f"lines: mean of {n_reps} seeds; bands: min–max", transform=ax_tr.transAxes, ha="right", va="top",
+                   fontsize=6.5, color="0.3")
         ax_ev.set_yscale("log")
         ax_ev.axhline(1.0, color=plotting.REFERENCE_COLOR, linewidth=0.6, linestyle=":")
         ax_ev.set_xlabel("step")
-        ax_ev.set_ylabel(f"eval loss / {ref_label} eval loss")
+        ax_ev.set_ylabel(f"eval loss ÷ {ref_label}'s (same seed)")
         ax_ev.set_xlim(0, config.steps)
-        lo, hi = ax_ev.get_ylim()
-        ax_ev.set_ylim(lo, hi * 1.03)
-        ax_ev.yaxis.set_major_locator(LogLocator(base=10, subs=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)))
+        ax_ev.yaxis.set_major_locator(LogLocator(base=10, subs=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0)))
         ax_ev.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(0.5, 4.0, 0.05)))
         ax_ev.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax_ev.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        plotting.panel_label(ax_tr, "a")
-        plotting.panel_label(ax_ev, "b")
+        ax_lr.set_xscale("log")
+        ax_lr.set_xticks(grid, [_lr_text(v) for v in grid])
+        ax_lr.minorticks_off()
+        ax_lr.set_xlabel("learning rate of the sweep (circled: the one used in a, b, d)")
+        ax_lr.set_ylabel("final eval loss (mean; bars: min–max)")
 
-        # (c) median optimizer-step time with its IQR, annotated with the final eval loss ratio.
+        # (d) optimizer-step time on a log axis: median and IQR over every step of every run of the optimizer.
         ypos = np.arange(len(names))[::-1]
-        med = [float(finals.loc[n, "step_ms_median"]) for n in names]
-        iqr = [float(finals.loc[n, "step_ms_iqr"]) for n in names]
-        colors = [optimizer_style(n, config)["color"] for n in names]
-        ax_t.barh(ypos, med, xerr=[[0] * len(iqr), iqr], color=colors, height=0.65,
-                  error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.35"})
+        med, q25, q75 = [], [], []
+        for name in names:
+            times = frame[(frame["optimizer"] == name) & (frame["step"] > 0)]["step_ms"].dropna().to_numpy(float)
+            a, b, c = np.percentile(times, [25, 50, 75])
+            q25.append(a), med.append(b), q75.append(c)
+        for y, name, m, a, c in zip(ypos, names, med, q25, q75):
+            st = optimizer_style(name, config)
+            ax_t.plot([a, c], [y, y], color=st["color"], linewidth=2.5, alpha=0.5, solid_capstyle="butt")
+            ax_t.plot(m, y, marker=st["marker"], color=st["color"], markersize=5, linestyle="none")
+            ms = f"{m:.2f} ms" if m < 1 else f"{m:.1f} ms"
+            text = f"{ms} · loss {ratio[name].mean():.2f}×" if name in ratio else ms
+            ax_t.text(c * 1.25, y, text, va="center", ha="left", fontsize=6.5)
+        ax_t.set_xscale("log")
+        ax_t.set_xlim(min(q25) / 2, max(q75) * 10)
+        ax_t.set_ylim(-0.6, len(names) - 0.4)
         ax_t.set_yticks(ypos, [optimizer_style(n, config)["label"] for n in names])
         ax_t.grid(axis="y", visible=False)
-        xmax = max(m + q for m, q in zip(med, iqr)) if med else 1.0
-        ref_final = float(finals.loc[ref, "final_eval_loss"])
-        for y, n, m, q in zip(ypos, names, med, iqr):
-            ratio = float(finals.loc[n, "final_eval_loss"]) / ref_final
-            ax_t.text(m + q + 0.03 * xmax, y, f"{m:.2g} ms · loss {ratio:.2f}×", va="center", ha="left", fontsize=6.5)
-        ax_t.set_xlim(0, xmax * 2.0)
-        ax_t.set_xlabel(f"median optimizer step (ms; IQR)\nloss = final eval loss ÷ {ref_label}")
-        plotting.panel_label(ax_t, "c")
+        ax_t.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        clocks = set(frame["clock"]) if "clock" in frame.columns else {"wall"}
+        what = "1-thread CPU" if clocks == {"thread_cpu"} else "wall time"
+        ax_t.set_xlabel(f"optimizer step, ms ({what}; median, IQR)\n"
+                        f"loss: final eval loss ÷ {ref_label}'s (mean over seeds)")
+        for ax, letter in ((ax_tr, "a"), (ax_ev, "b"), (ax_lr, "c"), (ax_t, "d")):
+            plotting.panel_label(ax, letter)
 
-        fig.legend(handles=handles, loc="outside upper center", ncols=6 if not swept else 3)
+        fig.legend(handles=handles, loc="outside upper center", ncols=3)
         stem = out_dir / "training"
         plotting.save_figure(fig, stem)
     return [stem]

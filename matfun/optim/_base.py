@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..sharding import Communication
 from ._checkpoint import loaded_state
+from ._sharded import check_placement, is_sharded, local, reduce_flags
 from ._common import (
     adjust_lr,
     as_matrix,
@@ -110,6 +112,7 @@ class MatrixOptimizer(Optimizer):
                 raise ValueError(f"{self._name} does not support complex parameters ({name})")
             if not p.dtype.is_floating_point:
                 raise ValueError(f"{self._name} needs floating-point parameters; {name} is {p.dtype}")
+            check_placement(p, name, self._name)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class MatrixOptimizer(Optimizer):
 
     def _plan(self) -> list[ParamStep]:
         """Validate everything and compute every update; writes nothing."""
+        self._communication = Communication()
         items = []
         for gi, group in enumerate(self.param_groups):
             try:
@@ -204,6 +208,7 @@ class MatrixOptimizer(Optimizer):
 
     def _commit(self, items: list[ParamStep]) -> None:
         """Write state, weights and step counts (nothing here can fail)."""
+        self.last_step_communication = self._communication
         for item in items:
             p, group = item.param, item.group
             self.state[p].update(item.new_state)
@@ -262,7 +267,11 @@ class MatrixOptimizer(Optimizer):
                 checks.append((item, None, item.grad))
                 checks.extend((item, key, value) for key, value in item.new_state.items())
         extras = self._sync_extras(items)
-        values = host_values([torch.isfinite(t).all() for _, _, t in checks] + list(extras))
+        flags = [torch.isfinite(local(t)).all() for _, _, t in checks]
+        sharded = next((item.param for item in items if is_sharded(item.param)), None)
+        if sharded is not None and flags:  # every rank sees every rank's flags, and raises with them
+            flags = list(reduce_flags(torch.stack(flags), sharded))
+        values = host_values(flags + list(extras))
         for (item, key, _), ok in zip(checks, values):
             if ok:
                 continue

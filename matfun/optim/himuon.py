@@ -21,6 +21,7 @@ from torch import Tensor
 import matfun
 
 from ._base import MatrixOptimizer, ParamStep
+from ._sharded import is_sharded, run_sharded
 from ._common import JORDAN, default_precision, pick_alias, resolve_coefficients
 from ._tiles import Tile, check_tile_spec, check_tiling, effective_tile, resolve_tile, tile_plan
 from .muon import check_common
@@ -112,6 +113,12 @@ class HiMuon(MatrixOptimizer):
     * The optimizer-level step count is kept in each param group as
       ``"step_count"`` (saved by ``state_dict``); groups added later inherit
       the current count.
+    * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
+      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; whole tile rows are orthogonalised where they lie (no communication when every shard holds whole tile rows; only the rows of cut tiles move otherwise), whole matrices by one owner each.
+      The update equals the single-device one (``tests/test_sharding.py``);
+      ``last_step_communication`` holds the bytes the last step moved
+      (:class:`matfun.sharding.Communication`).  Other placements (tensor
+      parallel) raise at construction, naming the parameter.
     """
 
     _name = "HiMuon"
@@ -189,15 +196,25 @@ class HiMuon(MatrixOptimizer):
                 resolve_coefficients(group["ns_coefficients"]),
                 default_precision(group["precision"], item.direction.device),
                 group["memory_budget"],
+                is_sharded(item.direction),
             )
             jobs.setdefault(key, []).append(item)
-        for (tile, steps, schedule, precision, budget), members in jobs.items():
-            mats = [item.direction for item in members]
-            if tile is None:  # full matrices: a tile as large as every matrix
-                tile = (max(m.shape[0] for m in mats), max(m.shape[1] for m in mats))
-            outs = matfun.tiled_newton_schulz_many(
-                mats, tile, steps, schedule, precision, memory_budget=budget, check_finite=False
-            )
+        for (tile, steps, schedule, precision, budget, sharded), members in jobs.items():
+
+            def run(mats: list[Tensor], tile=tile) -> list[Tensor]:
+                if tile is None:  # full matrices: a tile as large as every matrix
+                    tile = (max(m.shape[0] for m in mats), max(m.shape[1] for m in mats))
+                return matfun.tiled_newton_schulz_many(
+                    mats, tile, steps, schedule, precision, memory_budget=budget, check_finite=False
+                )
+
+            if sharded:  # whole tile rows where they lie; whole matrices with one owner each
+                outs, comm = run_sharded(
+                    [item.direction for item in members], [None if tile is None else tile[0]] * len(members), run
+                )
+                self._communication += comm
+            else:
+                outs = run([item.direction for item in members])
             for item, out in zip(members, outs):
                 item.update = out
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..newton_schulz import NewtonSchulz
 from ._base import MatrixOptimizer, ParamStep
+from ._sharded import by_shape, is_sharded, run_sharded
 from ._common import (
     JORDAN,
     check_adjust_lr_fn,
@@ -33,6 +34,7 @@ from ._common import (
     check_precision,
     check_unit_interval,
     default_precision,
+    host_values,
     pick_alias,
     resolve_coefficients,
 )
@@ -118,6 +120,12 @@ class Muon(MatrixOptimizer):
       parameter's dtype) and in the parameter's dtype otherwise.
     * Every :meth:`step` is all or nothing: a bad gradient, hyperparameter or
       statistic in any group raises before anything is written.
+    * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
+      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; each matrix is orthogonalised by one owner rank, balanced by cost (gather, NS, scatter back).
+      The update equals the single-device one (``tests/test_sharding.py``);
+      ``last_step_communication`` holds the bytes the last step moved
+      (:class:`matfun.sharding.Communication`).  Other placements (tensor
+      parallel) raise at construction, naming the parameter.
 
     Examples
     --------
@@ -170,23 +178,40 @@ class Muon(MatrixOptimizer):
     def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
         """‖U‖_F of each direction of a group with an ``eps`` floor (fetched with the finiteness
         flags, in the same host synchronisation)."""
-        return [torch.linalg.vector_norm(item.direction) for item in items if item.group["eps"] > 0]
+        return [
+            torch.linalg.vector_norm(item.direction)
+            for item in items
+            if item.group["eps"] > 0 and not is_sharded(item.direction)
+        ]
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
         norms = iter(extras)
-        by_group: dict[int, list[ParamStep]] = {}
+        by_group: dict[tuple[int, bool], list[ParamStep]] = {}
         for item in items:
-            by_group.setdefault(id(item.group), []).append(item)
-        for members in by_group.values():
+            by_group.setdefault((id(item.group), is_sharded(item.direction)), []).append(item)
+        for (_, sharded), members in by_group.items():
             group = members[0].group
-            outs = orthogonalize(
-                [item.direction for item in members],
-                group["ns_steps"],
-                group["ns_coefficients"],
-                group["precision"],
-                group["eps"],
-                [next(norms) if group["eps"] > 0 else math.inf for _ in members],
-            )
+
+            def run(mats: list[Tensor], norms: list[float]) -> list[Tensor]:
+                return orthogonalize(
+                    mats, group["ns_steps"], group["ns_coefficients"], group["precision"], group["eps"], norms
+                )
+
+            def owned(mats: list[Tensor]) -> list[Tensor]:
+                """On the owner: whole matrices, batched by shape unless one needs the eps floor."""
+                norms = host_values([torch.linalg.vector_norm(m) for m in mats])
+                if any(0 < n < group["eps"] for n in norms):
+                    return run(mats, norms)
+                return by_shape(mats, lambda X: run([X], [math.inf])[0])
+
+            if sharded:  # one owner per matrix, balanced by cost
+                outs, comm = run_sharded([item.direction for item in members], [None] * len(members), owned)
+                self._communication += comm
+            else:
+                outs = run(
+                    [item.direction for item in members],
+                    [next(norms) if group["eps"] > 0 else math.inf for _ in members],
+                )
             for item, out in zip(members, outs):
                 item.update = out
 

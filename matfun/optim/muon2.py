@@ -18,6 +18,7 @@ from torch import Tensor
 import matfun
 
 from ._base import MatrixOptimizer, ParamStep
+from ._sharded import all_reduce_sum, by_shape, is_sharded, like, local, run_sharded
 from ._common import (
     JORDAN,
     as_matrix,
@@ -106,6 +107,13 @@ class Muon2(MatrixOptimizer):
     overflow even so (float32 entries above about 1.8e19) is reported by
     parameter name before anything is written: every :meth:`step` is all or
     nothing.  Each parameter is mapped by its own call (no cross-layer batching).
+
+    FSDP2 (``fully_shard``, DTensor ``Shard(0)``): the momentum, the full second
+    moment and Muon²-F's row statistics stay sharded like the parameter; the
+    column statistics are summed across ranks (a replicated vector); the
+    preconditioned matrix is orthogonalised by one owner per matrix (or, with a
+    tile, in whole tile rows where they lie).  The update equals the
+    single-device one; ``last_step_communication`` holds the bytes moved.
     """
 
     _name = "Muon2"
@@ -178,16 +186,25 @@ class Muon2(MatrixOptimizer):
         or wider (a float16 ``G ⊙ G`` overflows for entries above 256)."""
         super()._prepare(item, tile)
         group, state = item.group, self.state[item.param]
-        G2 = as_matrix(item.grad.to(item.direction.dtype)).square()
+        sharded = is_sharded(item.param)
+        # FSDP2 row shards: every statistic on this rank's rows; the column sums of G²
+        # are summed over ranks (Muon²-F's column statistic is replicated)
+        G2 = as_matrix(local(item.grad).to(item.direction.dtype)).square()
         keys = _MOMENT_KEYS[group["factorized"]]
-        fresh = (G2.sum(-1), G2.sum(-2)) if group["factorized"] else (G2,)
+        if group["factorized"]:
+            cols = G2.sum(-2)
+            fresh = (G2.sum(-1), all_reduce_sum(cols, item.param) if sharded else cols)
+        else:
+            fresh = (G2,)
         beta2 = group["beta2"]
         # SecondMoment.update's recurrence, out of place (the finiteness check comes first, in one sync)
         if all(k in state for k in keys):
-            new = [beta2 * state[k].to(G2.dtype) + (1 - beta2) * f for k, f in zip(keys, fresh)]
+            new = [beta2 * local(state[k]).to(G2.dtype) + (1 - beta2) * f for k, f in zip(keys, fresh)]
         else:
             new = [(1 - beta2) * f for f in fresh]
-        item.new_state.update(zip(keys, new))
+        item.new_state.update(
+            (k, like(v, item.param) if sharded and k != "exp_avg_sq_col" else v) for k, v in zip(keys, new)
+        )
         moment = matfun.SecondMoment(beta2=beta2, eps=group["eps"], factorized=group["factorized"])
         moment.shape = tuple(G2.shape)
         if moment.factorized:
@@ -198,7 +215,12 @@ class Muon2(MatrixOptimizer):
         item.tile, item.lr_shape = tile_plan(tile, item.lr_shape, group["small_matrix"])
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
+        sharded = [item for item in items if is_sharded(item.direction)]
+        if sharded:
+            self._orthogonalize_sharded(sharded)
         for item in items:
+            if is_sharded(item.direction):
+                continue
             group = item.group
             try:
                 item.update = matfun.preconditioned_newton_schulz(
@@ -215,6 +237,36 @@ class Muon2(MatrixOptimizer):
                 raise ValueError(
                     f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
                 ) from error
+
+
+    def _orthogonalize_sharded(self, items: list[ParamStep]) -> None:
+        """Precondition each rank's rows, then Newton–Schulz through :mod:`matfun.sharding`
+        (one owner per matrix, or whole tile rows where they lie)."""
+        jobs: dict[tuple, list[ParamStep]] = {}
+        for item in items:
+            group = item.group
+            key = (item.tile, group["ns_steps"], resolve_coefficients(group["ns_coefficients"]),
+                   default_precision(group["precision"], item.direction.device))
+            jobs.setdefault(key, []).append(item)
+        for (tile, steps, schedule, precision), members in jobs.items():
+            directions = []
+            for item in members:
+                try:
+                    directions.append(like(item.extra.precondition(local(item.direction)), item.direction))
+                except ValueError as error:
+                    raise ValueError(
+                        f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
+                    ) from error
+
+            def run(mats: list[Tensor], tile=tile) -> list[Tensor]:
+                if tile is None:  # on the owner: one batched call per shape
+                    return by_shape(mats, lambda X: matfun.newton_schulz(X, steps, schedule, precision, check_finite=False))
+                return matfun.tiled_newton_schulz_many(mats, tile, steps, schedule, precision, check_finite=False)
+
+            outs, comm = run_sharded(directions, [None if tile is None else tile[0]] * len(members), run)
+            self._communication += comm
+            for item, out in zip(members, outs):
+                item.update = out
 
 
 #: state keys of the second moment, by ``factorized``
