@@ -31,10 +31,11 @@ import torch
 from scipy.linalg import blas
 
 #: smallest ``r = min(H, W)`` (Gram size) for which the symmetric step is used.
-#: Measured on a loaded 2-core CPU (interleaved, 5 Jordan steps, syrk/bmm time):
-#: 3.2 at 512 (as tiles), 1.04 at 1024, 0.66 at 1536, 0.52 at 4096 (vs a plain
-#: torch loop).  Below it the batched ``bmm`` step wins: small BLAS calls do not
-#: amortise their threading and Python overhead.
+#: Measured on a shared 2-core CPU (interleaved, 5 Jordan steps, time with syrk/symm
+#: over time with the bmm step, one matrix): 1.06 at 512, 1.02 at 1024, 0.61 at
+#: 1536 and 2048; batches of 128–512 tiles 3–6× slower under load.  Below the
+#: threshold the batched ``bmm`` step wins: small BLAS calls do not amortise their
+#: threading and Python overhead.
 MIN_GRAM_SIZE = 1536
 
 _ROUTINES = {
