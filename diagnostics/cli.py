@@ -8,7 +8,12 @@ Subcommands::
              [--force | --replot] [--no-progress]
     figures  [--quick] [--device D] [--seed N] [--out DIR | --results DIR --figures DIR]
              [--only NAME ...] [--force | --replot] [--no-progress] [--gallery]
+    run/figures also take  [--map NAME=MODULE:ATTR ...] [--set KEY=VALUE ...] [--seeds S1,S2,...]
+                           (your maps: diagnostics.plugins; Config overrides: diagnostics.overrides;
+                           several seeds, drawn as mean and spread: diagnostics.runner)
     validate ...                           delegated to diagnostics.validate
+    design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
+    report MODULE:ATTR [--quick] [--out DIR]   delegated to diagnostics.report
 
 Output directories: results (cell cache + ``results.csv``) go to
 ``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
@@ -23,7 +28,8 @@ device, CUDA requested without a GPU, an output directory that cannot be written
 or whose ``NAME`` sub-directory is a file, ``--replot`` without a valid cache,
 any other ``OSError`` such as a full disk or a permission denied, missing
 ``diagnostics.validate``, unusable input such as a missing corpus or a broken
-``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`), always as ONE line
+``--optimizer`` plug-in: :class:`diagnostics.errors.BadInput`; a ``--map`` plug-in
+that is missing or breaks its contract; a bad ``--set`` or ``--seeds``), always as ONE line
 on stderr; 130 interrupted (finished cells stay cached).  Any other exception inside an experiment is a bug and
 propagates with its traceback.
 
@@ -94,7 +100,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                      help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
     par.add_argument("--scheduler", metavar="ADDRESS",
                      help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
+    _add_plugin_options(p)
     _add_output_options(p)
+
+
+def _add_plugin_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your maps, config and seeds (diagnostics.plugins, diagnostics.overrides)")
+    g.add_argument("--map", action="append", default=[], metavar="NAME=MODULE:ATTR",
+                   help="add your map beside the built-ins (repeatable)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a Config field, e.g. max_steps=10 or tiles=16,32 (repeatable; "
+                   "EXPERIMENT.KEY=VALUE for one experiment)")
+    g.add_argument("--seeds", metavar="S1,S2,...", help="run every seed (instead of --seed); figures show mean and spread")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +213,8 @@ def _import_validate() -> Any:
 #: matplotlib or scipy at module level.  One line per command.
 MODULE_COMMANDS: dict[str, Any] = {
     "validate": lambda: _import_validate(),
+    "design-schedule": lambda: _import_optional(f"{__package__ or 'diagnostics'}.design_cli"),
+    "report": lambda: _import_optional(f"{__package__ or 'diagnostics'}.report"),
 }
 
 
@@ -295,7 +314,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
-    from . import store
+    from . import overrides, plugins, runner, store
     from .parallel import ParallelError
 
     if args.seed < 0:
@@ -304,6 +323,16 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
     device = check_device(args.device)
     results_dir, figures_dir = _output_dirs(args)
+    try:
+        seeds = runner.parse_seeds(args.seeds) if args.seeds is not None else (args.seed,)
+        per_experiment = overrides.overrides_for(overrides.parse(args.set), modules)
+        for module in modules:  # every --set checked before anything runs
+            overrides.apply(store.config_for(module, args.quick), per_experiment[module.NAME], module.NAME)
+        maps = plugins.collect(options=args.map)
+    except (ValueError, plugins.PluginError) as exc:
+        raise UsageError(str(exc)) from None
+    if maps and (args.jobs > 1 or args.scheduler is not None):
+        raise UsageError("--map runs your maps in this process only: it cannot be combined with --jobs/--scheduler")
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")
@@ -313,13 +342,15 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     for module in modules:
         config = _plugin_optimizer_config(module, args, len(modules) == 1)
         try:
-            result = store.run_experiment(
+            result = runner.run_module(
                 module,
-                config,
+                plugins=maps,
+                overrides=per_experiment[module.NAME],
+                seeds=seeds,
+                config=config,
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
-                seed=args.seed,
                 force=args.force,
                 replot=args.replot,
                 quick=args.quick,
@@ -327,7 +358,7 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
                 jobs=args.jobs,
                 scheduler=args.scheduler,
             )
-        except (store.CacheMissingError, BadInput) as exc:
+        except (store.CacheMissingError, plugins.PluginError, overrides.OverrideError, BadInput) as exc:
             raise UsageError(str(exc)) from None
         except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
@@ -335,6 +366,9 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         total_computed += result.computed
         total_cached += result.cached
         total_figures += len(result.figures)
+    for p in maps:
+        for note in sorted(p.notes):
+            print(f"note: plug-in {p.name!r}: {note}")
     if len(modules) > 1:
         print(
             f"all: {len(modules)} experiment(s), {total_computed} cell(s) computed, {total_cached} cached; "

@@ -44,6 +44,8 @@ def open_client(jobs: int | None = None, scheduler: str | None = None):
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - the test extra installs dask
         raise ParallelError('--jobs/--scheduler need Dask: pip install "matfun[dask]"') from None
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise ParallelError(f"--scheduler needs an address such as tcp://HOST:8786, got {scheduler!r}")
     try:
         if scheduler is not None:
             return Client(scheduler, timeout="10s")
@@ -51,7 +53,7 @@ def open_client(jobs: int | None = None, scheduler: str | None = None):
             n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
         )
         return Client(cluster)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
         where = f"the Dask scheduler at {scheduler}" if scheduler else f"a local cluster of {jobs} workers"
         raise ParallelError(f"could not reach {where}: {exc}") from None
 
@@ -96,7 +98,7 @@ def compute_cells(
 
     if not todo:
         return []
-    client = open_client(jobs, scheduler)
+    client = open_client(None if jobs is None else min(jobs, len(todo)), scheduler)  # no idle workers
     try:
         futures = [
             client.submit(

@@ -27,6 +27,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ __all__ = [
     "style",
     "figure",
     "save_figure",
+    "capture_figures",
     "schedule_color",
     "schedule_label",
     "tile_style",
@@ -172,6 +174,23 @@ def figure(
     return fig
 
 
+_CAPTURE: contextvars.ContextVar[list | None] = contextvars.ContextVar("diagnostics_capture", default=None)
+
+
+@contextlib.contextmanager
+def capture_figures() -> Iterator[list[tuple[Figure, Path]]]:
+    """Collect ``(figure, stem)`` pairs that :func:`save_figure` is asked to write, writing nothing.
+
+    Used to combine the figures of several seeds into one (:mod:`diagnostics.seeds`).
+    """
+    sink: list[tuple[Figure, Path]] = []
+    token = _CAPTURE.set(sink)
+    try:
+        yield sink
+    finally:
+        _CAPTURE.reset(token)
+
+
 def save_figure(fig: Figure, path_stem: str | os.PathLike) -> list[Path]:
     """Write ``fig`` to ``<path_stem>.pdf`` and ``<path_stem>.png`` reproducibly.
 
@@ -182,11 +201,16 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike) -> list[Path]:
     to a temporary name in the same directory and moved into place, so a crash
     never leaves a half-written figure behind.
 
-    Returns the two written paths (PDF first).
+    Returns the two written paths (PDF first); inside :func:`capture_figures`
+    nothing is written and ``[]`` is returned.
     """
     stem = Path(path_stem)
     if stem.suffix in (".pdf", ".png"):
         stem = stem.with_suffix("")
+    sink = _CAPTURE.get()
+    if sink is not None:
+        sink.append((fig, stem))
+        return []
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     with style():

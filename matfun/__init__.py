@@ -2,14 +2,16 @@
 
 Maps (numpy arrays and torch tensors of shape ``(..., H, W)``, CPU or CUDA):
 
-* :func:`polar`, :func:`smoothed_polar` — exact (smoothed) polar factor via SVD;
+* :func:`polar`, :func:`smoothed_polar` — exact (smoothed) polar factor via SVD
+  (``polar(..., method="qdwh")``: :func:`qdwh_polar`, the QDWH iteration);
 * :func:`newton_schulz`, :func:`newton_schulz_iterates` — full-matrix
   Newton–Schulz with the published schedules (:data:`SCHEDULES`);
 * :func:`tiled_newton_schulz`, :func:`tiled_newton_schulz_many` — HiMuon's
   per-tile map, with cross-matrix batching and memory-bounded chunks;
 * :func:`preconditioned_newton_schulz`, :class:`SecondMoment` — Muon²'s
   second-moment preconditioning (full or factorised);
-* :func:`transfer_function` — the scalar map ``p_K`` of a schedule.
+* :func:`transfer_function` — the scalar map ``p_K`` of a schedule;
+* :func:`design_schedule` — minimax-optimal (Polar Express) schedules for an interval.
 
 Each function is a thin wrapper over a map object (:class:`Polar`,
 :class:`SmoothedPolar`, :class:`NewtonSchulz`, :class:`Tiled`,
@@ -18,8 +20,10 @@ Each function is a thin wrapper over a map object (:class:`Polar`,
 """
 
 from .base import Map
+from .design import DesignedSchedule, design_schedule
 from .newton_schulz import NewtonSchulz, newton_schulz, newton_schulz_iterates
 from .polar import Polar, SmoothedPolar, polar, smoothed_polar
+from .qdwh import QDWHInfo, qdwh_polar
 from .precondition import Preconditioned, SecondMoment, precondition, preconditioned_newton_schulz
 from .tiling import Tiled, check_tile, tiled_newton_schulz, tiled_newton_schulz_many
 from .schedules import SCHEDULES, Schedule, get_schedule, transfer_function
@@ -27,6 +31,8 @@ from ._backend import PRECISIONS
 
 __all__ = [
     "Map",
+    "DesignedSchedule",
+    "design_schedule",
     "NewtonSchulz",
     "Polar",
     "Preconditioned",
@@ -40,6 +46,8 @@ __all__ = [
     "newton_schulz",
     "newton_schulz_iterates",
     "polar",
+    "qdwh_polar",
+    "QDWHInfo",
     "precondition",
     "preconditioned_newton_schulz",
     "check_tile",

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _backend as B
 from .base import Map, batch_size, check_shape
+from .qdwh import METHODS, choose_method, qdwh_compute
 
 
 class Polar(Map):
@@ -40,15 +41,23 @@ class Polar(Map):
         ``max(H, W)·eps`` of the compute dtype.
     precision : {"float64", "float32"} or None
         SVD precision; bfloat16 precisions compute in float32.
+    method : {"svd", "qdwh", "auto"}
+        ``"svd"``: the thin SVD.  ``"qdwh"``: the QDWH iteration
+        (:func:`matfun.qdwh_polar`; same result and rank cut-off).  ``"auto"``:
+        the faster of the two for the input's device and size
+        (:func:`matfun.qdwh.choose_method`).
     """
 
     prefers_torch = False  # numpy's LAPACK SVD is the faster one on CPU
 
-    def __init__(self, rtol: float | None = None, precision: str | None = None):
+    def __init__(self, rtol: float | None = None, precision: str | None = None, method: str = "svd"):
         if rtol is not None and not (0 <= rtol < 1):
             raise ValueError(f"rtol must lie in [0, 1), got {rtol!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.rtol = rtol
         self.precision = precision
+        self.method = method
 
     def _resolve_precision(self, G: Any) -> B.Precision:
         precision = B.resolve_precision(self.precision, G)
@@ -63,9 +72,12 @@ class Polar(Map):
         if B._size(X) == 0:
             yield X * 0
             return
+        rtol = self.rtol if self.rtol is not None else max(X.shape[-2:]) * float(np.finfo(precision.dtype).eps)
+        if self.method != "svd" and choose_method(X, self.method) == "qdwh":
+            yield qdwh_compute(X, rtol)[0]
+            return
         xp = B.namespace(X)
         U, S, Vh = xp.linalg.svd(X, full_matrices=False)
-        rtol = self.rtol if self.rtol is not None else max(X.shape[-2:]) * float(np.finfo(precision.dtype).eps)
         cutoff = rtol * S[..., :1]  # S is sorted descending
         factor = self._spectral_factor(S, cutoff, xp)
         yield (U * factor[..., None, :]) @ Vh
@@ -101,7 +113,8 @@ class SmoothedPolar(Polar):
         return xp.where(S > cutoff, smooth, xp.zeros_like(S))
 
 
-def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, check_finite: bool = True) -> Any:
+def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, method: str = "svd",
+          check_finite: bool = True) -> Any:
     """Exact polar factor ``U Vᵀ`` of each matrix in ``G`` (shape ``(..., H, W)``).
 
     Parameters
@@ -113,6 +126,9 @@ def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, ch
         ``max(H, W)·eps(dtype)``.
     precision : {"float64", "float32"}, optional
         SVD precision; default the input's dtype.
+    method : {"svd", "qdwh", "auto"}, default "svd"
+        Algorithm: the SVD, QDWH (:func:`matfun.qdwh_polar`, iteration counts
+        with ``return_info=True`` there), or the faster one for this device and size.
     check_finite : bool, default True
         Raise on NaN/Inf input.
 
@@ -128,7 +144,7 @@ def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, ch
     >>> np.allclose(P, np.eye(2))
     True
     """
-    return Polar(rtol, precision)(G, check_finite=check_finite)
+    return Polar(rtol, precision, method)(G, check_finite=check_finite)
 
 
 def smoothed_polar(

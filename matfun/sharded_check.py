@@ -13,7 +13,10 @@ single-process reference, and reports:
     ``max ‖θ_sharded − θ_ref‖_F / ‖θ_ref‖_F`` over parameters, at most ``tol``
     (default per dtype, below); the detail names the worst parameter.  Running
     full Newton–Schulz separately on each rank's shard — the classic bug of
-    distributed Muon — fails here (the relative error is of order 1).
+    distributed Muon — fails here (the relative error is of order 1).  It
+    also fails, saying so, when ``model_fn`` gave the sharded run other initial
+    weights than the reference, or when the reference changed no parameter
+    (nothing would have been compared).
 ``replicated_state_identical``
     optimizer state that is not sharded (step counts, Muon²-F's column
     statistics, hyperparameters) is bit-identical on every rank.
@@ -126,7 +129,19 @@ class _CommCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _run_steps(model: nn.Module, opt: torch.optim.Optimizer, inputs, loss_fn, steps: int, batch: int, rank: int | None):
+def _optimizers(made: Any) -> list[torch.optim.Optimizer]:
+    """``optimizer_fn``'s result as a list: one optimizer, or several (Muon + AdamW)."""
+    opts = list(made) if isinstance(made, (list, tuple)) else [made]
+    bad = [type(o).__name__ for o in opts if not isinstance(o, torch.optim.Optimizer)]
+    if not opts or bad:
+        raise TypeError(
+            "optimizer_fn(params) must return a torch.optim.Optimizer or a list of them, "
+            f"got {type(made).__name__}{f' holding {bad}' if bad and opts else ''}"
+        )
+    return opts
+
+
+def _run_steps(model: nn.Module, opts: list, inputs, loss_fn, steps: int, batch: int, rank: int | None):
     losses, comm = [], []
     for step in range(steps):
         x = _batch(model, inputs, step, batch)
@@ -134,30 +149,36 @@ def _run_steps(model: nn.Module, opt: torch.optim.Optimizer, inputs, loss_fn, st
         loss.backward()
         counter = _CommCounter(rank or 0)
         if rank is None:
-            opt.step()
+            for opt in opts:
+                opt.step()
         else:
             with counter:
-                opt.step()
-        opt.zero_grad(set_to_none=True)
+                for opt in opts:
+                    opt.step()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         comm.append(counter.bytes)
     return losses, comm
 
 
-def _replicated_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+def _replicated_state(opts: list) -> dict[str, Any]:
     from torch.distributed.tensor import DTensor
 
     out: dict[str, Any] = {}
-    names = {id(p): f"param {gi}.{j}" for gi, g in enumerate(opt.param_groups) for j, p in enumerate(g["params"])}
-    for p, st in opt.state.items():
-        for k, v in st.items():
-            if isinstance(v, DTensor):
-                continue
-            out[f"{names.get(id(p), '?')} state[{k!r}]"] = v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
-    for gi, g in enumerate(opt.param_groups):
-        for k, v in g.items():
-            if k != "params":
-                out[f"param_groups[{gi}][{k!r}]"] = repr(v) if callable(v) else v
+    for oi, opt in enumerate(opts):
+        where = f"optimizer {oi} " if len(opts) > 1 else ""
+        names = {id(p): f"param {gi}.{j}" for gi, g in enumerate(opt.param_groups) for j, p in enumerate(g["params"])}
+        for p, st in opt.state.items():
+            for k, v in st.items():
+                if isinstance(v, DTensor):
+                    continue
+                value = v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+                out[f"{where}{names.get(id(p), '?')} state[{k!r}]"] = value
+        for gi, g in enumerate(opt.param_groups):
+            for k, v in g.items():
+                if k != "params":
+                    out[f"{where}param_groups[{gi}][{k!r}]"] = repr(v) if callable(v) else v
     return out
 
 
@@ -167,10 +188,11 @@ def _worker(rank: int, world: int, model_fn, optimizer_fn, inputs, loss_fn, step
     torch.manual_seed(seed)
     model = model_fn()
     fully_shard(model)
-    opt = optimizer_fn(list(model.parameters()))
-    losses, comm = _run_steps(model, opt, inputs, loss_fn, steps, batch, rank)
+    initial = {n: p.full_tensor().detach().cpu() for n, p in model.named_parameters()}
+    opts = _optimizers(optimizer_fn(list(model.parameters())))
+    losses, comm = _run_steps(model, opts, inputs, loss_fn, steps, batch, rank)
     full = {n: p.full_tensor().detach().cpu() for n, p in model.named_parameters()}
-    return {"losses": losses, "comm": comm, "params": full, "state": _replicated_state(opt)}
+    return {"losses": losses, "comm": comm, "params": full, "initial": initial, "state": _replicated_state(opts)}
 
 
 def _check_picklable(name: str, obj: Any) -> None:
@@ -222,7 +244,9 @@ def check_sharded_optimizer(
         picklable: a module-level function or class.
     optimizer_fn : callable
         ``optimizer_fn(params)`` returns a torch optimizer for the list of the
-        model's parameters.  Picklable.
+        model's parameters, or a list of optimizers that share them out (e.g.
+        ``Muon`` for the matrices and ``torch.optim.AdamW`` for biases and
+        gains; every one steps each step).  Picklable.
     world_size : int, default 2
         Number of gloo processes on the CPU.
     steps : int, default 3
@@ -243,11 +267,19 @@ def check_sharded_optimizer(
     -------
     ShardedReport
 
+    Notes
+    -----
+    The single-process reference runs first, in this process: an exception
+    raised there by ``model_fn``, ``optimizer_fn`` or ``loss_fn`` propagates.
+    The ranks are spawned processes, which import the caller's main module: in
+    a script, call this under ``if __name__ == "__main__":`` (pytest needs
+    nothing).
+
     Raises
     ------
     TypeError
         ``model_fn``, ``optimizer_fn``, ``loss_fn`` or ``inputs`` cannot be sent to
-        a spawned process.
+        a spawned process, or ``optimizer_fn`` returned no optimizer.
     ValueError
         Bad ``world_size``, ``steps``, ``batch`` or ``tol``.
 
@@ -266,26 +298,43 @@ def check_sharded_optimizer(
 
     torch.manual_seed(seed)
     ref_model = model_fn()
-    ref_opt = optimizer_fn(list(ref_model.parameters()))
-    ref_losses, _ = _run_steps(ref_model, ref_opt, inputs, loss_fn, steps, batch, None)
+    ref_initial = {n: p.detach().clone() for n, p in ref_model.named_parameters()}
+    ref_opts = _optimizers(optimizer_fn(list(ref_model.parameters())))
+    ref_losses, _ = _run_steps(ref_model, ref_opts, inputs, loss_fn, steps, batch, None)
     ref = {n: p.detach() for n, p in ref_model.named_parameters()}
 
     report = ShardedReport(
         target=f"{getattr(optimizer_fn, '__qualname__', optimizer_fn)!s}",
         settings={"world_size": world_size, "steps": steps},
     )
+    if all(torch.equal(p, ref_initial[n]) for n, p in ref.items()):
+        report.checks.append(CheckResult(
+            "params_match_reference", False, None, None,
+            "the reference run changed no parameter (lr=0? no gradient?): there is nothing to compare",
+        ))
+        return report
     try:
         runs = run_distributed(
             _worker, world_size, model_fn, optimizer_fn, inputs, loss_fn, steps, batch, seed, timeout=timeout
         )
     except DistributedRunError as exc:
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        detail = lines[0] + (f" … {lines[-1].strip()}" if len(lines) > 1 else "")
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        others = [line for line in lines[1:] if line.startswith("(ranks")]
+        error = [line for line in lines[1:] if not line.startswith("(ranks")]
+        detail = " ".join(lines[:1] + error[-1:] + others)  # the exception's own line, not just "raised:"
         report.checks.append(CheckResult("ranks_complete", False, None, None, detail))
         return report
     report.checks.append(CheckResult("ranks_complete", True, world_size, world_size, f"{world_size} ranks × {steps} steps", ">="))
     report.bytes_per_step = [r["comm"] for r in runs]
 
+    changed = [n for n, p in runs[0]["initial"].items() if not torch.equal(p, ref_initial[n])]
+    if changed:  # the comparison below would blame the optimizer for model_fn's randomness
+        report.checks.append(CheckResult(
+            "params_match_reference", False, None, None,
+            f"model_fn() gave other initial weights in the sharded run than in the reference ({changed[0]!r}): "
+            "it must return the same weights on every call (seed its initialisation)",
+        ))
+        return report
     worst, worst_name, limit = 0.0, "", 0.0
     for name, p_ref in ref.items():
         err = _relative_error(runs[0]["params"][name], p_ref)

@@ -117,6 +117,9 @@ a call, a monkeypatched matfun, a fork or a closed stdout cannot make it pass
 ``if __name__ == "__main__":`` guard (the child is started by
 ``multiprocessing``).  Any exception from a callable — ``SystemExit``
 included, ``KeyboardInterrupt`` excepted — fails the check that called it.
+The ``dtype`` and ``device`` checks read what the child reports about its
+output, so they catch mistakes, not a target written to lie; every value
+check uses the returned numbers themselves.
 
 ``timeout`` (default :data:`DEFAULT_TIMEOUT` = 600 s for the whole battery)
 raises :class:`BatteryTimeout`.  In the child-process form the child (and all
@@ -204,7 +207,7 @@ from ._isolation import (
 )
 from .newton_schulz import newton_schulz
 from .polar import Polar, polar
-from .schedules import SCHEDULES, Schedule, get_schedule, transfer_function
+from .schedules import SCHEDULES, Schedule, check_steps, get_schedule, transfer_function
 from .tiling import Tiled, check_tile, tiled_newton_schulz
 
 __all__ = [
@@ -439,6 +442,8 @@ class _Env:
             except (AttributeError, AssertionError):
                 raise ValueError(f"dtype must name a torch floating dtype, got {dtype!r}") from None
             self.tdevice = torch.device(device)
+            if self.tdevice.type == "meta":
+                raise ValueError("device 'meta' holds no values; the battery needs a device with data (cpu, cuda)")
         else:
             if dtype == "bfloat16":
                 raise ValueError("numpy has no bfloat16; use backend='torch' or dtype='float32'")
@@ -619,9 +624,9 @@ def check_orthogonalizer(
         the battery at a few hundred milliseconds.  Structured matrices use
         the wide shape (the first with ``H < W``) and the tall one.
     scales : sequence of float
-        Factors of the scale-invariance check.
-    skip : sequence of str
-        Check names to leave out.
+        Factors of the scale-invariance check: finite, positive, not 1.
+    skip : sequence of str (or one name)
+        Check names to leave out; at least one check must remain.
     tile : int or (int, int), optional
         ``fn`` is a tiled map with this tile (see "Tiled maps" above).
     coefficient_tol : float, optional
@@ -637,7 +642,9 @@ def check_orthogonalizer(
     ------
     ValueError
         Bad arguments (unknown profile, schedule, backend, dtype, device, tile,
-        timeout).  Errors raised *by fn* never propagate: they fail the check.
+        timeout, steps, seed), and settings under which the report could not
+        fail: ``min_alignment`` outside (0, 1], a tolerance that is negative or
+        not finite, a scale of 1, or a ``skip`` that leaves no check.  Errors raised *by fn* never propagate: they fail the check.
     TargetError
         A ``"module:function"`` target that cannot be imported (or raises at
         import) or is not callable (a ``ValueError``).
@@ -652,9 +659,16 @@ def check_orthogonalizer(
         raise ValueError(f"backend must be 'torch' or 'numpy', got {backend!r}")
     if not (callable(fn) or isinstance(fn, str)):
         raise TypeError(f"fn must be callable or a 'module:function' string, got {type(fn).__name__}")
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)
     unknown = set(skip) - set(CHECK_NAMES)
     if unknown:
         raise ValueError(f"unknown check names in skip: {sorted(unknown)}; valid: {list(CHECK_NAMES)}")
+    if all(c in skip or (c == "schedule_agreement" and schedule is None) for c in CHECK_NAMES):
+        raise ValueError(f"skip={list(skip)} leaves no check to run: a report of no checks cannot pass")
+    steps = check_steps(steps)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    scales = _checked_scales(scales)
     shapes = [tuple(int(d) for d in s) for s in shapes]
     if not shapes or any(len(s) != 2 or min(s) < 2 for s in shapes):
         raise ValueError(f"shapes must be a non-empty list of (H, W) with H, W >= 2, got {shapes}")
@@ -665,14 +679,17 @@ def check_orthogonalizer(
     tile = None if tile is None else check_tile(tile)
     defaults = PROFILES[precision_profile]
     thr = Thresholds(
-        min_alignment=defaults.min_alignment if min_alignment is None else float(min_alignment),
-        scale_tol=defaults.scale_tol if scale_tol is None else float(scale_tol),
-        equivariance_tol=defaults.equivariance_tol if equivariance_tol is None else float(equivariance_tol),
-        schedule_tol=defaults.schedule_tol if schedule_tol is None else float(schedule_tol),
-        coefficient_tol=float(coefficient_tol) if coefficient_tol is not None else (
+        min_alignment=defaults.min_alignment if min_alignment is None else _number("min_alignment", min_alignment),
+        scale_tol=defaults.scale_tol if scale_tol is None else _number("scale_tol", scale_tol),
+        equivariance_tol=(
+            defaults.equivariance_tol if equivariance_tol is None else _number("equivariance_tol", equivariance_tol)
+        ),
+        schedule_tol=defaults.schedule_tol if schedule_tol is None else _number("schedule_tol", schedule_tol),
+        coefficient_tol=_number("coefficient_tol", coefficient_tol) if coefficient_tol is not None else (
             defaults.coefficient_tol if defaults.coefficient_tol is not None
             else BF16_COEFFICIENT_TOL.get(schedule, max(BF16_COEFFICIENT_TOL.values()))),
     )
+    _check_thresholds(thr)
     env = _Env(fn, backend, dtype, device)
     timeout = check_timeout(timeout)
     if isinstance(fn, str):
@@ -690,6 +707,39 @@ def check_orthogonalizer(
     finally:
         env.caller.close()
     return report
+
+
+def _checked_scales(scales: Any) -> tuple[float, ...]:
+    """The scale-invariance factors: finite, positive and not 1 (``f(1·G) = f(G)`` proves nothing)."""
+    try:
+        values = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be a sequence of numbers, got {scales!r}") from None
+    if not values or not all(math.isfinite(v) and v > 0 and v != 1 for v in values):
+        raise ValueError(f"scales must be finite positive factors other than 1, got {scales!r}")
+    return values
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def _check_thresholds(thr: Thresholds) -> None:
+    """Thresholds under which every check can still fail."""
+    if not 0 < thr.min_alignment <= 1:
+        raise ValueError(
+            f"min_alignment must lie in (0, 1], got {thr.min_alignment!r} (leave the check out with "
+            "skip=('alignment',) instead)"
+        )
+    for name in ("scale_tol", "equivariance_tol", "schedule_tol", "coefficient_tol"):
+        value = getattr(thr, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, schedule: str | None, steps: int,

@@ -32,6 +32,13 @@ Protocol — an experiment module ``diagnostics/experiments/<module>.py`` define
     with :func:`diagnostics.plotting.save_figure` (PDF + PNG) and return the
     stems written (paths without extension).
 
+What every experiment gets for free from this protocol: ``--set KEY=VALUE``
+checks and applies its ``Config`` fields (:mod:`diagnostics.overrides`) and
+``--seeds`` runs the sweep once per seed and draws mean and spread
+(:mod:`diagnostics.runner`, :mod:`diagnostics.seeds`).  To compare the user's
+maps (``--map``), ``cells`` appends :func:`diagnostics.plugins.cells` and
+``run_cell`` gets the map with :func:`diagnostics.plugins.for_cell`.
+
 A module listed in :data:`MODULES` whose source lacks literal ``NAME`` /
 ``DESCRIPTION`` raises at import of this package; one that fails to import or
 misses part of the protocol raises at :func:`get`: a broken experiment is a bug,
@@ -60,6 +67,7 @@ MODULES: tuple[str, ...] = (
     "scaling",
     "training",
     "lm",
+    "design",
 )
 
 _REQUIRED = ("NAME", "DESCRIPTION", "Config", "cells", "run_cell", "plot")

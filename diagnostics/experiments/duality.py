@@ -33,6 +33,8 @@ map; NaN otherwise), ``step`` (NaN for the K-independent maps),
 ``duality_efficiency``, ``nuclear_captured`` and ``alignment`` (``cos(X, P)``);
 ``input_condition`` is the input's ``σ_max/σ_min``.  The cell columns ``matrix``
 and ``family`` (a schedule, or ``"polar"`` for the SVD-based maps) come from the store.
+Plug-in maps (:mod:`diagnostics.plugins`) get one cell per matrix and rows with
+``map = "plugin"`` (curves against ``K`` when they expose a step count).
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ from matplotlib.ticker import MaxNLocator
 
 import matfun
 
-from .. import matrices, metrics, plotting
+from .. import matrices, metrics, plotting, plugins
 from ..store import cell_seed
-from .ns_convergence import cpu_threads_for, to_float64
+from .ns_convergence import cpu_threads_for, draw_plugins, plugin_handles, to_float64
 
 NAME = "duality"
 DESCRIPTION = "duality efficiency and nuclear norm captured vs K for full/tiled NS, smoothed and exact polar"
@@ -97,7 +99,8 @@ class Config:
 
 
 def cells(config: Config) -> list[dict]:
-    return [{"matrix": m, "family": f} for m in config.matrices for f in (*config.schedules, "polar")]
+    builtin = [{"matrix": m, "family": f} for m in config.matrices for f in (*config.schedules, "polar")]
+    return builtin + [c for m in config.matrices for c in plugins.cells(matrix=m)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,8 +133,15 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
     ref = metrics.reference(G64)
     G = G64 if device == "cpu" else matrices.to_backend(G64, backend="torch", device=device)
     rows: list[dict] = []
-    family = cell["family"]
-    if family == "polar":
+    family = cell.get("family")
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:
+        with cpu_threads_for(config.shape, device):
+            curve = plugin.curve(G, config.max_steps)
+        for k, X in curve:
+            rows.append({"map": "plugin", "schedule": None, "tile": 0, "eps": np.nan, "step": k,
+                         **_scores(to_float64(X), ref)})
+    elif family == "polar":
         scale = float(np.linalg.norm(G64))  # ε relative to ‖G‖_F (the units NS normalises to)
         for eps in config.smoothing_eps:
             X = to_float64(matfun.SmoothedPolar(eps * scale, precision="float64")(G))
@@ -186,6 +196,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     ]
     smooth_styles = [(0, (6, 2)), (0, (3, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2))]
     mark_every = max(1, config.max_steps // 6)
+    names = plugins.names_in(frame)
     with plotting.style():
         fig = plotting.figure("double", 2.35 * len(kinds) + 0.45, nrows=len(kinds), ncols=2, sharex=True)
         axes = np.array(fig.axes).reshape(len(kinds), 2)
@@ -206,7 +217,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                         ax.plot(d["step"], d[col], color=plotting.schedule_color(name),
                                 linewidth=1.3 if tile == 0 else 0.9, markersize=3, markevery=mark_every,
                                 **plotting.tile_style(tile))
-                shown = pd.concat([ns, d_m[d_m["map"].isin(["smoothed_polar", "polar"])]])
+                shown = pd.concat([ns, d_m[d_m["map"].isin(["smoothed_polar", "polar", "plugin"])]])
                 lo, hi = float(np.nanmin(shown[col])), float(np.nanmax(shown[col]))
                 pad = 0.05 * max(hi - lo, 0.2)
                 ax.set_ylim(lo - pad, hi + pad)
@@ -217,6 +228,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                                zorder=1)
                     labels.append((float(r[col]), rf"$\varepsilon$={r['eps']:g}"))
                 _label_right(ax, labels)
+                draw_plugins(ax, d_m, col, names, config.max_steps)
                 pol = d_m[d_m["map"] == "polar"]
                 if not pol.empty:
                     ax.axhline(float(pol[col].iloc[0]), color=plotting.REFERENCE_COLOR, linestyle=":",
@@ -242,8 +254,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             Line2D([], [], color="0.5", linestyle=smooth_styles[0], linewidth=0.8,
                    label=r"smoothed polar $P_\varepsilon$ ($\varepsilon$ / $\|G\|_F$)"),
             Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
-        ]
-        fig.legend(handles=handles, loc="outside upper center", ncols=(len(handles) + 1) // 2)
+        ] + plugin_handles(frame, names)
+        ncols = (len(handles) + 1) // 2
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(ncols, 5) if names else ncols)
         stem = out_dir / "duality"
         plotting.save_figure(fig, stem)
     return [stem]

@@ -28,6 +28,11 @@ the tiled curves in (a); 0 for full), ``spectral_error`` (``‖X − P‖₂``) 
 ``sv_worst`` (``max_i |σ_i(U_rᵀ X V_r) − 1|``) for the full map (NaN for tiled), and for tiled maps ``tile_alignment_mean`` /
 ``tile_alignment_min`` (mean and worst tile of ``cos(X_ij, P(G_ij))``) with
 ``tile_misalignment_worst`` (``1 − tile_alignment_min``); NaN for the full map.
+
+Plug-in maps (:mod:`diagnostics.plugins`) get one cell per ``κ`` and rows with
+``map = "plugin"`` and the columns ``plugin``/``plugin_id``: every ``K`` they expose
+(``iterates``, or a factory at ``K = 1 … max_steps``), or one row at their own ``K``;
+drawn in (a) and (b) with star markers.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from matplotlib.ticker import LogLocator
 
 import matfun
 
-from .. import matrices, metrics, plotting
+from .. import matrices, metrics, plotting, plugins
 from ..store import cell_seed
 from ..threads import torch_threads
 
@@ -92,9 +97,10 @@ class Config:
 
 
 def cells(config: Config) -> list[dict]:
-    return [
+    builtin = [
         {"schedule": s, "condition_number": float(k)} for k in config.condition_numbers for s in config.schedules
     ]
+    return builtin + [c for k in config.condition_numbers for c in plugins.cells(condition_number=float(k))]
 
 
 def geometric_input(shape: tuple[int, int], condition_number: float, seed: int) -> np.ndarray:
@@ -137,10 +143,29 @@ def relative_error(X: Any, P: np.ndarray) -> float:
     return float(np.linalg.norm(to_float64(X) - P) / np.linalg.norm(P))
 
 
+def plugin_rows(plugin: plugins.Plugin, G: Any, ref: metrics.Reference, max_steps: int) -> pd.DataFrame:
+    """Rows of a plug-in map on ``G``: every ``K`` it exposes (one row for a plain callable)."""
+    steps, outputs = zip(*plugin.curve(G, max_steps))
+    iterates = [to_float64(X) for X in outputs]
+    err = metrics.per_step(metrics.spectral_error, iterates, ref)
+    return pd.DataFrame({
+        "map": "plugin", "tile": 0, "step": np.asarray(steps, dtype=float),
+        "alignment": metrics.per_step(metrics.alignment, iterates, ref),
+        "misalignment": [misalignment(X, ref.P) for X in iterates],
+        "rel_error": [relative_error(X, ref.P) for X in iterates],
+        "tiling_loss": 0.0, "spectral_error": err["spectral"], "sv_worst": err["worst"],
+        "tile_alignment_mean": np.nan, "tile_alignment_min": np.nan, "tile_misalignment_worst": np.nan,
+    })
+
+
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     G64 = geometric_input(config.shape, cell["condition_number"], seed)
     ref = metrics.reference(G64)
     G = matrices.to_backend(G64, backend="torch", device=device) if device != "cpu" else G64
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:
+        with cpu_threads_for(config.shape, device):
+            return plugin_rows(plugin, G, ref, config.max_steps)
     inner = matfun.NewtonSchulz(config.max_steps, cell["schedule"], config.precision)
     maps: list[tuple[int, matfun.Map]] = [(0, inner)] + [(int(t), matfun.Tiled(inner, int(t))) for t in config.tiles]
     frames = []
@@ -174,6 +199,36 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
+def draw_plugins(ax: Any, frame: pd.DataFrame, column: str, names: list[str], max_steps: int) -> list[Any]:
+    """Plug-in curves of ``column`` against the step (a horizontal level when ``K`` is unknown); returns the lines."""
+    lines = []
+    for name in names:
+        d = frame[frame["plugin"] == name].sort_values("step")
+        if d.empty:
+            continue
+        y = np.maximum(d[column].to_numpy(dtype=float), FLOOR)
+        color = plugins.color(name, names)
+        if d["step"].isna().all():
+            lines.append(ax.axhline(y[0], color=color, linestyle=(0, (5, 1.5)), linewidth=1.4))
+        elif len(d) == 1:
+            lines += ax.plot(d["step"], y, color=color, marker="*", markersize=8, linestyle="none")
+        else:
+            lines += ax.plot(d["step"], y, color=color, linewidth=1.6, marker="*", markersize=5,
+                             markevery=max(1, max_steps // 6))
+    return lines
+
+
+def plugin_handles(frame: pd.DataFrame, names: list[str]) -> list[Line2D]:
+    """Legend entries naming each plug-in (and how its step count is shown)."""
+    out = []
+    for name in names:
+        d = frame[frame["plugin"] == name]
+        how = "" if len(set(d["step"])) > 1 else (" (K unknown)" if d["step"].isna().all() else " (own K)")
+        out.append(Line2D([], [], color=plugins.color(name, names), marker="*", linewidth=1.6,
+                          label=f"{name} (plug-in){how}"))
+    return out
+
+
 def _fmt_kappa(k: float) -> str:
     e = np.log10(k)
     return rf"$\kappa = 10^{{{int(round(e))}}}$" if abs(e - round(e)) < 1e-9 and k >= 100 else rf"$\kappa = {k:g}$"
@@ -191,6 +246,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     ]
     titles = ["alignment with polar(G)", "error of full NS", "tiled NS: worst tile"]
     mark_every = max(1, config.max_steps // 6)
+    names = plugins.names_in(frame)
     with plotting.style():
         fig = plotting.figure("double", 1.85 * len(kappas) + 0.55, nrows=len(kappas), ncols=3, sharex=True)
         axes = np.array(fig.axes).reshape(len(kappas), 3)
@@ -211,6 +267,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                             color=plotting.schedule_color(name), linewidth=1.0 if tile else 1.3,
                             markersize=3, markevery=mark_every, **plotting.tile_style(tile),
                         )
+                if col != "tile_misalignment_worst":
+                    draw_plugins(ax, d_k, col, names, config.max_steps)
                 ax.set_yscale("log")
                 ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
                 ax.set_xlim(0, config.max_steps)
@@ -225,8 +283,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         ] + [
             Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
             for t in tiles
-        ]
-        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles))
+        ] + plugin_handles(frame, names)
+        ncols = min(len(handles), 6) if names else len(handles)  # plug-in labels are long: wrap
+        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "ns_convergence"
         plotting.save_figure(fig, stem)
     return [stem]

@@ -22,12 +22,17 @@ Rows: one per (schedule, condition number, precision, step) with ``precision``
 ``"emulated"``: how this run computed bfloat16), ``step``, ``alignment``
 (``cos(X, P)``), ``misalignment`` (``1 − cos`` as ``½‖X̂ − P̂‖_F²``) and
 ``rel_error`` (``‖X − P‖_F/‖P‖_F``).
+
+Plug-in maps (:mod:`diagnostics.plugins`) are *fed* inputs of each precision (the
+float64 ``G`` cast to float32, or rounded to a bfloat16 torch tensor) and compute in
+whatever they compute in; their rows have ``map = "plugin"``, ``bf16_mode = "input"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,8 +41,9 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 
 import matfun
 
-from .. import matrices, metrics, plotting
-from .ns_convergence import FLOOR, cpu_threads_for, geometric_input, misalignment, relative_error, to_float64
+from .. import matrices, metrics, plotting, plugins
+from .ns_convergence import (FLOOR, cpu_threads_for, draw_plugins, geometric_input, misalignment, plugin_handles,
+                             plugin_rows, relative_error, to_float64)
 
 NAME = "precision"
 DESCRIPTION = "alignment of full Newton-Schulz vs step K in float64, float32 and bfloat16 (native on CUDA, emulated on CPU)"
@@ -76,9 +82,21 @@ class Config:
 
 
 def cells(config: Config) -> list[dict]:
-    return [
+    builtin = [
         {"schedule": s, "condition_number": float(k)} for k in config.condition_numbers for s in config.schedules
     ]
+    return builtin + [c for k in config.condition_numbers for c in plugins.cells(condition_number=float(k))]
+
+
+def plugin_input(G64: np.ndarray, precision: str, device: str) -> Any:
+    """The input a plug-in is fed at ``precision``: float64/float32 arrays, a bfloat16 torch tensor."""
+    import torch
+
+    if precision == "bfloat16":
+        return torch.as_tensor(G64, device=device).to(torch.bfloat16)
+    if device != "cpu":
+        return torch.as_tensor(G64, device=device).to(getattr(torch, precision))
+    return G64.astype(precision)
 
 
 def bf16_mode(device: str) -> str:
@@ -98,6 +116,15 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
     G = G64 if device == "cpu" else matrices.to_backend(G64, backend="torch", device=device)
     mode = bf16_mode(device)
     frames = []
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:  # the user's map fed inputs of each precision (bf16 rounding happens on input)
+        for precision in config.precisions:
+            with cpu_threads_for(config.shape, device):
+                rows = plugin_rows(plugin, plugin_input(G64, precision, device), ref, config.max_steps)
+            keep = ["map", "step", "alignment", "misalignment", "rel_error"]
+            frames.append(rows[keep].assign(precision=precision, compute_precision="input " + precision,
+                                            bf16_mode="input"))
+        return pd.concat(frames, ignore_index=True)
     for precision in config.precisions:
         used = compute_precision(precision, device)
         map_ = matfun.NewtonSchulz(config.max_steps, cell["schedule"], used)
@@ -139,7 +166,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     schedules = [s for s in config.schedules if s in set(frame["schedule"])]
     precisions = [p for p in config.precisions if p in set(frame["precision"])]
     kappas = [k for k in config.condition_numbers if np.isclose(frame["condition_number"], k).any()]
-    modes = sorted(set(frame["bf16_mode"].astype(str)))
+    names = plugins.names_in(frame)
+    modes = sorted(set(plugins.builtin_rows(frame)["bf16_mode"].astype(str)))
     with plotting.style():
         fig = plotting.figure("double", 2.75, ncols=len(kappas), sharey=True)
         for i, (ax, kappa) in enumerate(zip(fig.axes, kappas)):
@@ -152,6 +180,10 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                     ax.plot(d["step"], np.maximum(d["misalignment"].to_numpy(dtype=float), FLOOR),
                             color=plotting.schedule_color(name), linestyle=PRECISION_STYLES[precision],
                             linewidth=1.6 if precision == "bfloat16" else 1.1)
+            for precision in precisions:
+                for line in draw_plugins(ax, d_k[d_k["precision"] == precision], "misalignment", names,
+                                         config.max_steps):
+                    line.set_linestyle(PRECISION_STYLES[precision])
             floor = precision_floor(d_k, "bfloat16")
             if np.isfinite(floor) and floor > 0:
                 ax.axhline(floor, color="0.45", linewidth=0.6, zorder=1)
@@ -173,8 +205,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             Line2D([], [], color="0.3", linestyle=PRECISION_STYLES[p], linewidth=1.6 if p == "bfloat16" else 1.1,
                    label=f"bfloat16 ({mode_note})" if p == "bfloat16" else PRECISION_LABELS[p])
             for p in precisions
-        ]
-        fig.legend(handles=handles, loc="outside upper center", ncols=len(handles))
+        ] + plugin_handles(frame, names)
+        ncols = min(len(handles), 6) if names else len(handles)  # plug-in labels are long: wrap
+        fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "precision"
         plotting.save_figure(fig, stem)
     return [stem]

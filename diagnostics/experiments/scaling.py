@@ -33,6 +33,13 @@ Rows: one per (n, map) with ``map`` (``polar``, ``ns``, ``tiled``, ``gemm``),
 ``tile`` (0 when untiled), ``label``, ``flops`` (model), ``seconds`` (median),
 ``spread`` (interquartile range of the samples), ``gflops`` (``flops/seconds/1e9``),
 ``dtype``, ``clock`` (``thread_cpu`` or ``wall``, :func:`diagnostics.timing.pick_clock`).  ``n`` comes from the cell.
+
+Plug-in maps (:mod:`diagnostics.plugins`) get one cell per ``n`` and a row with
+``map = "plugin"``: timed on ``G`` converted to their own array library (a factory
+at ``K = steps``) in interleaved rounds with matfun's full NS (its time in the same
+rounds: ``ns_seconds_same_cell``), FLOPs from their ``flops(shape)`` or else counted
+by torch's FLOP counter (``flops_source`` says which; a numpy map cannot be
+counted); drawn with star markers.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from matplotlib.lines import Line2D
 
 import matfun
 
-from .. import plotting, timing
+from .. import plotting, plugins, timing
 from ..threads import torch_threads
 
 NAME = "scaling"
@@ -100,7 +107,47 @@ class Config:
 
 
 def cells(config: Config) -> list[dict]:
-    return [{"n": int(n)} for n in sorted(config.ns)]
+    sizes = [{"n": int(n)} for n in sorted(config.ns)]
+    return sizes + [c for size in sizes for c in plugins.cells(**size)]
+
+
+def counted_flops(fn, G) -> float:
+    """FLOPs of ``fn(G)`` counted by torch's FLOP counter (``nan`` when it sees no torch matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn(G)
+    total = counter.get_total_flops()
+    return float(total) if total > 0 else float("nan")
+
+
+def plugin_row(plugin: plugins.Plugin, config: Config, G: torch.Tensor, device: str) -> dict:
+    """Time a plug-in on ``G`` in interleaved rounds with matfun's full NS.
+
+    ``G`` is converted to the plug-in's own array library first, so the conversion is
+    not timed.  The clock is the built-ins' (:func:`diagnostics.timing.pick_clock`),
+    except for numpy maps: wall time, as one thread's CPU time misses numpy's BLAS threads.
+    """
+    n = int(G.shape[-1])
+    X = G if plugin.library in ("torch", "any") else G.cpu().numpy()
+    plugin.final(X, config.steps)  # contract check before timing (raises PluginError)
+    mine, ns = plugin.raw(config.steps), matfun.NewtonSchulz(config.steps, config.schedule)
+    clock, read_clock = timing.pick_clock(device, config.cpu_threads)
+    if plugin.library == "numpy":  # numpy's BLAS threads are invisible to one thread's CPU clock
+        clock, read_clock = "wall", time.perf_counter
+    on_cuda = torch.device(device).type == "cuda"
+    t, t_ns = interleaved_timings([lambda: mine(X), lambda: ns(G)], warmup=config.warmup, repeats=config.repeats,
+                                  min_time=config.min_time, clock=read_clock,
+                                  sync=(lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None))
+    flops, source = plugin.flops((n, n), config.steps), "flops()"
+    if np.isnan(flops):
+        flops, source = counted_flops(lambda A: plugin.final(A, config.steps), G), "torch FLOP counter"
+    k = f"K = {config.steps}" if plugin.is_factory else (f"K = {plugin.steps}" if plugin.steps else "own K")
+    return {"map": "plugin", "tile": 0, "label": f"{plugin.name} (plug-in, {k})", "flops": flops,
+            "flops_source": source if np.isfinite(flops) else "not counted: no torch ops (define flops(shape))",
+            "seconds": t.median, "spread": t.spread, "ns_seconds_same_cell": t_ns.median,
+            "gflops": timing.achieved_gflops(flops, t.median) if np.isfinite(flops) else np.nan,
+            "dtype": config.dtype, "clock": clock}
 
 
 def _maps(config: Config, n: int) -> list[tuple[str, int, str, matfun.Map]]:
@@ -162,6 +209,9 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
     dtype = getattr(torch, config.dtype)
     gen = torch.Generator().manual_seed(seed)
     G = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:
+        return pd.DataFrame([plugin_row(plugin, config, G, device)])
     B = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     entries = [(kind, tile, label, int(map_.flops((n, n))), (lambda map_=map_: map_(G)))
                for kind, tile, label, map_ in _maps(config, n)]
@@ -189,6 +239,11 @@ def _series(frame: pd.DataFrame, config: Config) -> list[tuple[str, pd.DataFrame
     for i, T in enumerate(sorted(set(int(t) for t in tiled["tile"]))):
         d = tiled[tiled["tile"] == T].sort_values("n")
         out.append((str(d["label"].iloc[0]), d, {"color": _TILE_COLORS[i % len(_TILE_COLORS)], **plotting.tile_style(T)}))
+    names = plugins.names_in(frame)
+    for name in names:
+        d = frame[frame["plugin"] == name].sort_values("n")
+        out.append((str(d["label"].iloc[0]), d, {"color": plugins.color(name, names), "marker": "*",
+                                                 "linestyle": "-"}))
     return out
 
 
@@ -219,7 +274,7 @@ def reliable_slope(ns, values) -> float | None:  # noqa: ANN001
 
 
 def _slope(d: pd.DataFrame, column: str, sizes: list[int]) -> str:
-    d = d[d["n"].isin(sizes)]
+    d = d[d["n"].isin(sizes) & np.isfinite(d[column].to_numpy(float))]  # a plug-in's FLOPs may be unknown
     slope = reliable_slope(d["n"].to_numpy(), d[column].to_numpy(float))
     return "—" if slope is None else f"{slope:.2f}"
 
@@ -259,7 +314,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax.set_ylabel(ylabel)
             plotting.panel_label(ax, letter)
         rates = frame["gflops"].to_numpy(float)
-        ax_g.set_ylim(float(rates.min()) / 2, float(rates.max()) * 4)
+        ax_g.set_ylim(float(np.nanmin(rates)) / 2, float(np.nanmax(rates)) * 4)
         handles = [Line2D([], [], color=st["color"], marker=st["marker"], linestyle=st["linestyle"],
                           label=f"{label}: slope FLOPs {_slope(d, 'flops', sizes)}, time {_slope(d, 'seconds', sizes)}")
                    for label, d, st in series]

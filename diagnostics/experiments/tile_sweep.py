@@ -43,6 +43,11 @@ the predictor ``gram_coupling`` (mean of rows/cols), ``gram_coupling_rows``,
 ``gram_coupling_cols``, ``gram_coupling_tile_normalised`` (see above), and ``worst_tile_alignment`` (smallest per-tile
 ``cos(NS_{T,K}(G)_ij, P(G_ij))``).  Coupled inputs carry the cell's ``coupling`` and
 ``sample``; stream inputs have ``coupling`` empty (NaN).
+
+Plug-in maps (:mod:`diagnostics.plugins`) run as the per-tile map
+(``matfun.Tiled(plugin, T)``, a factory at ``K = steps``) on every input; their rows
+(``map = "plugin"``) carry ``tiling``, ``truncation``, ``total`` and
+``worst_tile_alignment`` and are drawn dashed with stars in (b) and (c).
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ from scipy.stats import spearmanr
 import matfun
 
 from ..threads import torch_threads
-from .. import matrices, metrics, plotting, streams
+from .. import matrices, metrics, plotting, plugins, streams
 from ..store import cell_seed
+from .ns_convergence import misalignment
 
 NAME = "tile_sweep"
 DESCRIPTION = "cross-tile information loss (tiling / truncation / total) vs tile size, with the Gram-coupling predictor"
@@ -124,7 +130,7 @@ def cells(config: Config) -> list[dict]:
         for i in range(config.samples)
     ]
     out += [{"source": s} for s in config.streams]
-    return out
+    return out + [c for base in out for c in plugins.cells(**base)]
 
 
 def _stream_momentum(config: Config, kind: str, seed: int) -> np.ndarray:
@@ -173,6 +179,16 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
     G = torch.as_tensor(G64, dtype=torch.float32, device=device)
     ref = metrics.reference(G)
     rows = []
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:  # the plug-in as the per-tile map (K = config.steps for a factory)
+        per_tile = plugins.PluginMap(plugin, config.steps)
+        for T in config.tiles:
+            X = matfun.Tiled(per_tile, T)(G)
+            rows.append({"matrix": label, "map": "plugin", "tile": int(T), "H": H, "W": W,
+                         "whole": bool(T >= max(H, W)), "tiling": float(metrics.tiling_loss(ref, T)),
+                         "truncation": misalignment(X, ref.tile_polar(T)), "total": misalignment(X, ref.P),
+                         "worst_tile_alignment": float(metrics.per_tile_alignment(X, ref, T)["min"])})
+        return pd.DataFrame(rows)
     for T in config.tiles:
         loss = metrics.information_loss(ref, T, config.steps, config.schedule)
         X = matfun.tiled_newton_schulz(G, T, steps=config.steps, coefficients=config.schedule)
@@ -243,8 +259,24 @@ def _scatter(ax, frame: pd.DataFrame, families, config: Config, x: str) -> None:
                 ha="left", va="top", fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
 
 
+#: Dash patterns of plug-in per-tile maps in panels (b) and (c), one per plug-in.
+_PLUGIN_DASHES = [(0, (4, 1.5)), (0, (1.5, 1.5)), (0, (6, 1.5, 1.5, 1.5))]
+
+
+def _draw_plugins(ax, frame: pd.DataFrame, families, key: str, names: list[str]) -> None:
+    """Plug-in curves (dashed, stars) in each input family's colour, averaged like the built-in ones."""
+    for i, name in enumerate(names):
+        rows = frame[frame["plugin"] == name]
+        for _, _, st, select in families:
+            d = rows[select(rows)].groupby("tile", as_index=False)[key].mean()
+            ax.plot(d["tile"], np.maximum(d[key].to_numpy(float), FLOOR), color=st["color"], marker="*",
+                    linestyle=_PLUGIN_DASHES[i % len(_PLUGIN_DASHES)], linewidth=1.0, markersize=6)
+
+
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
+    names = plugins.names_in(frame)
+    everything, frame = frame, plugins.builtin_rows(frame)
     families = _inputs(frame, config)
     tiles = sorted(set(int(t) for t in frame["tile"]))
     with plotting.style():
@@ -255,10 +287,12 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             "truncation": r"truncation $1-\cos(\mathrm{NS}_{T,K}, P_T)$",
             "total": r"total loss $1-\cos(\mathrm{NS}_{T,K}, P)$",
         }
-        top = max(float(frame[["tiling", "truncation", "total"]].max().max()) * 2.0, 1e-2)
+        top = max(float(everything[["tiling", "truncation", "total"]].max().max()) * 2.0, 1e-2)
         for ax, (key, letter) in zip(axes[:3], [("tiling", "a"), ("truncation", "b"), ("total", "c")]):
             for _, d, st, _sel in families:
                 _floor_plot(ax, d["tile"], d[key], st)
+            if key != "tiling":
+                _draw_plugins(ax, everything, families, key, names)
             ax.axvline(config.reference_tile, color="0.45", linestyle=":", linewidth=1.0)
             ax.axhspan(FLOOR / 3, FLOOR * 1.3, color="0.9", zorder=0, linewidth=0)
             ax.set_xscale("log", base=2)
@@ -288,7 +322,10 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             Line2D([], [], color="0.5", marker="s", markerfacecolor="white", linestyle="none",
                    label=rf"(a–c) below $10^{{{int(np.log10(FLOOR))}}}$: exact 0 up to rounding"),
         ]
-        lax.legend(handles=handles, loc="upper left", frameon=False, borderaxespad=0.0)
+        handles += [Line2D([], [], color="0.3", marker="*", linestyle=_PLUGIN_DASHES[i % len(_PLUGIN_DASHES)],
+                           label=f"(b, c) {name} (plug-in) per tile") for i, name in enumerate(names)]
+        lax.legend(handles=handles, loc="upper left", frameon=False, borderaxespad=0.0,
+                   **({"fontsize": 6, "labelspacing": 0.25} if names else {}))
         lax.text(0.0, 0.02,
                  f"{config.schedule} schedule, K = {config.steps}, float32 NS\n"
                  f"coupled inputs {config.shape[0]}×{config.shape[1]},\nmean of {config.samples} seed(s); "

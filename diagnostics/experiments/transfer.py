@@ -28,6 +28,11 @@ one of the log-spaced points the fit uses), ``p``, ``smoothed_fit``,
 the grid) and
 ``eps_resolved`` (``ε̂ ≥ 2 σ_min``: otherwise ``p_K`` is already flat over the whole
 grid, ε̂ is only bounded above by ``2 σ_min`` and panel (b) shows it as an upper limit).
+
+Plug-in maps (:mod:`diagnostics.plugins`) are *measured* (:func:`measure_transfer`):
+applied to ``U diag(σ) Vᵀ``, read back as ``p(σᵢ) = uᵢᵀ X vᵢ``, with
+``spectral_residual`` and ``spectral`` saying whether the map is spectral at all
+(a tiled map is not; the legend says so).
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from matplotlib.lines import Line2D
 
 import matfun
 
-from .. import plotting
+from .. import matrices, plotting, plugins
 from ..metrics import smoothing_level
+from ..store import cell_seed
 
 NAME = "transfer"
 DESCRIPTION = "scalar transfer functions p_K(sigma) of each NS schedule, with the best-fitting smoothed polar map"
@@ -78,7 +84,50 @@ class Config:
 
 
 def cells(config: Config) -> list[dict]:
-    return [{"schedule": s, "steps": k} for s in config.schedules for k in config.steps]
+    return [{"schedule": s, "steps": k} for s in config.schedules for k in config.steps] + plugins.cells()
+
+
+#: Plug-in maps are measured on one ``m × 1.5m`` matrix with ``m = min(n_sigma, MEASURE_SIZE)``.
+MEASURE_SIZE = 256
+#: A map counts as spectral when ``‖X − U p(Σ) Vᵀ‖_F / ‖X‖_F`` stays below this.  Rounding alone
+#: stays far below it (float32 NS: ~1e-6, bf16-emulated NS: ~3e-3 at 97×145); a tiled map is ~0.3–0.6.
+SPECTRAL_TOL = 2e-2
+
+
+def measure_transfer(plugin: plugins.Plugin, config: Config, seed: int, device: str) -> pd.DataFrame:
+    """Measure a plug-in's scalar map: apply it to ``G = U diag(σ) Vᵀ`` and read ``p(σᵢ) = uᵢᵀ X vᵢ``.
+
+    ``σ`` is a log grid over ``[sigma_min, sigma_max]`` (``m`` points); the
+    rows' ``sigma`` is ``σᵢ/‖G‖_F``, the normalised singular value of the
+    built-in curves.  ``spectral_residual = ‖X − U diag(p) Vᵀ‖_F / ‖X‖_F`` tells
+    whether the map is spectral (``X = U p(Σ) Vᵀ``); a tiled map is not, and
+    its "transfer function" is then only the diagonal of ``Uᵀ X V``.
+    """
+    m = min(config.n_sigma, MEASURE_SIZE)
+    sigma = np.geomspace(config.sigma_min, config.sigma_max, m)[::-1].copy()
+    s = cell_seed(seed, {"measure": "transfer"}) % (2**31)
+    U = matrices.haar_orthogonal(m, seed=s)
+    V = matrices.haar_orthogonal(m + m // 2, seed=s + 1)[:, :m]
+    G64 = (U * sigma) @ V.T
+    G = G64 if device == "cpu" else torch.as_tensor(G64, device=device)
+    x = sigma / np.linalg.norm(sigma)
+    frames = []
+    for k, X in plugin.curve(G, max(config.steps), ks=config.steps):
+        if np.isfinite(k) and plugin.kind != "plain" and int(k) not in config.steps:
+            continue
+        X64 = X.detach().cpu().double().numpy() if hasattr(X, "detach") else np.asarray(X, dtype=np.float64)
+        C = U.T @ X64 @ V
+        p = np.diag(C).copy()
+        residual = float(np.linalg.norm(X64 - (U * p) @ V.T) / max(np.linalg.norm(X64), 1e-300))
+        order = np.argsort(x)
+        fit = smoothing_level(np.abs(p[order]), x[order])
+        frames.append(pd.DataFrame({
+            "sigma": x[order], "p": p[order], "smoothed_fit": smoothed_polar_scalar(x[order], fit["eps"]),
+            "eps_hat": fit["eps"], "fit_rmse": fit["residual"], "fit_max_residual": fit["max_residual"],
+            "eps_resolved": bool(fit["eps"] >= RESOLUTION * float(x.min())), "steps": k,
+            "spectral_residual": residual, "spectral": residual <= SPECTRAL_TOL,
+        }))
+    return pd.concat(frames, ignore_index=True)
 
 
 def smoothed_polar_scalar(sigma: np.ndarray, eps: float) -> np.ndarray:
@@ -105,7 +154,9 @@ RESOLUTION = 2.0
 
 
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
-    del seed  # deterministic: no randomness
+    plugin = plugins.for_cell(cell)
+    if plugin is not None:
+        return measure_transfer(plugin, config, seed, device)
     s, on_log = sigma_grid(config)
     sigma = torch.as_tensor(s, dtype=torch.float64, device=device)
     p = matfun.transfer_function(sigma, cell["steps"], cell["schedule"]).cpu().numpy()
@@ -133,7 +184,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         ax_p, ax_e = fig.axes
 
         # (a) transfer functions at K = panel_steps, fitted smoothed polar dashed.
-        at_k = frame[frame["steps"] == config.panel_steps]
+        builtin = plugins.builtin_rows(frame)
+        at_k = builtin[builtin["steps"] == config.panel_steps]
         ax_p.axhline(1.0, color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, zorder=3)
         handles = []
         for name in schedules:
@@ -150,8 +202,24 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                    label=r"best smoothed polar $\sigma/\sqrt{\sigma^2+\hat\varepsilon^2}$"),
             Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
         ]
+        names = plugins.names_in(frame)
+        plugin_handles = []
+        for name in names:
+            d = frame[frame["plugin"] == name]
+            ks = sorted(set(d["steps"].dropna()))
+            k = config.panel_steps if config.panel_steps in ks else (ks[-1] if ks else np.nan)
+            d = d[d["steps"] == k] if ks else d
+            residual = float(d["spectral_residual"].iloc[0])
+            note = "" if bool(d["spectral"].iloc[0]) else f"; NOT spectral, residual {residual:.2f}"
+            kk = f"K = {k:g}" if np.isfinite(k) else "K unknown"
+            (h,) = ax_p.plot(d["sigma"], d["p"], color=plugins.color(name, names), linewidth=1.5,
+                             label=f"{name} (plug-in, measured, {kk}{note})")
+            plugin_handles.append(h)
+        handles[len(schedules):len(schedules)] = plugin_handles
         ax_p.set_xscale("log")
         ax_p.set_xlim(config.sigma_min, config.sigma_max)
+        if names:  # the y range follows the spectral maps (a non-spectral "p" is only diag(Uᵀ X V))
+            at_k = pd.concat([at_k, frame[frame["plugin"].notna() & frame["spectral"].eq(True)]])
         top = max(1.3, float(at_k["p"].max()) * 1.05) if not at_k.empty else 1.3
         ax_p.set_ylim(0.0, top)
         ax_p.set_xlabel(r"normalised singular value $\sigma = \sigma_i(G)\,/\,\|G\|_F$")
@@ -161,7 +229,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         # (b) fitted smoothing level against the number of steps; unresolved fits
         # (p_K already flat on the whole grid) are drawn as upper limits.
         floor = RESOLUTION * config.sigma_min
-        levels = frame.groupby(["schedule", "steps"], sort=True)[["eps_hat", "eps_resolved"]].first().reset_index()
+        levels = builtin.groupby(["schedule", "steps"], sort=True)[["eps_hat", "eps_resolved"]].first().reset_index()
         for i, name in enumerate(schedules):
             d = levels[levels["schedule"] == name].sort_values("steps")
             color = plotting.schedule_color(name)
@@ -172,12 +240,18 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             if not low.empty:
                 ax_e.plot(low["steps"] + jitter, [floor] * len(low), linestyle="none", marker="v",
                           markerfacecolor="white", markeredgecolor=color, markersize=5)
+        for name in names:
+            d = frame[frame["plugin"] == name].groupby("steps", dropna=False)[["eps_hat", "eps_resolved"]].first()
+            d = d.reset_index()
+            ax_e.plot(d["steps"].fillna(config.panel_steps), np.where(d["eps_resolved"].astype(bool), d["eps_hat"],
+                      floor), color=plugins.color(name, names), marker="*", markersize=7,
+                      linestyle="-" if len(d) > 1 else "none")
         if not levels["eps_resolved"].astype(bool).all():
             ax_e.axhspan(1e-300, floor, color="0.9", zorder=0, linewidth=0)
             ax_e.text(0.03, 0.03, rf"unresolved: $\hat\varepsilon < {RESOLUTION:g}\,\sigma_{{\min}}$ (open markers)",
                       transform=ax_e.transAxes, ha="left", va="bottom", fontsize=7, color="0.3")
         ax_e.set_yscale("log")
-        ymax = float(levels["eps_hat"].max()) * 2.0
+        ymax = float(frame["eps_hat"].max()) * 2.0
         ax_e.set_ylim(floor / 4.0, ymax)
         ax_e.set_xlabel("Newton–Schulz steps $K$")
         ax_e.set_ylabel(r"fitted smoothing level $\hat\varepsilon$")

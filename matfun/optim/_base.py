@@ -52,6 +52,9 @@ class ParamStep:
     lr_shape: tuple[int, int] = (0, 0)
     #: subclass data (Muon²: the second moment)
     extra: Any = None
+    #: the commit's scalars: ``θ ← decay·θ − step_size·update`` (checked finite in the plan)
+    decay: float = 1.0
+    step_size: float = 0.0
 
 
 class MatrixOptimizer(Optimizer):
@@ -65,6 +68,8 @@ class MatrixOptimizer(Optimizer):
     _name = "MatrixOptimizer"
     #: every state key the class writes (a loaded state with another key is rejected)
     _state_keys: tuple[str, ...] = ("momentum_buffer",)
+    #: hyperparameters a loaded param group may lack: they take this optimizer's constructor values
+    _filled_from_defaults: tuple[str, ...] = ()
 
     # -- construction ------------------------------------------------------------------
 
@@ -99,8 +104,12 @@ class MatrixOptimizer(Optimizer):
         check_bool("check_finite", group["check_finite"])
 
     def _check_params(self, group: dict[str, Any], gi: int) -> None:
+        seen: set[int] = set()
         for j, p in enumerate(group["params"]):
             name = param_name(group, gi, j)
+            if id(p) in seen:  # torch only warns; the parameter would take two steps per step
+                raise ValueError(f"{self._name}: parameter {name} appears twice in param group {gi}")
+            seen.add(id(p))
             if p.ndim < 2:
                 raise ValueError(
                     f"{self._name} only optimizes matrices (and conv kernels, flattened to (out, in·k·k)); "
@@ -198,9 +207,10 @@ class MatrixOptimizer(Optimizer):
                 error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
                 raise
             for j, p in enumerate(group["params"]):
-                if p.grad is not None:
+                if p.grad is not None and p.numel() > 0:  # an empty matrix has nothing to update
                     item = ParamStep(p, group, param_name(group, gi, j), self._checked_grad(p, group, gi, j))
                     self._prepare(item, context)
+                    self._step_scalars(item, gi)
                     items.append(item)
         extras = self._check_finite(items)
         self._orthogonalize(items, extras)
@@ -210,14 +220,29 @@ class MatrixOptimizer(Optimizer):
         """Write state, weights and step counts (nothing here can fail)."""
         self.last_step_communication = self._communication
         for item in items:
-            p, group = item.param, item.group
-            self.state[p].update(item.new_state)
-            lr = to_scalar(group["lr"])
-            p.mul_(1 - lr * group["weight_decay"])  # decoupled weight decay
-            p.add_(item.update.reshape(p.shape), alpha=-adjust_lr(lr, group["adjust_lr_fn"], item.lr_shape))
+            p = item.param
+            self.state[p] = item.new_state  # the whole state: keys of another configuration do not linger
+            p.mul_(item.decay)  # decoupled weight decay
+            p.add_(item.update.reshape(p.shape), alpha=-item.step_size)
         for group in self.param_groups:
             if "step_count" in group:
                 group["step_count"] += 1
+
+    def _step_scalars(self, item: ParamStep, gi: int) -> None:
+        """The decay factor ``1 − lr·λ`` and the step size ``AdjustLR(lr, shape)``, which must be
+        finite in the parameter's dtype (else the commit would fail half-way or write Inf)."""
+        group = item.group
+        lr = to_scalar(group["lr"])
+        item.decay = 1 - lr * group["weight_decay"]
+        item.step_size = adjust_lr(lr, group["adjust_lr_fn"], item.lr_shape)
+        limit = torch.finfo(item.param.dtype).max
+        for what, value in (("1 - lr·weight_decay", item.decay), ("the step size lr·AdjustLR", item.step_size)):
+            if not abs(value) <= limit:
+                raise ValueError(
+                    f"{self._name}: param group {gi}: {what} = {value:g} for parameter {item.name} is not "
+                    f"finite in {item.param.dtype} (lr={lr!r}, weight_decay={group['weight_decay']!r}); "
+                    "nothing was updated in this step"
+                )
 
     def _checked_grad(self, p: Tensor, group: dict, gi: int, j: int) -> Tensor:
         g = p.grad

@@ -32,9 +32,14 @@ def loaded_state(opt: MatrixOptimizer, state_dict: dict[str, Any]) -> tuple[list
     if not isinstance(saved_groups, (list, tuple)) or len(saved_groups) != len(opt.param_groups):
         n = len(saved_groups) if isinstance(saved_groups, (list, tuple)) else type(saved_groups).__name__
         raise ValueError(f"{where}: the state dict has {n} param groups, this optimizer has {len(opt.param_groups)}")
+    if not isinstance(state_dict["state"], dict):
+        raise ValueError(f"{where}: 'state' must be a dict (parameter id -> state), got {type(state_dict['state']).__name__}")
     groups = []
     for gi, (group, saved) in enumerate(zip(opt.param_groups, saved_groups)):
         groups.append(_loaded_group(opt, where, gi, group, saved))
+    saved_ids = list(chain.from_iterable(s["params"] for s in saved_groups))
+    if len(set(saved_ids)) != len(saved_ids):
+        raise ValueError(f"{where}: the state dict lists a parameter id twice in its param groups")
     id_map = dict(
         zip(chain.from_iterable(s["params"] for s in saved_groups), chain.from_iterable(g["params"] for g in groups))
     )
@@ -57,7 +62,8 @@ def _loaded_group(opt: MatrixOptimizer, where: str, gi: int, group: dict, saved:
             f"{where}: param group {gi} has {len(saved['params'])} parameters in the state dict, "
             f"{len(group['params'])} in this optimizer"
         )
-    missing = sorted(k for k in opt.defaults if k not in saved and k not in LEGACY_DEFAULTS)
+    fillable = {**LEGACY_DEFAULTS, **{k: opt.defaults[k] for k in opt._filled_from_defaults}}
+    missing = sorted(k for k in opt.defaults if k not in saved and k not in fillable)
     foreign = sorted(k for k in saved if k in FOREIGN_KEYS and k not in opt.defaults)
     if missing or foreign:
         parts = ([f"lacks {missing}"] if missing else []) + ([f"has {foreign}"] if foreign else [])
@@ -66,12 +72,23 @@ def _loaded_group(opt: MatrixOptimizer, where: str, gi: int, group: dict, saved:
             f"optimizer class ({opt._name}'s hyperparameters are {sorted(opt.defaults)})"
         )
     new = deepcopy({k: v for k, v in saved.items() if k not in ("params", "param_names")})
-    for key, value in LEGACY_DEFAULTS.items():
+    for key, value in fillable.items():
         if key in opt.defaults:
-            new.setdefault(key, value)
+            new.setdefault(key, deepcopy(value))
     new["params"] = group["params"]
     names = saved.get("param_names", group.get("param_names"))
     if names is not None:
+        if not isinstance(names, (list, tuple)) or len(names) != len(group["params"]):
+            raise ValueError(f"{where}: param group {gi} of the state dict has 'param_names' that do not list "
+                             f"one name per parameter ({len(group['params'])})")
+        ours = group.get("param_names")
+        if ours is not None and list(ours) != list(names):
+            j = next(j for j, (a, b) in enumerate(zip(ours, names)) if a != b)
+            raise ValueError(
+                f"{where}: param group {gi}: parameter {j} is {ours[j]!r} here but {names[j]!r} in the state "
+                "dict (state is loaded by position, so it would go to the wrong parameter); rename the saved "
+                "'param_names' in a load_state_dict pre-hook, or delete them to load by position"
+            )
         new["param_names"] = list(names)
     try:
         opt._check_group(new)
@@ -95,8 +112,17 @@ def _loaded_param_state(opt: MatrixOptimizer, where: str, name: str, p: torch.Te
     dtype = statistics_dtype(p.dtype)
     out = {}
     for key, value in saved.items():
-        if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
-            raise ValueError(f"{where}: state {key!r} of parameter {name} must be a floating tensor, got {value!r:.80}")
+        if (
+            not isinstance(value, torch.Tensor)
+            or not value.dtype.is_floating_point
+            or value.layout != torch.strided
+            or value.is_meta
+        ):
+            raise ValueError(
+                f"{where}: state {key!r} of parameter {name} must be a dense floating tensor with values, "
+                f"got {type(value).__name__} {getattr(value, 'dtype', '')} {getattr(value, 'layout', '')}"
+                f"{' on meta' if getattr(value, 'is_meta', False) else ''}"
+            )
         if tuple(value.shape) != shapes[key]:
             raise ValueError(
                 f"{where}: state {key!r} of parameter {name} has shape {tuple(value.shape)}, "

@@ -7,9 +7,12 @@ single host synchronisation that fetches scalars from the device.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -41,7 +44,7 @@ def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        lr = float(lr)
+        lr = float(lr.detach())
     if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0.0 or not math.isfinite(lr):
         raise ValueError(f"Learning rate should be a finite number >= 0 but is: {lr!r}")
 
@@ -92,6 +95,40 @@ def resolve_coefficients(coefficients: Any) -> Schedule:
     ):
         coefficients = (tuple(float(v) for v in coefficients),)
     return get_schedule(coefficients)
+
+
+#: The largest singular value a Newton–Schulz iterate may reach (the map's input has σ ≤ 1):
+#: its fifth power, the largest entry of a product in the map, stays far inside the float32 and
+#: bfloat16 range (3.4e38).  Published schedules stay below 2.
+MAX_ITERATE = 1e7
+
+
+@functools.lru_cache(maxsize=64)
+def _iterate_peak(schedule: Schedule, steps: int) -> float:
+    """``max |p_k(σ)|`` over the iterates ``k ≤ steps`` and ``σ`` in ``[0, 1/normalization]``
+    (Newton–Schulz acts on each singular value through the scalar polynomials)."""
+    x = np.linspace(0.0, 1.0 / schedule.normalization, 4097)
+    peak = float(x[-1])
+    with np.errstate(all="ignore"):
+        for k in range(steps):
+            a, b, c = schedule.coefficients[min(k, len(schedule.coefficients) - 1)]
+            x = a * x + b * x**3 + c * x**5
+            peak = max(peak, float(np.abs(x).max()))
+            if not peak <= MAX_ITERATE:
+                return math.inf if math.isnan(peak) else peak
+    return peak
+
+
+def check_ns_schedule(coefficients: Any, steps: Any) -> None:
+    """A schedule and step count whose iterates cannot overflow (else the update is Inf/NaN)."""
+    schedule = resolve_coefficients(coefficients)
+    steps = check_ns_steps(steps)
+    peak = _iterate_peak(schedule, steps)
+    if not peak <= MAX_ITERATE:
+        raise ValueError(
+            f"ns_coefficients {schedule.name!r} with ns_steps={steps} grow singular values to {peak:.3g} "
+            f"(more than {MAX_ITERATE:g}): the Newton–Schulz products would overflow to Inf/NaN"
+        )
 
 
 def check_ns_steps(steps: Any) -> int:
@@ -155,7 +192,7 @@ def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple[int, int]) -> fl
 
 
 def to_scalar(lr: Any) -> float:
-    return float(lr) if isinstance(lr, Tensor) else lr
+    return float(lr.detach()) if isinstance(lr, Tensor) else lr
 
 
 def statistics_dtype(dtype: torch.dtype) -> torch.dtype:

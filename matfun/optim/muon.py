@@ -30,7 +30,7 @@ from ._common import (
     check_bool,
     check_lr,
     check_nonneg,
-    check_ns_steps,
+    check_ns_schedule,
     check_precision,
     check_unit_interval,
     default_precision,
@@ -76,7 +76,9 @@ class Muon(MatrixOptimizer):
     ns_coefficients : str, Schedule, sequence of (a, b, c) or one (a, b, c), default Jordan
         Newton–Schulz schedule (``"jordan"`` = torch's ``(3.4445, −4.7750, 2.0315)``,
         ``"you"``, ``"polar_express"``, ``"cubic"``, or explicit tuples; the last
-        tuple repeats).  Alias: ``coefficients``.
+        tuple repeats).  Alias: ``coefficients``.  A schedule whose iterates grow
+        singular values beyond 1e7 within ``ns_steps`` is rejected (its products
+        would overflow).
     eps : float, default 1e-7
         torch.optim.Muon's floor on the normalisation: the map's input is
         ``U / max(‖U‖_F, eps)``.  matfun's own normalisation is exactly scale
@@ -120,6 +122,9 @@ class Muon(MatrixOptimizer):
       parameter's dtype) and in the parameter's dtype otherwise.
     * Every :meth:`step` is all or nothing: a bad gradient, hyperparameter or
       statistic in any group raises before anything is written.
+    * :meth:`load_state_dict` accepts torch.optim.Muon checkpoints (same
+      hyperparameters and state); ``precision`` and ``check_finite``, which
+      torch's lack, take this optimizer's constructor values.
     * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
       (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; each matrix is orthogonalised by one owner rank, balanced by cost (gather, NS, scatter back).
       The update equals the single-device one (``tests/test_sharding.py``);
@@ -138,6 +143,8 @@ class Muon(MatrixOptimizer):
     """
 
     _name = "Muon"
+    # torch.optim.Muon's checkpoints load: matfun's own hyperparameters come from the constructor
+    _filled_from_defaults = ("precision", "check_finite")
 
     def __init__(
         self,
@@ -222,8 +229,7 @@ def check_common(group: dict[str, Any]) -> None:
     check_nonneg("weight decay", group["weight_decay"])
     check_unit_interval("momentum", group["momentum"])
     check_bool("nesterov", group["nesterov"])
-    resolve_coefficients(group["ns_coefficients"])
-    check_ns_steps(group["ns_steps"])
+    check_ns_schedule(group["ns_coefficients"], group["ns_steps"])
     check_precision(group["precision"])
     check_adjust_lr_fn(group["adjust_lr_fn"])
 
@@ -247,10 +253,12 @@ def orthogonalize(
         prec = default_precision(precision, X.device)
         ns = maps.get(prec) or maps.setdefault(prec, NewtonSchulz(steps, schedule, prec))
         if 0 < n < eps:
+            # [[U, 0], [0, √(eps² − ‖U‖²)]] divided by eps (the map is scale invariant): every
+            # entry stays finite whatever eps is (eps² overflows for eps above ~1e154)
             H, W = X.shape
             aug = X.new_zeros((H + 1, W + 1))
-            aug[:H, :W] = X
-            aug[H, W] = math.sqrt(max(eps * eps - n * n, 0.0))
+            aug[:H, :W] = X / eps
+            aug[H, W] = math.sqrt(max(1.0 - (n / eps) ** 2, 0.0))
             outs.append(ns(aug, check_finite=False)[:H, :W])
         else:
             outs.append(ns(X, check_finite=False))

@@ -107,6 +107,9 @@ class Muon2(MatrixOptimizer):
     overflow even so (float32 entries above about 1.8e19) is reported by
     parameter name before anything is written: every :meth:`step` is all or
     nothing.  Each parameter is mapped by its own call (no cross-layer batching).
+    Changing ``factorized`` of a group that has taken steps (or loading a state
+    dict saved with the other setting) restarts the second moment at the next
+    step; the other form's statistics are dropped then.
 
     FSDP2 (``fully_shard``, DTensor ``Shard(0)``): the momentum, the full second
     moment and Muon²-F's row statistics stay sharded like the parameter; the
@@ -174,6 +177,11 @@ class Muon2(MatrixOptimizer):
     def _check_state(self, name: str, p: Tensor, group: dict[str, Any], state: dict[str, Tensor]) -> None:
         if ("exp_avg_sq_row" in state) != ("exp_avg_sq_col" in state):
             raise ValueError(f"the state of parameter {name} has only one of 'exp_avg_sq_row', 'exp_avg_sq_col'")
+        forms = [f for f in (False, True) if _MOMENT_KEYS[f][0] in state]
+        if len(forms) == 2:
+            raise ValueError(f"the state of parameter {name} has both the full and the factorized second moment")
+        if state and not forms:
+            raise ValueError(f"the state of parameter {name} lacks the second moment ({_MOMENT_KEYS[group['factorized']]})")
         for key in _MOMENT_KEYS[True] + _MOMENT_KEYS[False]:
             if key in state and bool((state[key] < 0).any()):
                 raise ValueError(f"state {key!r} of parameter {name} has negative entries (a second moment)")

@@ -1,0 +1,111 @@
+"""``python -m diagnostics design-schedule``: design a Newton–Schulz schedule, print it, draw it.
+
+Prints the coefficients of :func:`matfun.design_schedule` as Python tuples
+(full precision, ready to paste), the normalisation and each step's interval,
+and draws the transfer function ``p_K`` of the design next to the published
+schedules at the same ``K`` (log σ axis, the design interval shaded; right
+panel: ``|1 − p_K(σ)|``).  Bad arguments: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+HELP = "design a minimax Newton-Schulz schedule, print it as Python tuples, draw it"
+DESCRIPTION = (
+    "Design a Newton-Schulz schedule with matfun.design_schedule (per-step minimax odd polynomials, "
+    "as in The Polar Express) for singular values of G/||G||_F in [LOWER, UPPER], print its "
+    "coefficients as Python tuples and each step's interval, and draw its transfer function next "
+    "to the published schedules."
+)
+EXAMPLES = """\
+matfun-diagnostics design-schedule --lower 1e-3 --steps 5     # the published Polar Express constants
+matfun-diagnostics design-schedule --lower 1e-2 --upper 0.6 --steps 4 --precision bfloat16
+matfun-diagnostics design-schedule --lower 1e-3 --degree 3 --steps 8 --no-figure
+"""
+
+PUBLISHED = ("cubic", "jordan", "you", "polar_express")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the ``design-schedule`` subcommand."""
+    p.add_argument("--lower", type=float, required=True, metavar="L",
+                   help="smallest normalised singular value to design for (0 < L < U)")
+    p.add_argument("--upper", type=float, default=1.0, metavar="U", help="largest one (default 1)")
+    p.add_argument("--steps", type=int, default=5, metavar="K", help="number of steps (default 5)")
+    p.add_argument("--degree", type=int, default=5, choices=(3, 5), help="polynomial degree (default 5)")
+    p.add_argument("--safety", type=float, default=None,
+                   help="rounding margin (default from --precision, else 0.02)")
+    p.add_argument("--cushion", type=float, default=0.02, help="cushion (default 0.02)")
+    p.add_argument("--precision", default=None, help="float64, float32 or bfloat16: sets the default --safety")
+    p.add_argument("--name", default=None, help="display name of the schedule")
+    p.add_argument("--figure", metavar="PATH", default="figures/design/design_schedule",
+                   help="figure path stem (PDF + PNG; default figures/design/design_schedule)")
+    p.add_argument("--no-figure", action="store_true", help="print the coefficients only")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command (exit 0); a bad argument raises :class:`diagnostics.cli.UsageError` (exit 2)."""
+    import matfun
+
+    from .cli import UsageError
+
+    try:
+        schedule = matfun.design_schedule(
+            args.lower, args.upper, args.steps, degree=args.degree, safety=args.safety,
+            cushion=args.cushion, precision=args.precision, name=args.name,
+        )
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"# {schedule.name}: degree {schedule.degree}, safety {schedule.safety:g}, cushion {schedule.cushion:g}")
+    print(f"# use with X0 = G / ({schedule.normalization!r} * ||G||_F); (a, b, c) per step:")
+    print(schedule.python_tuples())
+    for k, (lo, hi) in enumerate(schedule.bounds):
+        print(f"# after {k} step(s): singular values in [{lo:.6g}, {hi:.6g}]")
+    if args.no_figure:
+        return 0
+    stem = Path(args.figure)
+    stem.parent.mkdir(parents=True, exist_ok=True)  # an OSError is reported by the CLI in one line
+    paths = draw(schedule, stem)
+    print(f"# figure: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def draw(schedule, stem: Path) -> list[Path]:
+    """Transfer function of ``schedule`` and of the published schedules at the same K."""
+    import matfun
+
+    from . import plotting
+
+    K = len(schedule.coefficients)
+    # σ in the units of G/‖G‖_F; the design interval is [lower, upper]·normalization there
+    lo, hi = schedule.lower * schedule.normalization, schedule.upper * schedule.normalization
+    sigma = np.geomspace(min(lo / 10, 1e-4), 1.0, 2000)
+    with plotting.style():
+        fig = plotting.figure("double", 2.8, ncols=2)
+        ax_p, ax_e = fig.axes
+        for name in (*PUBLISHED, schedule):
+            published = isinstance(name, str)
+            style = (dict(color=plotting.schedule_color(name), linewidth=1.0) if published
+                     else dict(color="black", linewidth=1.3, linestyle=(0, (4, 2))))
+            p = matfun.transfer_function(sigma, K, name)
+            ax_p.plot(sigma, p, label=plotting.schedule_label(name) if published else schedule.name, **style)
+            ax_e.plot(sigma, np.maximum(np.abs(1 - p), 1e-17), **style)
+        for ax in fig.axes:
+            ax.axvspan(lo, min(hi, 1.0), color="0.9", zorder=0)
+            ax.set_xscale("log")
+            ax.set_xlabel(r"$\sigma / \|G\|_F$")
+        ax_p.axhline(1.0, color="0.5", linewidth=0.6, linestyle=":")
+        ax_p.set_ylabel(rf"$p_K(\sigma)$, $K = {K}$")
+        ax_e.set_yscale("log")
+        ax_e.set_ylabel(r"$|1 - p_K(\sigma)|$")
+        ax_p.set_title("transfer function (design interval shaded)")
+        ax_e.set_title("distance from the polar factor")
+        plotting.panel_label(ax_p, "a")
+        plotting.panel_label(ax_e, "b")
+        handles, labels = ax_p.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside upper center", ncols=len(handles))
+        return plotting.save_figure(fig, stem)

@@ -1,0 +1,507 @@
+"""Plug-in maps: run a user's orthogonaliser through every diagnostics experiment.
+
+A plug-in is any callable ``G -> X`` (or a :class:`matfun.Map`), named on the
+command line as ``--map NAME=MODULE:ATTR`` or passed in Python as
+``diagnostics.run("ns_convergence", maps={"mine": fn})``.  The experiments that
+compare maps (``ns_convergence``, ``precision``, ``duality``, ``tile_sweep``,
+``transfer``, ``scaling``) draw every plug-in beside the built-in maps.
+
+What a plug-in may declare (attributes on the callable; all optional)
+----------------------------------------------------------------------
+``array_library``
+    ``"numpy"`` (default) or ``"torch"``: the library of the arrays it receives.
+    A :class:`matfun.Map` receives whatever the experiment has (both work).
+``batched``
+    ``True`` if it accepts a batch ``(..., H, W)``; by default a plug-in is
+    taken to be 2-D only and is looped over the batch (tiled experiments hand
+    the per-tile map a batch of tiles).
+step count
+    * an ``iterates(G)`` method yielding ``X_0 … X_K`` (as :class:`matfun.Map`
+      has): curves against ``K`` from one run;
+    * a *factory*: a callable whose only parameter is named ``steps``
+      (``def my_ns(steps): return lambda G: ...``): called once per ``K``;
+    * a plain callable: one point at its own ``K`` (its ``steps`` attribute) or,
+      without one, a horizontal level (``K`` unknown).
+``flops(shape)``
+    Matrix-product FLOPs of one call (``scaling`` counts them with torch's FLOP
+    counter otherwise).
+
+Contract checked on every call: the output is a numpy array or torch tensor of
+the input's shape, of a real floating dtype, finite for a finite input.  An
+output of another library or float dtype is converted back to the input's and
+the conversion is noted (:attr:`Plugin.notes`).  Anything else — and a missing
+module or attribute, something not callable, an exception inside the map —
+raises :class:`PluginError`, one line naming the plug-in.
+
+Identity: :attr:`Plugin.identity` is ``module:attr@<12 hex digits of the SHA-256
+of the attribute's source>``; the experiments put it in the plug-in's cells, so
+the cache key changes when the map's source changes (only that plug-in's cells
+are recomputed).  Helpers the map calls are not part of the hash: after editing
+one, rerun with ``--force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import importlib
+import inspect
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from matfun.base import Map
+
+__all__ = [
+    "PluginError",
+    "Plugin",
+    "load",
+    "parse_map_option",
+    "from_object",
+    "collect",
+    "active",
+    "current",
+    "cells",
+    "for_cell",
+    "names_in",
+    "color",
+    "builtin_rows",
+    "PluginMap",
+]
+
+LIBRARIES = ("numpy", "torch")
+#: Colours of plug-in curves (none used by a built-in curve), in order of the names; plug-in curves also
+#: carry star markers, so they stay distinct without colour.
+COLORS = ("#B2182B", "#6A3D9A", "#8C564B", "#17BECF", "#000000")
+#: Size of the probe matrix every plug-in is checked on before an experiment runs.
+PROBE_SHAPE = (24, 40)
+
+
+class PluginError(ValueError):
+    """A plug-in that cannot be loaded or that broke its contract (one line, names the plug-in).
+
+    ``plugin`` is the plug-in's name when the error comes from running it.
+    """
+
+    def __init__(self, message: str, plugin: str | None = None):
+        super().__init__(message)
+        self.plugin = plugin
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _source_hash(obj: Any) -> str | None:
+    """12 hex digits of the SHA-256 of ``obj``'s source, if available.
+
+    For an instance (a configured :class:`matfun.Map`, a callable object) the
+    source of its class and its ``repr`` (its settings, when the repr shows them)
+    are hashed together, so two instances configured differently differ.
+    """
+    plain = inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)
+    try:
+        source = inspect.getsource(obj if plain else type(obj))
+    except (OSError, TypeError):
+        return None
+    if not plain:
+        text = repr(obj)
+        source += "\n" + ("" if " at 0x" in text else text)
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+def _is_factory(obj: Any) -> bool:
+    """A callable whose only parameter is named ``steps`` (``steps -> map``)."""
+    if hasattr(obj, "iterates"):
+        return False
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 1 and params[0].name == "steps"
+
+
+def _library_of(X: Any) -> str | None:
+    if isinstance(X, np.ndarray):
+        return "numpy"
+    if type(X).__module__.startswith("torch") and hasattr(X, "detach"):
+        return "torch"
+    return None
+
+
+def _dtype_name(X: Any) -> str:
+    return str(X.dtype).replace("torch.", "")
+
+
+def _to_library(G: Any, library: str) -> Any:
+    """``G`` in ``library`` (numpy has no bfloat16: bf16 tensors become float32 arrays)."""
+    if library == "any" or _library_of(G) == library:
+        return G
+    if library == "torch":
+        return torch.from_numpy(np.ascontiguousarray(G))
+    G = G.detach().cpu()
+    return (G.float() if G.dtype == torch.bfloat16 else G).numpy()
+
+
+def _like(X: Any, G: Any) -> Any:
+    """``X`` converted to ``G``'s library, device and dtype."""
+    if isinstance(G, np.ndarray):
+        if _library_of(X) == "torch":
+            X = X.detach().cpu()
+            X = (X.float() if X.dtype == torch.bfloat16 else X).numpy()
+        return np.asarray(X).astype(G.dtype, copy=False)
+    if _library_of(X) == "numpy":
+        X = torch.from_numpy(np.ascontiguousarray(X))
+    return X.to(device=G.device, dtype=G.dtype)
+
+
+class Plugin:
+    """A user's map, adapted to the experiments (see the module docstring).
+
+    Parameters
+    ----------
+    name : str
+        The name shown in rows, legends and the report.
+    target : callable
+        The map, a factory ``steps -> map``, or a :class:`matfun.Map`.
+    module, attr : str
+        Where it came from (for :attr:`identity`).
+    """
+
+    def __init__(self, name: str, target: Any, module: str, attr: str):
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+            raise PluginError(f"plug-in name {name!r} must be non-empty letters, digits, '_', '-' or '.'")
+        self.name = name
+        self.module = module
+        self.attr = attr
+        if not callable(target):
+            raise PluginError(f"plug-in {name!r} ({self.spec}) is not callable (it is a {type(target).__name__})")
+        self.target = target
+        self.is_factory = _is_factory(target)
+        self.has_iterates = callable(getattr(target, "iterates", None))
+        library = self._declared(target, "array_library", None)
+        self.library = library or ("any" if self._is_map(target) else "numpy")
+        if self.library not in (*LIBRARIES, "any"):
+            raise PluginError(f"plug-in {name!r} ({self.spec}): array_library must be 'numpy' or 'torch', "
+                              f"got {self.library!r}")
+        self.batched = bool(self._declared(target, "batched", self._is_map(target)))
+        steps = getattr(target, "steps", None)
+        self.steps = int(steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else None
+        self.source_hash = _source_hash(target)
+        self.notes: set[str] = set()
+        self._made: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ identity
+    @staticmethod
+    def _is_map(obj: Any) -> bool:
+        return isinstance(obj, Map)
+
+    @staticmethod
+    def _declared(obj: Any, attr: str, default: Any) -> Any:
+        value = getattr(obj, attr, None)
+        return default if value is None else value
+
+    @property
+    def spec(self) -> str:
+        """``module:attr`` of the plug-in."""
+        return f"{self.module}:{self.attr}"
+
+    @property
+    def identity(self) -> str:
+        """``module:attr@hash`` (``@nosource`` when the source cannot be read)."""
+        return f"{self.spec}@{self.source_hash or 'nosource'}"
+
+    @property
+    def kind(self) -> str:
+        """``"iterates"``, ``"factory"`` or ``"plain"``: how the plug-in exposes its step count."""
+        return "iterates" if self.has_iterates else "factory" if self.is_factory else "plain"
+
+    @property
+    def step_count_description(self) -> str:
+        """How the plug-in exposes its step count, in words (for the report)."""
+        return {"iterates": "curves from iterates()", "factory": "factory steps -> map",
+                "plain": f"plain callable (K = {self.steps})" if self.steps else "plain callable (K unknown)"}[self.kind]
+
+    def error(self, problem: str) -> PluginError:
+        """A :class:`PluginError` naming this plug-in."""
+        return PluginError(f"plug-in {self.name!r} ({self.spec}): {_one_line(problem)}", plugin=self.name)
+
+    def __repr__(self) -> str:
+        return f"Plugin({self.name!r}, {self.identity!r}, kind={self.kind!r}, library={self.library!r})"
+
+    # ---------------------------------------------------------------- calling
+    def _map_for(self, steps: int | None) -> Any:
+        if not self.is_factory:
+            return self.target
+        if steps is None:
+            raise self.error("is a factory steps -> map; this experiment needs a step count")
+        if steps not in self._made:
+            try:
+                made = self.target(int(steps))
+            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
+                raise self.error(f"factory raised {type(exc).__name__} for steps={steps}: {exc}") from None
+            if not callable(made):
+                raise self.error(f"factory returned a {type(made).__name__} for steps={steps}, not a callable")
+            self._made[steps] = made
+        return self._made[steps]
+
+    def _call_2d_or_batched(self, fn: Any, G: Any, library: str, batched: bool) -> Any:
+        Gl = _to_library(G, library)
+        if batched or Gl.ndim == 2:
+            return self._checked(self._invoke(fn, Gl), Gl)
+        flat = Gl.reshape((-1,) + tuple(Gl.shape[-2:]))
+        outs = [_like(self._checked(self._invoke(fn, flat[i]), flat[i]), flat[i]) for i in range(flat.shape[0])]
+        xp = np if _library_of(Gl) == "numpy" else torch
+        return xp.stack(outs).reshape(Gl.shape)
+
+    def _invoke(self, fn: Any, G: Any) -> Any:
+        try:
+            return fn(G)
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
+            raise self.error(f"raised {type(exc).__name__}: {exc}") from None
+
+    def _checked(self, X: Any, G: Any) -> Any:
+        """Check the output contract; note conversions; return ``X`` in ``G``'s library/dtype."""
+        lib = _library_of(X)
+        if lib is None:
+            raise self.error(f"returned a {type(X).__name__}, not a numpy array or torch tensor")
+        if tuple(X.shape) != tuple(G.shape):
+            raise self.error(f"returned shape {tuple(X.shape)} for an input of shape {tuple(G.shape)}")
+        name = _dtype_name(X)
+        if not (name.startswith("float") or name == "bfloat16"):
+            raise self.error(f"returned dtype {name}; a real floating dtype is required")
+        finite = bool(np.isfinite(X).all()) if lib == "numpy" else bool(torch.isfinite(X).all())
+        if not finite:
+            raise self.error(f"returned non-finite values (NaN or Inf) for a finite {tuple(G.shape)} input")
+        if lib != _library_of(G):
+            self.notes.add(f"returns {lib} for {_library_of(G)} input: converted back")
+        if name != _dtype_name(G):
+            self.notes.add(f"returns {name} for {_dtype_name(G)} input: converted back to {_dtype_name(G)}")
+        return _like(X, G)
+
+    def __call__(self, G: Any, steps: int | None = None) -> Any:
+        """Apply the map (``steps`` for a factory) to ``G``; output in ``G``'s library, device and dtype."""
+        fn = self._map_for(steps)
+        library = self.library
+        batched = self.batched
+        if self.is_factory:  # what the made map declares wins
+            library = self._declared(fn, "array_library", None) or ("any" if self._is_map(fn) else library)
+            batched = bool(self._declared(fn, "batched", self._is_map(fn) or batched))
+        if library not in (*LIBRARIES, "any"):
+            raise self.error(f"array_library must be 'numpy' or 'torch', got {library!r}")
+        note = None
+        if library == "numpy" and _dtype_name(G) == "bfloat16":
+            note = "numpy has no bfloat16: fed bfloat16 values as float32"
+        X = self._call_2d_or_batched(fn, G, library, batched)
+        if note:
+            self.notes.add(note)
+        return _like(X, G)
+
+    def curve(self, G: Any, max_steps: int, ks: Any = None) -> list[tuple[float, Any]]:
+        """``[(K, X_K), ...]``: every iterate (``iterates``), ``K`` in ``ks`` or ``1..max_steps`` (factory),
+        or one ``(own K or NaN, X)`` (plain callable)."""
+        if self.has_iterates:
+            Gl = _to_library(G, self.library)
+            try:
+                iterates = list(self.target.iterates(Gl))
+            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
+                raise self.error(f"iterates() raised {type(exc).__name__}: {exc}") from None
+            if not iterates:
+                raise self.error("iterates() yielded nothing")
+            return [(float(k), _like(self._checked(X, Gl), G)) for k, X in enumerate(iterates[: max_steps + 1])]
+        if self.is_factory:
+            ks = range(1, max_steps + 1) if ks is None else ks
+            return [(float(k), self(G, steps=int(k))) for k in ks]
+        return [(float(self.steps) if self.steps else math.nan, self(G))]
+
+    def raw(self, steps: int | None = None) -> Callable[[Any], Any]:
+        """The user's own callable (made with ``steps`` for a factory), unchecked and unconverted (for timing)."""
+        return self._map_for(steps if self.is_factory else None)
+
+    def final(self, G: Any, steps: int | None) -> Any:
+        """The map's output: at ``steps`` for a factory, else its own output (``steps`` ignored)."""
+        return self(G, steps=steps if self.is_factory else None)
+
+    def flops(self, shape: tuple[int, ...], steps: int | None = None) -> float:
+        """FLOPs of one call: the map's ``flops(shape)`` if it has one, else ``nan``."""
+        fn = self._map_for(steps) if self.is_factory else self.target
+        method = getattr(fn, "flops", None)
+        if not callable(method):
+            return math.nan
+        try:
+            return float(method(tuple(shape)))
+        except Exception as exc:  # noqa: BLE001
+            raise self.error(f"flops({tuple(shape)}) raised {type(exc).__name__}: {exc}") from None
+
+    def check(self) -> None:
+        """Probe the map on a seeded float64 ``24×40`` matrix; raise :class:`PluginError` if it breaks its contract."""
+        G = np.random.default_rng(0).standard_normal(PROBE_SHAPE)
+        if self.has_iterates:
+            self.curve(G, 10**9)
+        self.final(G, 5)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load(spec: str, name: str | None = None) -> Plugin:
+    """Import ``MODULE:ATTR`` (dotted attributes allowed) as a :class:`Plugin` named ``name`` (default ATTR).
+
+    The current directory is put on ``sys.path`` (as ``python -m`` does).
+
+    Raises
+    ------
+    PluginError
+        Malformed spec, module not importable, attribute missing, not callable.
+    """
+    label = repr(name) if name else repr(spec)
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise PluginError(f"plug-in {label}: expected MODULE:ATTR, got {spec!r}")
+    module_name, attr_path = spec.split(":")
+    parts = attr_path.split(".")
+    if not module_name or not all(p.isidentifier() for p in module_name.split(".") + parts):
+        raise PluginError(f"plug-in {label}: bad MODULE:ATTR {spec!r}")
+    name = name or parts[-1]
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise PluginError(f"plug-in {name!r} ({spec}): no module named {exc.name!r}") from None
+        raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a broken user module is a bad plug-in
+        raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: "
+                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+    for i, part in enumerate(parts):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            where = ".".join([module_name] + parts[:i])
+            raise PluginError(f"plug-in {name!r} ({spec}): {where!r} has no attribute {part!r}") from None
+    return Plugin(name, obj, module_name, attr_path)
+
+
+def parse_map_option(text: str) -> Plugin:
+    """Parse one ``--map NAME=MODULE:ATTR`` (or ``MODULE:ATTR``, named after ATTR)."""
+    name, sep, spec = text.partition("=")
+    if not sep:
+        name, spec = "", text
+    if sep and not name:
+        raise PluginError(f"--map {text!r}: empty NAME; expected NAME=MODULE:ATTR")
+    return load(spec, name or None)
+
+
+def from_object(name: str, obj: Any) -> Plugin:
+    """A :class:`Plugin` for a Python object (identity from its ``__module__`` and ``__qualname__``)."""
+    if isinstance(obj, Plugin):
+        return obj
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    attr = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return Plugin(name, obj, str(module), str(attr))
+
+
+def collect(maps: Mapping[str, Any] | None = None, options: list[str] | None = None) -> list[Plugin]:
+    """Plug-ins from a ``{name: callable or "MODULE:ATTR"}`` mapping and ``--map`` options, probed.
+
+    Raises :class:`PluginError` for a duplicate name or a plug-in that fails its probe.
+    """
+    out: list[Plugin] = []
+    for name, obj in (maps or {}).items():
+        out.append(load(obj, name) if isinstance(obj, str) else from_object(name, obj))
+    out += [parse_map_option(text) for text in options or []]
+    seen: set[str] = set()
+    for p in out:
+        if p.name in seen:
+            raise PluginError(f"plug-in name {p.name!r} given twice")
+        seen.add(p.name)
+    for p in out:
+        p.check()
+    return out
+
+
+# ------------------------------------------------------------- the active set
+
+_ACTIVE: contextvars.ContextVar[tuple[Plugin, ...]] = contextvars.ContextVar("diagnostics_plugins", default=())
+
+
+@contextlib.contextmanager
+def active(plugins: list[Plugin] | tuple[Plugin, ...]) -> Iterator[None]:
+    """Make ``plugins`` the maps experiments add to their sweeps inside the block."""
+    token = _ACTIVE.set(tuple(plugins))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current() -> tuple[Plugin, ...]:
+    """The active plug-ins (empty outside :func:`active`)."""
+    return _ACTIVE.get()
+
+
+def cells(**fixed: Any) -> list[dict]:
+    """One cell per active plug-in: ``{"plugin": name, "plugin_id": identity, **fixed}``.
+
+    The identity in the cell puts the plug-in's source hash into its cache key.
+    """
+    return [{"plugin": p.name, "plugin_id": p.identity, **fixed} for p in current()]
+
+
+def for_cell(cell: Mapping[str, Any]) -> Plugin | None:
+    """The active plug-in a cell belongs to (``None`` for a built-in cell)."""
+    name = cell.get("plugin")
+    if name is None:
+        return None
+    for p in current():
+        if p.name == name:
+            if p.identity != cell.get("plugin_id"):
+                raise PluginError(f"plug-in {name!r}: cell is for {cell.get('plugin_id')}, active is {p.identity}")
+            return p
+    raise PluginError(f"plug-in {name!r} is not active (pass it with --map or maps=)")
+
+
+def names_in(frame: Any) -> list[str]:
+    """Plug-in names present in a results frame, in order of first appearance."""
+    if "plugin" not in getattr(frame, "columns", ()):
+        return []
+    return [str(n) for n in dict.fromkeys(frame["plugin"].dropna())]
+
+
+def color(name: str, names: list[str]) -> str:
+    """The colour of plug-in ``name`` among ``names``."""
+    return COLORS[names.index(name) % len(COLORS)] if name in names else COLORS[0]
+
+
+def builtin_rows(frame: Any) -> Any:
+    """The rows of built-in maps (no ``plugin`` value)."""
+    return frame[frame["plugin"].isna()] if "plugin" in frame.columns else frame
+
+
+class PluginMap(Map):
+    """A plug-in as a one-shot :class:`matfun.Map` (e.g. the per-tile map of :class:`matfun.Tiled`).
+
+    ``steps`` is passed to a factory plug-in; the input's precision is kept.
+    """
+
+    precision = None
+    prefers_torch = True
+
+    def __init__(self, plugin: Plugin, steps: int | None = None):
+        self.plugin = plugin
+        self.steps = steps
+
+    def _compute_iterates(self, X: Any, precision: Any) -> Iterator[Any]:
+        yield self.plugin.final(X, self.steps)
+
+    def flops(self, shape: tuple[int, ...]) -> int:
+        value = self.plugin.flops(shape, self.steps)
+        return 0 if math.isnan(value) else int(value)

@@ -1,0 +1,198 @@
+"""Run experiments with plug-in maps, Config overrides and several seeds (the CLI and Python entry).
+
+:func:`run` is what ``python -m diagnostics run`` / ``figures`` do, callable from
+Python::
+
+    import diagnostics
+    diagnostics.run("ns_convergence", maps={"mine": my_map}, quick=True)
+    diagnostics.run("transfer", set={"steps": (1, 2, 3)}, seeds=(0, 1, 2))
+
+The seam for experiments
+    An experiment takes part by following the protocol of
+    :mod:`diagnostics.experiments`: its frozen ``Config`` dataclass is what
+    ``--set`` / ``set=`` change (:mod:`diagnostics.overrides`, checked against the
+    field names and types), and ``run_cell(config, cell, device, seed)`` receives
+    each seed in turn (one full sweep per seed; the seed is part of the cache key
+    and a column of every row).  With several seeds the figures show mean and
+    spread (:mod:`diagnostics.seeds`) without any change to ``plot``.  To compare
+    plug-in maps, ``cells(config)`` appends :func:`diagnostics.plugins.cells` and
+    ``run_cell`` gets the map with :func:`diagnostics.plugins.for_cell`.
+
+Failures
+    A plug-in that breaks its contract raises :class:`~diagnostics.plugins.PluginError`;
+    the cells of that plug-in already written in this run are removed (built-in
+    cells stay cached) and nothing else is written for the failing experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import overrides as _overrides
+from . import plugins as _plugins
+from . import store
+
+__all__ = ["run", "run_module", "parse_seeds"]
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` → ``(0, 1, 2)``; distinct non-negative integers, else ``ValueError``."""
+    try:
+        seeds = tuple(int(s) for s in str(text).split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated non-negative integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def _discard_plugin_cells(module: Any, config: Any, name: str, seeds: Sequence[int], device: str,
+                          results_dir: Path) -> None:
+    """Remove every cached cell of plug-in ``name`` for this config, seeds and device."""
+    cells_dir = Path(results_dir) / module.NAME / "cells"
+    for cell in module.cells(config):
+        if cell.get("plugin") != name:
+            continue
+        for seed in seeds:
+            digest = store.cell_hash(store.cell_key(module.NAME, config, cell, seed, device))
+            for suffix in (".json", ".csv"):  # marker first: a half-removed cell never counts as cached
+                (cells_dir / f"{digest}{suffix}").unlink(missing_ok=True)
+
+
+def run_module(
+    module: Any,
+    *,
+    plugins: Sequence[_plugins.Plugin] = (),
+    overrides: Sequence[tuple[str, str]] = (),
+    seeds: Sequence[int] = (0,),
+    quick: bool = False,
+    results_dir: str | os.PathLike = "results",
+    figures_dir: str | os.PathLike | None = "figures",
+    device: str = "cpu",
+    force: bool = False,
+    replot: bool = False,
+    progress: bool | None = None,
+    config: Any = None,
+    jobs: int = 1,
+    scheduler: str | None = None,
+) -> store.RunResult:
+    """Run one experiment module with plug-ins, ``[(key, value text), ...]`` overrides and seeds.
+
+    ``config`` replaces the quick/full Config the overrides start from; ``jobs`` and
+    ``scheduler`` go to :func:`diagnostics.store.run_experiment` (built-in maps only:
+    plug-ins are active in this process, not on Dask workers).
+    """
+    base = config if config is not None else store.config_for(module, quick)
+    config = _overrides.apply(base, overrides, module.NAME)
+    seeds = tuple(int(s) for s in seeds)
+    if plugins and (jobs > 1 or scheduler is not None):
+        raise ValueError("plug-in maps run in this process only: they cannot be combined with jobs/scheduler")
+    kw = dict(results_dir=results_dir, device=device, force=force, replot=replot, progress=progress, jobs=jobs,
+              scheduler=scheduler)
+    start = time.perf_counter()
+    with _plugins.active(plugins):
+        try:
+            if len(seeds) == 1:
+                return store.run_experiment(module, config, figures_dir=figures_dir, seed=seeds[0], **kw)
+            results = [store.run_experiment(module, config, figures_dir=None, seed=s, **kw) for s in seeds]
+        except _plugins.PluginError as exc:
+            if exc.plugin is not None and not replot:
+                _discard_plugin_cells(module, config, exc.plugin, seeds, device, Path(results_dir))
+            raise
+        frame = pd.concat([r.frame for r in results], ignore_index=True)
+        results_path = Path(results_dir) / module.NAME / "results.csv"
+        store.atomic_write_bytes(results_path, frame.to_csv(index=False, lineterminator="\n").encode())
+        figures: list[Path] = []
+        fig_dir = Path(figures_dir) / module.NAME if figures_dir is not None else results_path.parent
+        if figures_dir is not None:
+            from .seeds import plot_seeds
+
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            for stem in plot_seeds(module, [r.frame for r in results], config, fig_dir, seeds):
+                figures += [stem.with_name(stem.name + ext) for ext in (".pdf", ".png")]
+    return dataclasses.replace(
+        results[0], frame=frame, computed=sum(r.computed for r in results), cached=sum(r.cached for r in results),
+        corrupt=sum(r.corrupt for r in results), results_path=results_path, figures=figures, figures_dir=fig_dir,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def run(
+    names: str | Sequence[str],
+    *,
+    maps: Mapping[str, Any] | None = None,
+    set: Mapping[str, Any] | None = None,  # noqa: A002 - mirrors --set
+    seeds: Sequence[int] | int = 0,
+    quick: bool = False,
+    results_dir: str | os.PathLike | None = None,
+    figures_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    force: bool = False,
+    replot: bool = False,
+    progress: bool | None = False,
+) -> store.RunResult | list[store.RunResult]:
+    """Run experiments from Python, with plug-in maps, Config overrides and seeds.
+
+    Parameters
+    ----------
+    names : str or sequence of str
+        Experiment name(s) (``python -m diagnostics list``).
+    maps : mapping, optional
+        ``{name: callable, matfun.Map, factory or "MODULE:ATTR"}`` (see
+        :mod:`diagnostics.plugins`); each is probed before anything runs.
+    set : mapping, optional
+        Config overrides ``{key: value}`` (``"experiment.key"`` to scope one);
+        values may be Python values or the command line's text.
+    seeds : int or sequence of int
+        One seed, or several: the figures then show mean and spread.
+    quick : bool
+        The tiny configuration (seconds on a CPU).
+    results_dir, figures_dir
+        Roots; default ``results[/quick]`` and ``figures[/quick]`` as on the command line.
+
+    Returns
+    -------
+    RunResult or list of RunResult
+        One per experiment (a single one for a single name).
+
+    Raises
+    ------
+    PluginError, OverrideError
+        A broken plug-in or a bad override (one-line messages).
+    """
+    from . import experiments
+
+    single = isinstance(names, str)
+    modules = [experiments.get(n) for n in ([names] if single else list(names))]
+    plugins = _plugins.collect(maps)
+    seed_list = (int(seeds),) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+    parsed = [(*_split(k), _text(v)) for k, v in (set or {}).items()]
+    per = _overrides.overrides_for(parsed, modules)
+    suffix = "quick" if quick else ""
+    results_root = Path(results_dir) if results_dir is not None else Path("results") / suffix
+    figures_root = Path(figures_dir) if figures_dir is not None else Path("figures") / suffix
+    out = [
+        run_module(m, plugins=plugins, overrides=per[m.NAME], seeds=seed_list, quick=quick, results_dir=results_root,
+                   figures_dir=figures_root, device=device, force=force, replot=replot, progress=progress)
+        for m in modules
+    ]
+    return out[0] if single else out
+
+
+def _split(key: str) -> tuple[str | None, str]:
+    scope, dot, field = str(key).rpartition(".")
+    return (scope if dot else None), field
+
+
+def _text(value: Any) -> str:
+    """A Python override value as the command line's text."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_text(v) for v in value)
+    return "none" if value is None else str(value)

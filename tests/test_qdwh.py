@@ -1,0 +1,172 @@
+"""QDWH polar factor: accuracy against the SVD, invariances, rank deficiency, dispatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import matfun
+from diagnostics.threads import torch_threads
+from matfun.qdwh import choose_method, weights
+
+EPS64 = np.finfo(np.float64).eps
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def prescribed(shape, kappa, seed=0, rank=None):
+    """Seeded matrix (batch allowed) with singular values geomspace(1, 1/κ) (zeros beyond ``rank``)."""
+    rng = np.random.default_rng(seed)
+    *batch, m, n = shape
+    r = min(m, n)
+    U = np.linalg.qr(rng.standard_normal((*batch, m, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((*batch, n, r)))[0]
+    s = np.geomspace(1.0, 1.0 / kappa, r)
+    if rank is not None:
+        s[rank:] = 0.0
+    return (U * s) @ np.swapaxes(V, -1, -2)
+
+
+def svd_polar(G):
+    return matfun.polar(G, method="svd")
+
+
+def tall(X):
+    return X if X.shape[-2] >= X.shape[-1] else np.swapaxes(X, -1, -2)
+
+
+@pytest.mark.parametrize("kappa", [1.0, 1e4, 1e8, 1e12])
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (32, 32), (3, 30, 20)], ids=str)
+def test_accuracy_float64(kappa, shape):
+    G = prescribed(shape, kappa)
+    U, info = matfun.qdwh_polar(G, return_info=True)
+    assert info.svd_fallback == ()  # full rank: QDWH did the work
+    assert 1 <= info.iterations <= 6 and info.iterations == info.qr_iterations + info.cholesky_iterations
+    Ut, Gt = tall(U), tall(G)
+    n = Ut.shape[-1]
+    H = np.swapaxes(Ut, -1, -2) @ Gt
+    H = (H + np.swapaxes(H, -1, -2)) / 2
+    # Backward error and orthogonality: a small multiple of eps (measured ≤ 2e-15 here);
+    # 1e-14·5 leaves room for other BLAS/LAPACK builds.
+    backward = np.linalg.norm(Ut @ H - Gt, axis=(-2, -1)) / np.linalg.norm(Gt, axis=(-2, -1))
+    assert backward.max() <= 5e-14
+    orthogonality = np.linalg.norm(np.swapaxes(Ut, -1, -2) @ Ut - np.eye(n), axis=(-2, -1))
+    assert orthogonality.max() <= 5e-14
+    # Agreement with the SVD method: the polar factor's condition number is ~κ, so two
+    # backward-stable methods differ by up to a small multiple of κ·eps.
+    P = svd_polar(G)
+    diff = np.linalg.norm(U - P, axis=(-2, -1)) / np.linalg.norm(P, axis=(-2, -1))
+    assert diff.max() <= 20 * max(kappa, 10.0) * EPS64
+
+
+def test_well_conditioned_runs_cholesky_only_and_few_steps():
+    _, info = matfun.qdwh_polar(prescribed((50, 30), 2.0), return_info=True)
+    assert info.qr_iterations == 0 and info.cholesky_iterations <= 4
+    _, info = matfun.qdwh_polar(prescribed((50, 30), 1e12), return_info=True)
+    assert info.qr_iterations >= 2  # ill-conditioned start: QR-based steps first
+
+
+def test_weights_limit_is_halley():
+    np.testing.assert_allclose(weights(1.0), (3.0, 1.0, 3.0))
+    a, b, c = weights(1e-3)
+    assert c > 100 and np.isclose(c, a + b - 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_cpu_and_dtype(dtype):
+    G = torch.from_numpy(prescribed((2, 48, 32), 1e3, seed=3)).to(dtype)
+    U = matfun.polar(G, method="qdwh")
+    assert U.dtype == dtype and U.device == G.device and U.shape == G.shape
+    eps = torch.finfo(dtype).eps
+    P = matfun.polar(G, method="svd")
+    # float32: κ·eps ≈ 1e-4 relative agreement, orthogonality a small multiple of eps·n
+    assert float(torch.linalg.matrix_norm(U.mT @ U - torch.eye(32, dtype=dtype)).max()) <= 100 * eps
+    assert float((torch.linalg.matrix_norm(U - P) / torch.linalg.matrix_norm(P)).max()) <= 20 * 1e3 * eps
+
+
+def test_rank_deficient_same_contract_as_svd():
+    G = prescribed((4, 30, 20), 10.0, seed=5)
+    G[1] = prescribed((30, 20), 10.0, seed=6, rank=7)  # numerically rank 7
+    G[2] = 0.0  # zero matrix
+    U, info = matfun.qdwh_polar(G, return_info=True)
+    assert info.svd_fallback == (1, 2)
+    P = svd_polar(G)
+    np.testing.assert_allclose(U, P, atol=1e-13)
+    assert np.all(U[2] == 0)
+    # the partial isometry: rank 7, U Uᵀ U = U
+    assert np.linalg.matrix_rank(U[1]) == 7
+    np.testing.assert_allclose(U[1] @ U[1].T @ U[1], U[1], atol=1e-13)
+
+
+def test_rank_cutoff_rtol_is_respected():
+    G = prescribed((30, 20), 1e6, seed=8)
+    # rtol above 1/κ: the smallest singular values are cut, exactly as with the SVD
+    U, info = matfun.qdwh_polar(G, rtol=1e-4, return_info=True)
+    assert info.svd_fallback == (0,)
+    np.testing.assert_allclose(U, matfun.polar(G, rtol=1e-4), atol=1e-13)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(2, 24), n=st.integers(2, 24),
+       log_kappa=st.floats(0, 8))
+def test_orthogonal_equivariance_and_transpose(seed, m, n, log_kappa):
+    G = prescribed((m, n), 10.0**log_kappa, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    Q1 = np.linalg.qr(rng.standard_normal((m, m)))[0]
+    Q2 = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    U = matfun.polar(G, method="qdwh")
+    tol = 100 * 10.0**log_kappa * EPS64  # conditioning of the polar factor: ~κ·eps
+    np.testing.assert_allclose(matfun.polar(Q1 @ G @ Q2.T, method="qdwh"), Q1 @ U @ Q2.T, atol=tol)
+    np.testing.assert_allclose(matfun.polar(G.T, method="qdwh"), U.T, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("scale", [1e-30, 1e-10, 1e10, 1e30])
+def test_scale_invariance(dtype, scale):
+    G = prescribed((2, 24, 16), 1e3, seed=9).astype(dtype)
+    U = matfun.polar(G, method="qdwh")
+    Us = matfun.polar((G * dtype(scale)).astype(dtype), method="qdwh")
+    assert np.all(np.isfinite(Us))
+    # only the rounding of G·scale differs: κ·eps relative
+    np.testing.assert_allclose(Us, U, atol=100 * 1e3 * np.finfo(dtype).eps)
+
+
+def test_dispatch_and_errors():
+    G = prescribed((20, 12), 10.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        matfun.polar(G, method="newton")
+    with pytest.raises(ValueError, match="max_iter"):
+        matfun.qdwh_polar(G, max_iter=0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        matfun.qdwh_polar(np.full((3, 3), np.nan))
+    assert choose_method(np.zeros((8, 8)), "auto") == "svd"  # small: SVD
+    big = np.zeros((1024, 2048))
+    with torch_threads(2):
+        assert choose_method(big, "auto") == "qdwh"
+    with torch_threads(1):  # single-threaded the SVD is the faster one (bench_polar.py)
+        assert choose_method(big, "auto") == "svd"
+    # auto on a small matrix is exactly the SVD method
+    np.testing.assert_array_equal(matfun.polar(G, method="auto"), matfun.polar(G))
+    # the map object yields one iterate, the output
+    (only,) = list(matfun.Polar(method="qdwh").iterates(G))
+    np.testing.assert_allclose(only, matfun.polar(G), atol=1e-14)
+    # empty matrices
+    assert matfun.qdwh_polar(np.zeros((0, 3))).shape == (0, 3)
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_svd(dtype):
+    G = torch.from_numpy(prescribed((3, 96, 64), 1e4, seed=11)).to(dtype=dtype, device="cuda")
+    U, info = matfun.qdwh_polar(G, return_info=True)
+    assert U.device == G.device and U.dtype == dtype and info.svd_fallback == ()
+    P = matfun.polar(G, method="svd")
+    eps = torch.finfo(dtype).eps
+    assert float((torch.linalg.matrix_norm(U - P) / torch.linalg.matrix_norm(P)).max()) <= 20 * 1e4 * eps
+
+
+@CUDA
+def test_cuda_auto_picks_qdwh_for_large():
+    X = torch.zeros(512, 512, device="cuda")
+    assert choose_method(X, "auto") == "qdwh"
