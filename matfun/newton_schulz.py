@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import _backend as B
+from . import _symmetric, _triton_ns
 from .base import Map, batch_size, check_shape
 from .schedules import ScheduleLike, check_steps, get_schedule
 
@@ -38,27 +39,47 @@ class NewtonSchulz(Map):
         tuples; the last tuple repeats when ``steps`` exceeds the list.
     precision : str or None
         Compute precision (see :func:`newton_schulz`).
+    backend : {"auto", "torch", "triton"}
+        Compute engine (see :func:`newton_schulz`).
     """
 
     scale_invariant = True  # X₀ = G/(s‖G‖_F)
 
-    def __init__(self, steps: int = 5, coefficients: ScheduleLike = "jordan", precision: str | None = None):
+    def __init__(
+        self,
+        steps: int = 5,
+        coefficients: ScheduleLike = "jordan",
+        precision: str | None = None,
+        backend: str = "auto",
+    ):
         self.steps = check_steps(steps)
         self.schedule = get_schedule(coefficients)
         self.precision = precision
+        self.backend = _triton_ns.check_backend(backend)
         self._step_coefficients = self.schedule.steps(self.steps)
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
+        if _triton_ns.use_triton(self.backend, X, precision):
+            factor = self.schedule.normalization
+            yield from _triton_ns.newton_schulz_iterates(X, self._step_coefficients, factor, precision)
+            return
         tall = X.shape[-2] > X.shape[-1]
         if tall:
             X = X.mT
         rnd = B.rounding_for(precision)
         X = rnd(normalize(X, self.schedule.normalization))
         yield X.mT if tall else X
-        step = _torch_step if B.is_torch(X) else _array_api_step
+        step = _array_api_step
+        if B.is_torch(X):
+            step = _symmetric.symmetric_step if _symmetric.applies(X) else _torch_step
         for a, b, c in self._step_coefficients:
             X = step(X, a, b, c, rnd)
             yield X.mT if tall else X
+
+    def _compute_final(self, X: Any, precision: B.Precision) -> Any:
+        if _triton_ns.use_triton(self.backend, X, precision):
+            return _triton_ns.newton_schulz(X, self._step_coefficients, self.schedule.normalization, precision)
+        return super()._compute_final(X, precision)
 
     def flops(self, shape: tuple[int, ...]) -> int:
         shape = check_shape(shape)
@@ -115,6 +136,7 @@ def newton_schulz(
     coefficients: ScheduleLike = "jordan",
     precision: str | None = None,
     *,
+    backend: str = "auto",
     check_finite: bool = True,
 ) -> Any:
     """Orthogonalise ``G`` with ``steps`` full-matrix Newton–Schulz steps.
@@ -136,6 +158,16 @@ def newton_schulz(
         once; slow on CPU, use it on CUDA).  ``"bfloat16-emulated"`` computes
         in float32 and rounds every fused product to bfloat16: the numerics of
         native bf16 products at float32 speed, for numpy and torch alike.
+    backend : {"auto", "torch", "triton"}, default "auto"
+        Compute engine.  ``"torch"``: torch operations (on CPU, float32 and
+        float64 Gram products of at least 1536 × 1536 use the symmetric BLAS
+        routines ``syrk``/``symm``, about a third fewer FLOPs).  ``"triton"``:
+        fused Triton kernels for CUDA tensors (precision ``"float32"``,
+        ``"bfloat16"`` or ``"bfloat16-emulated"``; with ``TRITON_INTERPRET=1``
+        also CPU tensors, through Triton's slow interpreter, for testing).
+        ``"auto"``: ``"triton"`` for CUDA tensors when Triton is installed and
+        the precision is supported, ``"torch"`` otherwise.  Engines agree to
+        the rounding error of the precision, not bit for bit.
     check_finite : bool, default True
         Raise on NaN/Inf input (costs one pass over ``G``).
 
@@ -153,7 +185,10 @@ def newton_schulz(
     ValueError
         ``G`` has fewer than 2 dimensions, contains NaN or Inf (the message
         names the batch index), or is a ``meta`` tensor; unknown schedule name
-        or precision; negative ``steps``.
+        or precision; negative ``steps``; unknown ``backend``, or
+        ``backend="triton"`` for a CPU tensor without ``TRITON_INTERPRET=1``.
+    ImportError
+        ``backend="triton"`` and Triton is not installed (``pip install "matfun[triton]"``).
 
     See Also
     --------
@@ -167,7 +202,7 @@ def newton_schulz(
     >>> X.shape
     (64, 128)
     """
-    return NewtonSchulz(steps, coefficients, precision)(G, check_finite=check_finite)
+    return NewtonSchulz(steps, coefficients, precision, backend)(G, check_finite=check_finite)
 
 
 def newton_schulz_iterates(
@@ -176,6 +211,7 @@ def newton_schulz_iterates(
     coefficients: ScheduleLike = "jordan",
     precision: str | None = None,
     *,
+    backend: str = "auto",
     check_finite: bool = True,
 ) -> Iterator[Any]:
     """Yield ``X₀, X₁, …, X_K`` of one Newton–Schulz run (``K + 1`` arrays).
@@ -183,4 +219,4 @@ def newton_schulz_iterates(
     Same arguments as :func:`newton_schulz`; the last iterate equals its output
     exactly (one code path).
     """
-    return NewtonSchulz(steps, coefficients, precision).iterates(G, check_finite=check_finite)
+    return NewtonSchulz(steps, coefficients, precision, backend).iterates(G, check_finite=check_finite)

@@ -30,6 +30,7 @@ from typing import Any, Union
 import torch
 
 from . import _backend as B
+from . import _triton_ns
 from .base import Map, Wrapper, batch_size, check_shape
 from .newton_schulz import NewtonSchulz
 from .schedules import ScheduleLike
@@ -142,7 +143,7 @@ class Tiled(Wrapper):
     ----------
     inner : Map
         The per-tile map, e.g. ``NewtonSchulz(5, "jordan")`` or ``Polar()`` (the
-        exact tile-wise polar factor ``P_T``).  Its precision is used.
+        exact tile-wise polar factor ``P_T``).  Its precision and backend are used.
     tile : int or (int, int)
         Tile size ``T`` or ``(Th, Tw)``.  A tile at least as large as the matrix
         gives exactly ``inner`` on the whole matrix.
@@ -186,9 +187,22 @@ class Tiled(Wrapper):
         per_chunk = self._tiles_per_chunk(flat)
         return [flat[a : a + per_chunk] for a in range(0, flat.shape[0], per_chunk)]
 
+    def _fused_kernel_steps(self, X: Any, precision: B.Precision) -> list | None:
+        """The NS steps when Triton's fused tile kernel runs this map on ``X``, else ``None``."""
+        inner = self.inner
+        if not isinstance(inner, NewtonSchulz) or not _triton_ns.use_triton(inner.backend, X, precision):
+            return None
+        tile_side = max(min(self.tile[0], X.shape[-2]), min(self.tile[1], X.shape[-1]))
+        return inner._step_coefficients if tile_side <= _triton_ns.fused_max_side(X, precision) else None
+
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
         if B._size(X) == 0:
             yield from self.inner._compute_iterates(X, precision)
+            return
+        steps = self._fused_kernel_steps(X, precision)
+        if steps is not None:
+            factor = self.inner.schedule.normalization
+            yield from _triton_ns.fused_tiles_iterates(X, self.tile, steps, factor, precision)
             return
         xp = B.namespace(X)
         groups = tile_groups(X.shape[-2], X.shape[-1], self.tile)
@@ -207,6 +221,9 @@ class Tiled(Wrapper):
     def _compute_final(self, X: Any, precision: B.Precision) -> Any:
         if B._size(X) == 0:
             return self.inner._compute_final(X, precision)
+        steps = self._fused_kernel_steps(X, precision)
+        if steps is not None:  # every tile, ragged ones included, in one launch
+            return _triton_ns.fused_tiles(X, self.tile, steps, self.inner.schedule.normalization, precision)
         xp = B.namespace(X)
         groups = tile_groups(X.shape[-2], X.shape[-1], self.tile)
         blocks = []
@@ -247,6 +264,7 @@ def tiled_newton_schulz(
     precision: str | None = None,
     *,
     memory_budget: int | str | None = "auto",
+    backend: str = "auto",
     check_finite: bool = True,
 ) -> Any:
     """Newton–Schulz on every tile of ``G`` independently (HiMuon's map).
@@ -263,6 +281,11 @@ def tiled_newton_schulz(
         Frobenius normalisation.
     memory_budget : int, None or "auto"
         Working-memory bytes per chunk of tiles (see :class:`Tiled`).
+    backend : {"auto", "torch", "triton"}, default "auto"
+        Compute engine, as for :func:`~matfun.newton_schulz`.  With Triton,
+        tiles of at most 128 × 128 run in one fused launch: every tile of the
+        matrix (ragged edge tiles included) with its normalisation and all
+        ``steps``.
 
     Returns
     -------
@@ -279,7 +302,10 @@ def tiled_newton_schulz(
         ``G`` has fewer than 2 dimensions, contains NaN or Inf (the message
         names the batch index), or is a ``meta`` tensor; ``tile`` not a
         positive integer or pair of them; bad ``memory_budget``; unknown
-        schedule name or precision; negative ``steps``.
+        schedule name or precision; negative ``steps``; bad ``backend`` (as
+        for :func:`~matfun.newton_schulz`).
+    ImportError
+        ``backend="triton"`` and Triton is not installed.
 
     Examples
     --------
@@ -288,7 +314,7 @@ def tiled_newton_schulz(
     >>> matfun.tiled_newton_schulz(G, 128).shape
     (300, 200)
     """
-    inner = NewtonSchulz(steps, coefficients, precision)
+    inner = NewtonSchulz(steps, coefficients, precision, backend)
     return Tiled(inner, tile, memory_budget)(G, check_finite=check_finite)
 
 
@@ -300,6 +326,7 @@ def tiled_newton_schulz_many(
     precision: str | None = None,
     *,
     memory_budget: int | str | None = "auto",
+    backend: str = "auto",
     check_finite: bool = True,
 ) -> list[Any]:
     """Tiled Newton–Schulz on many matrices at once (HiMuon's cross-layer batching).
@@ -315,8 +342,9 @@ def tiled_newton_schulz_many(
     matrices : iterable of arrays
         Each of shape ``(..., H, W)``; shapes, dtypes, devices and libraries
         may differ.  Any iterable (list, tuple, generator) is read exactly once.
-    tile, steps, coefficients, precision, memory_budget, check_finite
-        As for :func:`tiled_newton_schulz`.
+    tile, steps, coefficients, precision, memory_budget, backend, check_finite
+        As for :func:`tiled_newton_schulz`; with Triton each group of equal
+        tiles runs as one fused launch per chunk.
 
     Returns
     -------
@@ -335,7 +363,7 @@ def tiled_newton_schulz_many(
         the batch index inside it), or as for :func:`tiled_newton_schulz`.
     """
     matrices = _materialize(matrices)
-    tiled = Tiled(NewtonSchulz(steps, coefficients, precision), tile, memory_budget)
+    tiled = Tiled(NewtonSchulz(steps, coefficients, precision, backend), tile, memory_budget)
     inner = tiled.inner
     # 1. split every matrix into its tile groups, remembering where each group goes.
     prepared, buckets = [], {}
