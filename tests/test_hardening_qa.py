@@ -254,7 +254,7 @@ def _identity(X):
         ({"scales": (1.0,)}, "scales must be finite positive factors other than 1"),
         ({"scales": ()}, "scales must be finite positive factors other than 1"),
         ({"scales": (0.0, 10.0)}, "scales must be finite positive factors other than 1"),
-        ({"schedule": "jordan", "steps": -1}, "steps must be non-negative"),
+        ({"schedule": "jordan", "steps": -1}, "steps must be a non-negative integer"),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"device": "meta"}, "device 'meta' holds no values"),
     ],
