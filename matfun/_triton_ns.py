@@ -16,6 +16,10 @@
 ``"auto"`` (default)
     ``"triton"`` for CUDA tensors when Triton is installed and the precision is
     one the kernels support (:data:`PRECISIONS`); ``"torch"`` everywhere else.
+    If a kernel fails to compile or launch under ``"auto"`` (an unsupported GPU,
+    too little shared memory), the call is computed by torch instead, with one
+    warning, and ``"auto"`` means torch for the rest of the process.  An explicit
+    ``backend="triton"`` raises instead.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -74,7 +79,7 @@ def use_triton(backend: str, X: Any, precision: B.Precision) -> bool:
         return False
     on_cuda = B.is_torch(X) and X.device.type == "cuda"
     if backend == "auto":
-        return on_cuda and precision.name in PRECISIONS and triton_installed()
+        return on_cuda and precision.name in PRECISIONS and _auto_failure is None and triton_installed()
     if not triton_installed():
         raise ImportError("backend='triton' needs the triton package: pip install 'matfun[triton]'")
     if precision.name not in PRECISIONS:
@@ -87,6 +92,40 @@ def use_triton(backend: str, X: Any, precision: B.Precision) -> bool:
             "use backend='torch' or 'auto'"
         )
     return True
+
+
+#: why ``"auto"`` gave up on Triton in this process (None: it has not)
+_auto_failure: str | None = None
+
+
+def _is_triton_error(error: BaseException) -> bool:
+    try:
+        from triton.compiler.errors import TritonError as CompileError
+        from triton.runtime.errors import TritonError as RuntimeTritonError
+    except ImportError:  # pragma: no cover - triton without these modules
+        return False
+    return isinstance(error, (CompileError, RuntimeTritonError))
+
+
+def guarded(backend: str, run_triton: Callable[[], Any], run_torch: Callable[[], Any]) -> Any:
+    """``run_triton()``; under ``"auto"`` a Triton compile or launch error falls back to
+    ``run_torch()`` (warned once; ``"auto"`` then means torch in this process)."""
+    global _auto_failure
+    if backend != "auto":
+        return run_triton()
+    try:
+        return run_triton()
+    except Exception as error:  # noqa: BLE001 - only Triton's own errors are caught
+        if not _is_triton_error(error):
+            raise
+        _auto_failure = f"{type(error).__name__}: {error}".splitlines()[0]
+        warnings.warn(
+            f"matfun: the Triton kernels failed on this device ({_auto_failure}); backend='auto' "
+            "uses torch from now on (pass backend='torch' to silence this)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return run_torch()
 
 
 _kernel_module: Any = None

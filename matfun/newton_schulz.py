@@ -78,7 +78,11 @@ class NewtonSchulz(Map):
 
     def _compute_final(self, X: Any, precision: B.Precision) -> Any:
         if _triton_ns.use_triton(self.backend, X, precision):
-            return _triton_ns.newton_schulz(X, self._step_coefficients, self.schedule.normalization, precision)
+            return _triton_ns.guarded(
+                self.backend,
+                lambda: _triton_ns.newton_schulz(X, self._step_coefficients, self.schedule.normalization, precision),
+                lambda: super(NewtonSchulz, self)._compute_final(X, precision),
+            )
         return super()._compute_final(X, precision)
 
     def flops(self, shape: tuple[int, ...]) -> int:

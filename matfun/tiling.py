@@ -223,7 +223,15 @@ class Tiled(Wrapper):
             return self.inner._compute_final(X, precision)
         steps = self._fused_kernel_steps(X, precision)
         if steps is not None:  # every tile, ragged ones included, in one launch
-            return _triton_ns.fused_tiles(X, self.tile, steps, self.inner.schedule.normalization, precision)
+            return _triton_ns.guarded(
+                self.inner.backend,
+                lambda: _triton_ns.fused_tiles(X, self.tile, steps, self.inner.schedule.normalization, precision),
+                lambda: self._compute_tiles(X, precision),
+            )
+        return self._compute_tiles(X, precision)
+
+    def _compute_tiles(self, X: Any, precision: B.Precision) -> Any:
+        """Every tile group through the inner map, chunk by chunk."""
         xp = B.namespace(X)
         groups = tile_groups(X.shape[-2], X.shape[-1], self.tile)
         blocks = []

@@ -239,3 +239,28 @@ def test_kernels_compile_for_h100(monkeypatch, kernel, pointer_type, constexprs)
     compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
     assert "cubin" in compiled.asm
     assert compiled.metadata.shared <= 227 * 2**10  # H100's opt-in shared memory per block
+
+
+def test_auto_falls_back_to_torch_once_when_a_kernel_cannot_run(monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    from matfun import _triton_ns
+
+    monkeypatch.setattr(_triton_ns, "_auto_failure", None)
+
+    def fail():
+        raise OutOfResources(196608, 101376, "shared memory")
+
+    with pytest.warns(RuntimeWarning, match="uses torch from now on"):
+        assert _triton_ns.guarded("auto", fail, lambda: "torch result") == "torch result"
+    assert "OutOfResources" in _triton_ns._auto_failure
+    X = torch.ones(4, 4)
+    assert not _triton_ns.use_triton("auto", X, matfun._backend.resolve_precision("float32", X))
+    with pytest.raises(OutOfResources):  # an explicit request is never silently replaced
+        _triton_ns.guarded("triton", fail, lambda: "torch result")
+
+    def bug():
+        raise ZeroDivisionError("a bug, not the device")
+
+    with pytest.raises(ZeroDivisionError):  # only Triton's own errors fall back
+        _triton_ns.guarded("auto", bug, lambda: "torch result")
