@@ -255,15 +255,10 @@ def make_model(config: Config, seed: int) -> nn.Sequential:
 
 
 def split_params(model: nn.Sequential, head_to_adamw: bool) -> tuple[list, list]:
-    """``(matrix, adamw)``: hidden 2-D weights vs. biases (and the read-out weight)."""
-    head = model[-1].weight
-    matrix, other = [], []
-    for p in model.parameters():
-        if p.ndim >= 2 and not (head_to_adamw and p is head):
-            matrix.append(p)
-        else:
-            other.append(p)
-    return matrix, other
+    """``(matrix, adamw)``: hidden 2-D weights vs. biases (and the read-out weight), by
+    :func:`matfun.optim.split_params`."""
+    hidden, rest = matfun.optim.split_params(model, head="last" if head_to_adamw else None)
+    return [p for _, p in hidden], [p for _, p in rest]
 
 
 def make_optimizers(config: Config, name: str, lr: float, model: nn.Sequential) -> list[torch.optim.Optimizer]:
