@@ -3,8 +3,8 @@
 1. CPU, float64, n×n: ``matfun.polar(method="qdwh")`` vs ``scipy.linalg.polar``
    (target ratio ≤ 1.0 at 2048²).
 2. CPU, float64, a size sweep of ``method="qdwh"`` vs ``method="svd"`` (numpy's
-   LAPACK SVD): where QDWH starts to pay, which sets ``method="auto"``'s CPU
-   threshold (``matfun.qdwh.AUTO_MIN_SIZE_CPU``).
+   LAPACK SVD): where QDWH would start to pay, which sets ``method="auto"`` on
+   the CPU (on the quiet 2-core machine it never did: ``auto`` keeps the SVD).
 3. CUDA, float32, 4096²: QDWH vs the SVD-based polar (``torch.linalg.svd``),
    target ≥ 3× faster.  Skipped, and said so, without a GPU.
 

@@ -54,12 +54,12 @@ import torch
 from . import _backend as B
 
 METHODS = ("svd", "qdwh", "auto")
-#: ``method="auto"`` uses QDWH on CPU from this ``min(H, W)`` on, with at least two
-#: torch threads.  Measured with ``benchmarks/bench_polar.py`` (2-core machine under
-#: load, float64): QDWH/SVD time 0.67 at 1024², 0.38 at 2048² with 2 threads (its
-#: QR, Cholesky and GEMMs use both cores, LAPACK's bidiagonalisation does not);
-#: single-threaded the SVD is about 2× faster at every size up to 1024².
-AUTO_MIN_SIZE_CPU = 1024
+#: ``method="auto"`` keeps the SVD on the CPU.  Measured with ``python -m
+#: benchmarks.bench_polar --repeats 3 --sizes 512 1024 2048`` on the quiet 2-core
+#: machine, float64, 2 threads: QDWH/SVD time 1.99 at 512², 1.39 at 1024², 1.42 at
+#: 2048² (and 1.3× scipy.linalg.polar at 2048²); single-threaded the SVD wins by
+#: about 2× too.  (An earlier run under heavy load suggested the opposite: LAPACK's
+#: SVD suffers more from competing processes than QDWH's GEMM-rich steps.)
 #: ... and on CUDA from this size (NOT measured here: no GPU in the session that
 #: wrote this; QDWH on one GPU is reported up to 4× faster than SVD libraries,
 #: Sukkari, Ltaief, Keyes 2016).  Re-measure with the benchmark's GPU section.
@@ -107,10 +107,9 @@ def weights(ell: float) -> tuple[float, float, float]:
 def choose_method(X: Any, method: str = "auto") -> str:
     """Resolve ``method`` for the compute array ``X``: ``"svd"`` or ``"qdwh"``.
 
-    ``"auto"`` takes QDWH for numpy/torch inputs whose smaller side is at least
-    :data:`AUTO_MIN_SIZE_CPU` on a CPU with at least two torch threads, or
-    :data:`AUTO_MIN_SIZE_CUDA` on CUDA; the SVD otherwise (and for other array
-    libraries).
+    ``"auto"`` takes QDWH for CUDA tensors whose smaller side is at least
+    :data:`AUTO_MIN_SIZE_CUDA`, the SVD otherwise (on the CPU the SVD was the
+    faster at every size measured; see the comment above).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -123,8 +122,7 @@ def choose_method(X: Any, method: str = "auto") -> str:
         return "svd"
     if B.is_torch(X) and X.device.type == "cuda":
         return "qdwh" if min(X.shape[-2:]) >= AUTO_MIN_SIZE_CUDA else "svd"
-    multi_threaded = torch.get_num_threads() >= 2
-    return "qdwh" if multi_threaded and min(X.shape[-2:]) >= AUTO_MIN_SIZE_CPU else "svd"
+    return "svd"
 
 
 def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_info: bool = False,
