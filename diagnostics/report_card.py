@@ -319,15 +319,29 @@ def _battery(plugin: plugins.Plugin, spectral: bool) -> Any:
     def fn(G: Any) -> Any:
         return plugin.final(G, REPORT_STEPS)
 
-    skip = () if spectral else ("orthogonal_equivariance",)
+    # a non-spectral map that declares its tile (matfun.Tiled does) is judged as a tiled map:
+    # against the tile-wise polar factor, with tile-grid rotations; otherwise equivariance is skipped
+    tile = None if spectral else _declared_tile(plugin)
+    options = {"tile": tile} if tile is not None else {"skip": () if spectral else ("orthogonal_equivariance",)}
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # 48×32 matrices: extra threads only add synchronisation
     try:
-        report = check_orthogonalizer(fn, backend="torch", dtype="float32", skip=skip)
+        report = check_orthogonalizer(fn, backend="torch", dtype="float32", **options)
     finally:
         torch.set_num_threads(previous)
     report.target = plugin.spec
     return report
+
+
+def _declared_tile(plugin: plugins.Plugin) -> Any:
+    """The ``tile`` attribute of the plug-in (or of the map its factory builds), if any."""
+    tile = getattr(plugin.target, "tile", None)
+    if tile is None and plugin.is_factory:
+        try:
+            tile = getattr(plugin.target(REPORT_STEPS), "tile", None)
+        except Exception:  # noqa: BLE001 - the factory's own errors surface in the battery
+            tile = None
+    return tile
 
 
 def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, device: str = "cpu",

@@ -120,7 +120,10 @@ def test_report_flags_a_non_spectral_map(tiny, tmp_path, capsys):
     page = Page()
     page.feed((out / "report.html").read_text())
     assert "tiled is not spectral" in " ".join(page.verdict)
-    assert "orthogonal_equivariance" not in page.cells  # skipped for non-spectral maps, as documented
+    # matfun.Tiled declares its tile, so the battery judges it as a tiled map (against the
+    # tile-wise polar factor, tile-grid rotations) and a correct tiled map passes every check
+    assert "orthogonal_equivariance" in page.cells and "alignment" in page.cells
+    assert "FAIL" not in page.cells
 
 
 @pytest.mark.parametrize("target, problem", [("broken", "returned shape"), ("nothing", "has no attribute")])
@@ -128,3 +131,16 @@ def test_report_bad_plugin_is_one_line_exit_2(tiny, tmp_path, capsys, target, pr
     code, out, io = build(tmp_path, f"{tiny}:{target}", capsys)
     assert code == 2 and len(io.err.strip().splitlines()) == 1 and problem in io.err
     assert not (out / "report.html").exists()
+
+
+def test_declared_tile_is_read_from_the_map_or_from_what_its_factory_builds():
+    from types import SimpleNamespace
+
+    import matfun
+
+    assert report_card._declared_tile(SimpleNamespace(target=matfun.Tiled(matfun.NewtonSchulz(5), 8),
+                                                      is_factory=False)) == (8, 8)
+    factory = SimpleNamespace(target=lambda steps: matfun.Tiled(matfun.NewtonSchulz(steps), (4, 6)), is_factory=True)
+    assert report_card._declared_tile(factory) == (4, 6)
+    # a plain callable declares nothing: the card then skips orthogonal equivariance instead
+    assert report_card._declared_tile(SimpleNamespace(target=lambda G: G, is_factory=False)) is None
