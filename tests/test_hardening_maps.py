@@ -35,16 +35,7 @@ from matfun.polar import default_rtol
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def as64(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def rel(A, B) -> float:
-    A, B = as64(A), as64(B)
-    nb = np.linalg.norm(B)
-    return float(np.linalg.norm(A - B) / nb) if nb > 0 else float(np.linalg.norm(A))
+from _numeric import as64, rel  # noqa: E402
 
 
 def integer_matrix(shape, seed=0) -> np.ndarray:

@@ -19,16 +19,7 @@ seeds = st.integers(0, 2**32 - 1)
 shapes = st.tuples(st.sampled_from([(), (2,)]), st.integers(1, 20), st.integers(1, 20))
 
 
-def as64(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def rel(A, B) -> float:
-    A, B = as64(A), as64(B)
-    nb = np.linalg.norm(B)
-    return float(np.linalg.norm(A - B) / nb) if nb > 0 else float(np.linalg.norm(A))
+from _numeric import as64, rel  # noqa: E402
 
 
 def _matrix(shape, seed):

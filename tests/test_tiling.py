@@ -34,16 +34,7 @@ SCHEDULES = ["cubic", "jordan", "polar_express"]
 TOL = {np.float64: 1e-12, np.float32: 1e-4, torch.float64: 1e-12, torch.float32: 1e-4}
 
 
-def as64(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def rel(A, B) -> float:
-    A, B = as64(A), as64(B)
-    nb = np.linalg.norm(B)
-    return float(np.linalg.norm(A - B) / nb) if nb > 0 else float(np.linalg.norm(A))
+from _numeric import as64, rel  # noqa: E402
 
 
 def haar(n: int, rng: np.random.Generator) -> np.ndarray:
