@@ -42,9 +42,13 @@ from scipy.linalg import blas, lapack
 
 from ._symmetric import fill_lower_from_upper
 
-#: smallest ``n = min(H, W)`` for which :mod:`matfun.qdwh` uses this path on the CPU
-#: (below it the batched torch iteration amortises its per-call overheads better).
-MIN_SIZE = 512
+#: smallest ``n = min(H, W)`` for which :mod:`matfun.qdwh` uses this path on the CPU.
+#: Measured on the 2-core machine (float64, interleaved, time of this path over the
+#: batched torch iteration): 1.94 at 128² (batch of 8), 0.67 at 256² (4), 0.59 at
+#: 384² (2), 0.44–0.81 from 512² to 2048² (single matrices).  Small matrices lose to
+#: per-call overheads, among them MKL's (torch) and OpenBLAS's (scipy) thread pools
+#: waiting on each other.
+MIN_SIZE = 256
 
 _PREFIX = {torch.float32: "s", torch.float64: "d"}
 #: block size of ``tpqrt`` (32 and 64 measured within 10% of each other at 2048²).
@@ -53,7 +57,7 @@ _BLOCK = 32
 
 def applies(A: torch.Tensor) -> bool:
     """Whether the tall batch ``A`` (``(B, m, n)``) runs here rather than in batched torch."""
-    return A.device.type == "cpu" and A.dtype in _PREFIX and A.shape[-1] >= MIN_SIZE
+    return A.device.type == "cpu" and A.dtype in _PREFIX and A.shape[-1] >= MIN_SIZE and not A.requires_grad
 
 
 class _Kernels:
@@ -136,7 +140,7 @@ class _Workspace:
         self.k = _Kernels(Xt.dtype)
         self.Xt = Xt
         self.spare = np.empty_like(self.Xt, order="F")
-        self.gram = np.empty_like(self.Xt, order="F")
+        self.gram = np.zeros_like(self.Xt, order="F")  # its lower triangle stays finite
         self._extra: np.ndarray | None = None
 
     @property
@@ -168,7 +172,7 @@ def _polish(w: _Workspace, E: np.ndarray, terms: int) -> None:
 
     powers = []
     if terms > 1:
-        E32 = fill_lower_from_upper(np.asarray(E, dtype=np.float32, order="F"))
+        E32 = fill_lower_from_upper(E).astype(np.float32, order="F")
         powers.append(blas.ssyrk(1.0, E32, trans=0, lower=0))  # E², upper triangle
         if terms > 2:
             powers.append(blas.ssymm(1.0, powers[0], E32, side=0, lower=0))  # E³

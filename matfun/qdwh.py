@@ -18,15 +18,28 @@ Choices made here
 -----------------
 * Scale invariance: each matrix is divided by its largest entry before anything
   else (no overflow or underflow of norms from 1e-30 to 1e30), then by
-  ``α = min(‖A‖_F, √(‖A‖₁‖A‖_∞))``, an upper bound on ``‖A‖₂``.
+  ``α = min(‖A‖_F, √(‖A‖₁‖A‖_∞), 1.1·σ̂_max)``.  The norm bounds can exceed
+  ``‖A‖₂`` by ``√n``-ish factors (19× on a 2048² Gaussian), which would lower
+  ``ℓ₀`` as much and cost steps; singular values that the power estimate
+  ``σ̂_max`` leaves above 1 shrink towards 1 at every step (:meth:`_Plan.scale`).
 * ``ℓ₀``: from the R factor of ``X₀`` (one QR), ``σ_min(R) = σ_min(X₀)`` is
   estimated by four steps of block inverse iteration with triangular solves
-  (and ``σ_max`` by block power iteration, for the rank test below); the
-  estimate is never below ``σ_min``, which at worst costs an iteration, never
-  accuracy: convergence is tested
-  on the iterates themselves, ``‖X_{k+1} − X_k‖_F ≤ (5·eps)^{1/3}·√n`` with ``ℓ_k ≈ 1``.
-* One scalar ``ℓ`` per batch (its smallest): the weights are then valid for every
-  matrix of the batch; already converged matrices stay at their fixed point.
+  (and ``σ_max`` by block power iteration); the estimate is never below
+  ``σ_min``, which at worst costs an iteration, never accuracy: convergence is
+  tested on the iterate itself.
+* Finish: every Cholesky-type step first forms ``E = XᵀX − I`` (the Cholesky step
+  needs ``XᵀX`` anyway).  Once ``e = min(‖E‖_F, ‖E‖₁) ≥ ‖E‖₂`` is small enough, a
+  Newton–Schulz polish ``X ← X(I − E/2 + 3E²/8 − …)`` with 1 to 3 Taylor terms of
+  ``(I + E)^{-1/2}`` ends the iteration with ``‖UᵀU − I‖₂ ≤ eps`` (the number of
+  terms from :meth:`_Plan.polish_terms`): a matrix product where a Cholesky step
+  plus a check would have been, often one step fewer.
+* One scalar ``ℓ`` per batch (its smallest) in the batched torch iteration: the
+  weights are then valid for every matrix of the batch; already converged
+  matrices stay at their fixed point.
+* The CPU: from ``n =`` :data:`matfun._qdwh_lapack.MIN_SIZE` on, each matrix runs
+  on its own (its own ``ℓ₀``) through LAPACK's structured kernels
+  (:mod:`matfun._qdwh_lapack`): QDWH on the triangle ``R`` of ``A = QR``, QR-based
+  steps by ``tpqrt`` (a triangle on a triangle), Gram matrices by ``syrk``.
 * Rank deficiency: QDWH needs full column rank (a singular value at rounding
   level would be amplified to 1).  A matrix whose ``σ_min`` estimate is at or
   below ``4·rtol·σ_max`` (estimated; the margin covers the estimates' errors),
@@ -55,12 +68,11 @@ from . import _backend as B, _qdwh_lapack
 
 METHODS = ("svd", "qdwh", "auto")
 #: ``method="auto"`` keeps the SVD on the CPU.  Measured with ``python -m
-#: benchmarks.bench_polar --repeats 3 --sizes 512 1024 2048`` on the quiet 2-core
-#: machine, float64, 2 threads: QDWH/SVD time 1.99 at 512², 1.39 at 1024², 1.42 at
-#: 2048² (and 1.3× scipy.linalg.polar at 2048²); single-threaded the SVD wins by
-#: about 2× too.  (An earlier run under heavy load suggested the opposite: LAPACK's
-#: SVD suffers more from competing processes than QDWH's GEMM-rich steps.)
-#: ... and on CUDA from this size (NOT measured here: no GPU in the session that
+#: benchmarks.bench_polar`` on the quiet 2-core machine, float64, 2 threads, single
+#: matrices: QDWH (its LAPACK path) over matfun's SVD polar 0.91 at 512², 1.49 at
+#: 768², 1.15 at 1024², 1.10 at 1536², 1.02 at 2048²; against ``scipy.linalg.polar``
+#: (which also forms H) QDWH wins from 256² on (0.87 at 2048²).
+#: ... and on CUDA from this size (NOT measured here: no GPU in the sessions that
 #: wrote this; QDWH on one GPU is reported up to 4× faster than SVD libraries,
 #: Sukkari, Ltaief, Keyes 2016).  Re-measure with the benchmark's GPU section.
 AUTO_MIN_SIZE_CUDA = 256
@@ -287,7 +299,8 @@ def _qdwh_batched(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo]
     one_inf = torch.sqrt(X.abs().sum(-2).amax(-1) * X.abs().sum(-1).amax(-1))
     alpha = torch.minimum(fro, one_inf)
     X = X / torch.where(alpha > 0, alpha, torch.ones_like(alpha))[:, None, None]
-    sigma_min, sigma_max = _extremes_of_r(torch.linalg.qr(X, mode="r").R)
+    with torch.no_grad():  # step choices need no gradient
+        sigma_min, sigma_max = _extremes_of_r(torch.linalg.qr(X, mode="r").R)
     full_rank = torch.isfinite(sigma_min) & (sigma_min > RANK_MARGIN * plan.rtol * sigma_max)
     tighter = torch.clamp(ALPHA_MARGIN * sigma_max, min=torch.finfo(X.dtype).tiny, max=1.0)
     X, sigma_min = X / tighter[:, None, None], sigma_min / tighter  # see _Plan.scale
@@ -310,7 +323,8 @@ def _qdwh_batched(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo]
                 steps["qr"] += 1
             else:
                 E = Xr.mT @ Xr - identity  # XᵀX − I
-                bound = torch.minimum(torch.linalg.matrix_norm(E), torch.linalg.matrix_norm(E, ord=1))  # ≥ ‖E‖₂
+                with torch.no_grad():
+                    bound = torch.minimum(torch.linalg.matrix_norm(E), torch.linalg.matrix_norm(E, ord=1))  # ≥ ‖E‖₂
                 terms = plan.polish_terms(ell, float(bound.max()), m, n)
                 if terms:
                     C, power = POLISH_TAYLOR[1] * E, E

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import matfun
 from diagnostics.threads import torch_threads
+from matfun import _qdwh_lapack, qdwh
 from matfun.qdwh import choose_method, weights
 
 EPS64 = np.finfo(np.float64).eps
@@ -28,6 +31,13 @@ def prescribed(shape, kappa, seed=0, rank=None):
     return (U * s) @ np.swapaxes(V, -1, -2)
 
 
+@pytest.fixture(params=["batched", "lapack"])
+def path(request, monkeypatch):
+    """Run a test through the batched torch iteration and through the CPU LAPACK path."""
+    monkeypatch.setattr(_qdwh_lapack, "MIN_SIZE", 1 if request.param == "lapack" else 10**9)
+    return request.param
+
+
 def svd_polar(G):
     return matfun.polar(G, method="svd")
 
@@ -37,8 +47,8 @@ def tall(X):
 
 
 @pytest.mark.parametrize("kappa", [1.0, 1e4, 1e8, 1e12])
-@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (32, 32), (3, 30, 20)], ids=str)
-def test_accuracy_float64(kappa, shape):
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40), (32, 32), (3, 30, 20), (9, 1), (1, 1)], ids=str)
+def test_accuracy_float64(kappa, shape, path):
     G = prescribed(shape, kappa)
     U, info = matfun.qdwh_polar(G, return_info=True)
     assert info.svd_fallback == ()  # full rank: QDWH did the work
@@ -75,7 +85,7 @@ def test_weights_limit_is_halley():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_torch_cpu_and_dtype(dtype):
+def test_torch_cpu_and_dtype(dtype, path):
     G = torch.from_numpy(prescribed((2, 48, 32), 1e3, seed=3)).to(dtype)
     U = matfun.polar(G, method="qdwh")
     assert U.dtype == dtype and U.device == G.device and U.shape == G.shape
@@ -86,7 +96,7 @@ def test_torch_cpu_and_dtype(dtype):
     assert float((torch.linalg.matrix_norm(U - P) / torch.linalg.matrix_norm(P)).max()) <= 20 * 1e3 * eps
 
 
-def test_rank_deficient_same_contract_as_svd():
+def test_rank_deficient_same_contract_as_svd(path):
     G = prescribed((4, 30, 20), 10.0, seed=5)
     G[1] = prescribed((30, 20), 10.0, seed=6, rank=7)  # numerically rank 7
     G[2] = 0.0  # zero matrix
@@ -100,7 +110,7 @@ def test_rank_deficient_same_contract_as_svd():
     np.testing.assert_allclose(U[1] @ U[1].T @ U[1], U[1], atol=1e-13)
 
 
-def test_rank_cutoff_rtol_is_respected():
+def test_rank_cutoff_rtol_is_respected(path):
     G = prescribed((30, 20), 1e6, seed=8)
     # rtol above 1/κ: the smallest singular values are cut, exactly as with the SVD
     U, info = matfun.qdwh_polar(G, rtol=1e-4, return_info=True)
@@ -108,10 +118,10 @@ def test_rank_cutoff_rtol_is_respected():
     np.testing.assert_allclose(U, matfun.polar(G, rtol=1e-4), atol=1e-13)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(2, 24), n=st.integers(2, 24),
        log_kappa=st.floats(0, 8))
-def test_orthogonal_equivariance_and_transpose(seed, m, n, log_kappa):
+def test_orthogonal_equivariance_and_transpose(seed, m, n, log_kappa, path):
     G = prescribed((m, n), 10.0**log_kappa, seed=seed)
     rng = np.random.default_rng(seed + 1)
     Q1 = np.linalg.qr(rng.standard_normal((m, m)))[0]
@@ -124,7 +134,7 @@ def test_orthogonal_equivariance_and_transpose(seed, m, n, log_kappa):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("scale", [1e-30, 1e-10, 1e10, 1e30])
-def test_scale_invariance(dtype, scale):
+def test_scale_invariance(dtype, scale, path):
     G = prescribed((2, 24, 16), 1e3, seed=9).astype(dtype)
     U = matfun.polar(G, method="qdwh")
     Us = matfun.polar((G * dtype(scale)).astype(dtype), method="qdwh")
@@ -171,3 +181,74 @@ def test_cuda_matches_svd(dtype):
 def test_cuda_auto_picks_qdwh_for_large():
     X = torch.zeros(512, 512, device="cuda")
     assert choose_method(X, "auto") == "qdwh"
+
+
+def test_polish_terms_finish_by_the_taylor_remainder():
+    plan = qdwh._Plan(rtol=1e-12, max_iter=20, eps=EPS64)
+    t = qdwh.POLISH_TAYLOR
+    np.testing.assert_allclose(t, [1, -1 / 2, 3 / 8, -5 / 16, 35 / 128])  # (1 + x)^(-1/2)
+    for e in np.geomspace(1e-16, 1e-1, 61):
+        k = plan.polish_terms(0.5, e, 100, 100)  # ℓ far from 1: the norm bound alone decides
+        if k:
+            assert 2 * abs(t[k + 1]) * e ** (k + 1) <= EPS64
+            assert k == 1 or 2 * abs(t[k]) * e**k > EPS64  # the fewest terms that finish
+        else:
+            assert 2 * abs(t[4]) * e**4 > EPS64
+    assert plan.polish_terms(0.5, 1.4e-4, 100, 100) == 3 and plan.polish_terms(0.5, 2e-4, 100, 100) == 0
+    # float32 at a size where rounding alone exceeds √eps: ℓ ≈ 1 and e at the noise level finish
+    plan32 = qdwh._Plan(rtol=1e-6, max_iter=20, eps=float(np.finfo(np.float32).eps))
+    noise = 4096 * 64 * plan32.eps
+    assert plan32.polish_terms(1.0, noise, 4096, 4096) == 1
+    assert plan32.polish_terms(0.9, noise, 4096, 4096) == 0
+
+
+@pytest.mark.parametrize("terms", [1, 2, 3])
+def test_lapack_polish_orthogonalises_and_keeps_the_polar_factor(terms):
+    rng = np.random.default_rng(terms)
+    n = 40
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    e = {1: 1e-8, 2: 5e-6, 3: 1e-4}[terms]
+    X = (Q * np.sqrt(1 + e * rng.uniform(-1, 1, n))) @ V.T  # XᵀX = I + E, ‖E‖₂ ≤ e
+    w = _qdwh_lapack._Workspace(np.asfortranarray(X.T))
+    E = w.gram_minus_identity()
+    bound = _qdwh_lapack._norm_bound_upper(E)
+    assert bound >= np.linalg.norm(X.T @ X - np.eye(n), 2)
+    assert qdwh._Plan(1e-12, 20, EPS64).polish_terms(0.5, min(bound, e), n, n) == terms
+    _qdwh_lapack._polish(w, E, terms)
+    U = w.Xt.T
+    assert np.linalg.norm(U.T @ U - np.eye(n), 2) <= 20 * EPS64
+    np.testing.assert_allclose(U, Q @ V.T, atol=20 * EPS64)  # the polar factor of X
+
+
+def test_norm_bound_of_an_upper_triangle_ignores_the_lower_one():
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((600, 600))
+    S = S + S.T
+    stored = np.asfortranarray(np.triu(S) + np.tril(rng.standard_normal((600, 600)) * 1e30, -1))
+    expected = min(np.linalg.norm(S), np.abs(S).sum(0).max())
+    assert _qdwh_lapack._norm_bound_upper(stored) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("kappa", [1e3, 1e6])
+def test_lower_bound_is_close_to_the_inverse_condition_number(kappa, path):
+    # α from the power estimate, not the norm bounds (which exceed ‖A‖₂ many times)
+    _, info = matfun.qdwh_polar(prescribed((300, 260), kappa, seed=4) * 7.0, return_info=True)
+    assert 0.5 / kappa <= info.lower_bound <= 1.5 / kappa
+
+
+def test_large_cpu_matrices_take_the_lapack_path(monkeypatch):
+    calls = []
+    original = _qdwh_lapack.qdwh_matrix
+    monkeypatch.setattr(_qdwh_lapack, "qdwh_matrix", lambda *a: calls.append(1) or original(*a))
+    G = prescribed((2, 300, _qdwh_lapack.MIN_SIZE), 1e5, seed=12)
+    U, info = matfun.qdwh_polar(G, return_info=True)
+    assert len(calls) == 2 and info.svd_fallback == ()
+    monkeypatch.setattr(_qdwh_lapack, "MIN_SIZE", 10**9)
+    np.testing.assert_allclose(U, matfun.qdwh_polar(G), atol=100 * 1e5 * EPS64)
+    # a tensor that requires grad stays in torch (differentiable), without warnings
+    X = torch.from_numpy(G[0]).requires_grad_()
+    assert not _qdwh_lapack.applies(X[None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert matfun.qdwh_polar(X).requires_grad
