@@ -4,7 +4,8 @@
    (target ratio ≤ 1.0 at 2048²).
 2. CPU, float64, a size sweep of ``method="qdwh"`` vs ``method="svd"`` (numpy's
    LAPACK SVD): where QDWH would start to pay, which sets ``method="auto"`` on
-   the CPU (on the quiet 2-core machine it never did: ``auto`` keeps the SVD).
+   the CPU (on the quiet 2-core machine it never did reliably: 0.9–1.5× the SVD's
+   time from 512² to 2048², so ``auto`` keeps the SVD).
 3. CUDA, float32, 4096²: QDWH vs the SVD-based polar (``torch.linalg.svd``),
    target ≥ 3× faster.  Skipped, and said so, without a GPU.
 
