@@ -138,7 +138,7 @@ class _Workspace:
 
     def __init__(self, Xt: np.ndarray):
         self.k = _Kernels(Xt.dtype)
-        self.Xt = Xt
+        self.Xt = np.asfortranarray(Xt)  # (a C-ordered one would make every BLAS call copy it)
         self.spare = np.empty_like(self.Xt, order="F")
         self.gram = np.zeros_like(self.Xt, order="F")  # its lower triangle stays finite
         self._extra: np.ndarray | None = None
@@ -181,7 +181,7 @@ def _polish(w: _Workspace, E: np.ndarray, terms: int) -> None:
     for j, power in enumerate(powers, start=2):
         C += POLISH_TAYLOR[j] * power
     w.spare[...] = w.Xt
-    w.k.symm(1.0, C, w.spare, side=0, lower=0, beta=1.0, c=w.Xt, overwrite_c=1)
+    w.Xt = w.k.symm(1.0, C, w.spare, side=0, lower=0, beta=1.0, c=w.Xt, overwrite_c=1)  # in place when it can
 
 
 def _cholesky_step(w: _Workspace, E: np.ndarray, a: float, b: float, c: float) -> bool:
@@ -195,7 +195,7 @@ def _cholesky_step(w: _Workspace, E: np.ndarray, a: float, b: float, c: float) -
     w.spare[...] = w.Xt
     Yt, _ = w.k.potrs(L, w.spare, lower=0, overwrite_b=1)  # Z⁻¹Xᵀ = (X Z⁻¹)ᵀ, in spare
     Yt *= a - b / c
-    w.k.axpy(w.Xt.ravel("F"), Yt.ravel("F"), a=b / c)
+    w.spare = w.k.axpy(w.Xt.ravel("F"), Yt.ravel("F"), a=b / c).reshape(Yt.shape, order="F")  # in place when it can
     w.swap()
     return True
 

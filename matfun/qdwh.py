@@ -277,7 +277,7 @@ def _qdwh_matrices(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo
         Ui, counts = _qdwh_lapack.qdwh_matrix(A[i], _extremes_of_r, plan)
         if Ui is None:
             fallback.append(i)
-        else:
+        if not math.isnan(counts["lower_bound"]):  # QDWH ran (converged or not), as in the batched info
             runs.append(counts)
         results.append(Ui)
     if fallback:

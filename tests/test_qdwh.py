@@ -252,3 +252,48 @@ def test_large_cpu_matrices_take_the_lapack_path(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert matfun.qdwh_polar(X).requires_grad
+
+
+@pytest.mark.parametrize("max_iter", [1, 2])
+def test_max_iter_hands_unconverged_matrices_to_the_svd_with_their_counts(max_iter, path):
+    G = prescribed((3, 30, 20), 1e8, seed=13)  # needs 5 steps
+    G[1] = prescribed((30, 20), 10.0, seed=14, rank=5)  # rank-deficient: never runs QDWH
+    U, info = matfun.qdwh_polar(G, max_iter=max_iter, return_info=True)
+    assert info.svd_fallback == (0, 1, 2)
+    np.testing.assert_allclose(U, svd_polar(G), atol=20 * 1e8 * EPS64)  # SVDs of other scalings: κ·eps
+    # the steps the unconverged matrices took are reported, and the ℓ₀ they used
+    assert info.iterations == max_iter == info.qr_iterations + info.cholesky_iterations + info.polish_iterations
+    assert 0.5e-8 <= info.lower_bound <= 1.5e-8
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_lapack_polish_lands_in_the_iterate_whatever_its_layout(order):
+    # the iterate must not be silently copied by a BLAS call that writes its result in place
+    rng = np.random.default_rng(7)
+    n = 30
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    X = Q * np.sqrt(1 + 1e-9 * rng.uniform(-1, 1, n))  # XᵀX = I + E, ‖E‖₂ ≤ 1e-9: one term finishes
+    w = _qdwh_lapack._Workspace(np.array(X.T, order=order))
+    _qdwh_lapack._polish(w, w.gram_minus_identity(), 1)
+    U = w.Xt.T
+    assert np.linalg.norm(U.T @ U - np.eye(n), 2) <= 20 * EPS64  # 1e-9 had the polish been lost
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6), (9, 1), (2, 2)], ids=str)
+def test_input_is_never_changed_and_its_layout_does_not_matter(shape, path):
+    rng = np.random.default_rng(15)
+    G = rng.standard_normal((2, *shape))
+    G *= 0.9 / np.abs(G).max(axis=(-2, -1), keepdims=True)  # largest entry in [0.5, 1): no rescaled copy
+    readonly = G.copy()
+    readonly.flags.writeable = False
+    layouts = {"C": G.copy(), "F": np.swapaxes(np.swapaxes(G, -1, -2).copy(), -1, -2),
+               "negative strides": G[:, ::-1, ::-1].copy()[:, ::-1, ::-1], "read-only": readonly,
+               "strided view": np.repeat(G, 2, axis=-1)[..., ::2],
+               "torch": torch.from_numpy(G.copy()), "torch F": torch.from_numpy(G.copy()).mT.contiguous().mT}
+    expected = matfun.qdwh_polar(G.copy())
+    for name, X in layouts.items():
+        as_numpy = (lambda Y: Y.numpy()) if torch.is_tensor(X) else np.asarray
+        before = as_numpy(X).copy()
+        U = as_numpy(matfun.polar(X, method="qdwh"))
+        np.testing.assert_array_equal(as_numpy(X), before, err_msg=name)
+        np.testing.assert_allclose(U, expected, atol=10 * EPS64, err_msg=name)  # rounding only
