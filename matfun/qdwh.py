@@ -180,6 +180,10 @@ def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     precision = B.resolve_precision("float64" if B.dtype_name(G) == "float64" else "float32", G)
+    if rtol is None:  # float16/bfloat16 data: the cut-off of their rounding level, as in matfun.polar
+        from .polar import default_rtol  # polar imports this module
+
+        rtol = default_rtol(*G.shape[-2:], precision.dtype, B.dtype_name(G))
     X = B.to_compute(G, precision, prefer_torch=True)
     U, info = qdwh_compute(X, rtol, max_iter)
     out = B.from_compute(U, G)

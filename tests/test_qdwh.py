@@ -297,3 +297,16 @@ def test_input_is_never_changed_and_its_layout_does_not_matter(shape, path):
         U = as_numpy(matfun.polar(X, method="qdwh"))
         np.testing.assert_array_equal(as_numpy(X), before, err_msg=name)
         np.testing.assert_allclose(U, expected, atol=10 * EPS64, err_msg=name)  # rounding only
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_gets_the_cut_off_of_its_rounding_level(dtype, path):
+    # rank 8 in float64; rounded to 16 bits its other singular values are rounding noise
+    # (~1e-3), far above float32's cut-off: qdwh_polar must drop them as matfun.polar does
+    G = torch.from_numpy(prescribed((30, 20), 10.0, seed=4, rank=8)).to(dtype)
+    U, info = matfun.qdwh_polar(G, return_info=True)
+    assert info.svd_fallback == (0,)
+    P = matfun.polar(G)
+    assert torch.linalg.matrix_rank(U.float(), atol=0.5) == 8
+    # both are a float32 SVD's partial isometry rounded to 16 bits: at most one ulp apart
+    torch.testing.assert_close(U.float(), P.float(), atol=torch.finfo(dtype).eps, rtol=0)
