@@ -114,7 +114,7 @@ def qdwh_matrix(A: torch.Tensor, extremes, plan) -> tuple[torch.Tensor | None, d
             counts["qr"] += 1
         else:
             E = w.gram_minus_identity()
-            terms = plan.polish_terms(ell, _norm_bound_upper(E), m, n)
+            terms = plan.polish_terms(ell, _norm_bound_upper(E), n, n)  # E is the n × n iterate's: √n·eps noise
             if terms:
                 _polish(w, E, terms)
                 counts["polish"] += 1

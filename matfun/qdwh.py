@@ -244,8 +244,8 @@ class _Plan:
         is a rigorous bound, often 10–30× below ``‖E‖_F`` alone.
         The fewest terms that finish are used, at most 3 (``e ≤ 1.4e-4`` in float64).
         Where rounding alone puts ``e`` above ``√eps`` (float32, large ``n``: ``XᵀX``
-        carries errors of ``√m·eps`` per entry), the bound ``ℓ`` decides, with ``e``
-        at that noise level, and ``k = 1``.
+        carries errors of ``√m·eps`` per entry, ``m × n`` the shape of the ``X`` whose Gram
+        matrix gave ``e``), the bound ``ℓ`` decides, with ``e`` at that noise level, and ``k = 1``.
         """
         for k in (1, 2, 3):
             if 2 * abs(POLISH_TAYLOR[k + 1]) * e ** (k + 1) <= self.eps:

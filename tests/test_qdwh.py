@@ -310,3 +310,16 @@ def test_half_precision_input_gets_the_cut_off_of_its_rounding_level(dtype, path
     assert torch.linalg.matrix_rank(U.float(), atol=0.5) == 8
     # both are a float32 SVD's partial isometry rounded to 16 bits: at most one ulp apart
     torch.testing.assert_close(U.float(), P.float(), atol=torch.finfo(dtype).eps, rtol=0)
+
+
+def test_lapack_polish_judges_rounding_noise_by_the_iterate_it_measured(monkeypatch):
+    # The CPU path forms E = XᵀX − I of the n × n iterate on R, whose rounding noise is
+    # √n·eps per entry, not √m·eps: with m in the noise allowance, a tall float32 matrix
+    # whose ℓ₀ was overestimated got a one-term polish at ‖E‖ ≈ 0.023 (orthogonality 200·eps,
+    # measured at 8192 × 1024 with ℓ₀ 10× too high).
+    seen = []
+    original = qdwh._Plan.polish_terms
+    monkeypatch.setattr(qdwh._Plan, "polish_terms", lambda self, ell, e, m, n: seen.append((m, n)) or original(self, ell, e, m, n))
+    monkeypatch.setattr(_qdwh_lapack, "MIN_SIZE", 1)
+    matfun.qdwh_polar(prescribed((200, 8), 10.0, seed=16).astype(np.float32))
+    assert seen and all(size == (8, 8) for size in seen)
