@@ -67,7 +67,7 @@ class _Kernels:
         p = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}[np.dtype(dtype)]
         for name in ("tpqrt", "tpmqrt", "potrf", "potrs"):
             setattr(self, name, getattr(lapack, p + name))
-        for name in ("syrk", "symm", "trmm", "axpy", "nrm2"):
+        for name in ("syrk", "symm", "trmm", "axpy"):
             setattr(self, name, getattr(blas, p + name))
 
 

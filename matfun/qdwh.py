@@ -100,8 +100,9 @@ class QDWHInfo:
         Steps taken, the sum of the three counts below.
     qr_iterations, cholesky_iterations, polish_iterations : int
         How many of them were QR-based, Cholesky-based and the final
-        Newton–Schulz polish (0 or 1; see :meth:`_Plan.polish_terms`).  On the CPU path, which runs matrix by
-        matrix, each count is the largest over the batch.
+        Newton–Schulz polish (0 or 1; see :meth:`_Plan.polish_terms`).  On the
+        CPU path, which runs matrix by matrix, each count is the largest over
+        the batch.
     lower_bound : float
         The ``ℓ₀`` used (smallest over the batch; ``nan`` if no matrix ran QDWH).
     svd_fallback : tuple of int
