@@ -102,10 +102,20 @@ class Polar(Map):
         yield (U * factor[..., None, :]) @ Vh
 
     def flops(self, shape: tuple[int, ...]) -> int:
-        """Estimated FLOPs: thin SVD (``6 s r² + 20 r³``, Golub & Van Loan's R-SVD) plus ``U·Vᵀ``."""
+        """Estimated FLOPs of the method (``"auto"`` counts as the SVD, its CPU choice).
+
+        ``"svd"``: thin SVD (``6 s r² + 20 r³``, Golub & Van Loan's R-SVD) plus ``U·Vᵀ``.
+        ``"qdwh"``: a typical run (``κ`` between about 10³ and 10⁸): the QR of the
+        matrix and the final application of its Q (``6 s r² − (8/3) r³``), one QR-based
+        step (``(11/3) r³``: ``tpqrt``, forming ``[W₁; W₂]``, ``trmm``), two Cholesky
+        steps (``(10/3) r³`` each: ``syrk``, ``potrf``, ``potrs``) and the polish
+        (``3 r³``); the count of steps depends on the data (:class:`matfun.qdwh.QDWHInfo`).
+        """
         shape = check_shape(shape)
         H, W = shape[-2:]
         r, s = min(H, W), max(H, W)
+        if self.method == "qdwh":
+            return batch_size(shape) * round(6 * s * r * r - 8 * r**3 / 3 + (11 / 3 + 20 / 3 + 3) * r**3)
         return batch_size(shape) * (6 * s * r * r + 20 * r**3 + 2 * H * W * r)
 
 
