@@ -97,9 +97,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "a torch optimizer; repeatable")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--jobs", type=int, default=1, metavar="N",
-                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here)")
+                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here); "
+                     "--map plug-ins run there too")
     par.add_argument("--scheduler", metavar="ADDRESS",
-                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir)")
+                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir "
+                     "and the modules of your --map plug-ins)")
     _add_plugin_options(p)
     _add_output_options(p)
 
@@ -331,8 +333,6 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         maps = plugins.collect(options=args.map)
     except (ValueError, plugins.PluginError) as exc:
         raise UsageError(str(exc)) from None
-    if maps and (args.jobs > 1 or args.scheduler is not None):
-        raise UsageError("--map runs your maps in this process only: it cannot be combined with --jobs/--scheduler")
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")

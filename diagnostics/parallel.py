@@ -14,6 +14,18 @@ cluster (``dask scheduler`` / ``dask worker``, or any deployment such as
 dask-jobqueue on a batch system) whose workers share the results directory
 (a shared file system).  Both use the same code path.
 
+Plug-in maps (:mod:`diagnostics.plugins`) run on the workers too: each cell of a
+plug-in carries what its worker needs to activate it.  A plug-in loaded from
+``MODULE:ATTR`` is re-loaded there by that spec, with the submitting process's
+working directory put on ``sys.path`` (a remote worker needs the same files: a
+shared file system, as for the results); one given as a Python object (a
+function, a closure, a :class:`matfun.Map`) is sent pickled (``cloudpickle``).  A
+plug-in that cannot be pickled is refused before any cell is computed, and a
+plug-in that breaks its contract on a worker raises the same
+:class:`~diagnostics.plugins.PluginError` as in a sequential run.  Workers of a
+long-running cluster keep the version of a module they imported first: restart
+them after editing a plug-in.
+
 Timing experiments (``scaling``; the optimizer-step times of ``training``) measure
 wall time: cells that run side by side compete for cores and memory bandwidth, so
 run those with ``--jobs 1`` when the times matter.
@@ -23,14 +35,21 @@ Requires the ``dask`` extra (``pip install "matfun[dask]"``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
+import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["ParallelError", "compute_cells", "open_client"]
+from . import plugins as _plugins
+
+__all__ = ["ParallelError", "compute_cells", "open_client", "ship_plugins"]
 
 
 class ParallelError(RuntimeError):
@@ -50,7 +69,7 @@ def open_client(jobs: int | None = None, scheduler: str | None = None):
         if scheduler is not None:
             return Client(scheduler, timeout="10s")
         cluster = LocalCluster(
-            n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+            n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
         )
         return Client(cluster)
     except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
@@ -58,21 +77,126 @@ def open_client(jobs: int | None = None, scheduler: str | None = None):
         raise ParallelError(f"could not reach {where}: {exc}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class _ShippedPlugin:
+    """A plug-in as a worker receives it: its ``spec`` to re-load, or the pickled :class:`Plugin`."""
+
+    name: str
+    directory: str
+    spec: str | None = None
+    pickled: bytes | None = None
+
+
+def ship_plugins(
+    plugins: Sequence[_plugins.Plugin], directory: str | os.PathLike | None = None
+) -> dict[str, _ShippedPlugin]:
+    """What Dask workers need to run ``plugins``, by name.
+
+    A plug-in loaded from ``MODULE:ATTR`` goes by that spec (re-loaded on the
+    worker with ``directory``, default the current one, on ``sys.path``); any other
+    is pickled with ``cloudpickle``.
+
+    Raises
+    ------
+    PluginError
+        A plug-in that cannot be pickled (one line naming it; nothing has run).
+    """
+    directory = os.path.abspath(os.fspath(directory) if directory is not None else os.getcwd())
+    shipped = {}
+    for p in plugins:
+        if p.from_spec:
+            shipped[p.name] = _ShippedPlugin(p.name, directory, spec=p.spec)
+            continue
+        import cloudpickle
+
+        try:
+            data = cloudpickle.dumps(p)
+        except Exception as exc:  # noqa: BLE001 - pickling fails with many exception types
+            raise _plugins.PluginError(
+                f"plug-in {p.name!r} ({p.spec}) cannot be sent to Dask workers: it cannot be pickled "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}); run without --jobs/--scheduler, "
+                f"or make it importable and pass it as MODULE:ATTR"
+            ) from None
+        shipped[p.name] = _ShippedPlugin(p.name, directory, pickled=data)
+    return shipped
+
+
+#: On a worker: the plug-ins it has loaded (one object per plug-in, as in a sequential run) and the
+#: digests of the cells it is computing.
+_LOADED: dict[_ShippedPlugin, _plugins.Plugin] = {}
+_RUNNING: set[str] = set()
+
+
+def _worker_plugin(shipped: _ShippedPlugin) -> _plugins.Plugin:
+    """Runs on a worker: the plug-in ``shipped`` describes, loaded once per worker process."""
+    plugin = _LOADED.get(shipped)
+    if plugin is not None:
+        return plugin
+    where = f"on a Dask worker (directory {shipped.directory})"
+    try:
+        if shipped.spec is not None:
+            plugin = _plugins.load(shipped.spec, shipped.name, shipped.directory)
+        else:
+            import cloudpickle
+
+            if shipped.directory not in sys.path:  # a function pickled by reference imports its module
+                sys.path.insert(0, shipped.directory)
+            plugin = cloudpickle.loads(shipped.pickled)
+    except _plugins.PluginError as exc:
+        raise _plugins.PluginError(f"{exc} ({where})", plugin=shipped.name) from None
+    except Exception as exc:  # noqa: BLE001 - unpickling fails with many exception types
+        raise _plugins.PluginError(
+            f"plug-in {shipped.name!r} could not be loaded {where}: {type(exc).__name__}: {' '.join(str(exc).split())}",
+            plugin=shipped.name,
+        ) from None
+    _LOADED[shipped] = plugin
+    return plugin
+
+
+def _running_cells() -> set[str]:
+    """Runs on a worker: the digests of the cells it is computing."""
+    return set(_RUNNING)
+
+
 def _compute_and_store(
     module_name: str, config: Any, cell: Mapping[str, Any], key: Mapping[str, Any], digest: str,
-    cells_dir: str, extra: Mapping[str, Any], device: str, seed: int,
-) -> pd.DataFrame:
-    """Runs on a worker: one cell, written to the cache before it is returned."""
+    cells_dir: str, extra: Mapping[str, Any], device: str, seed: int, plugin: _ShippedPlugin | None = None,
+) -> tuple[pd.DataFrame, dict[str, set[str]]]:
+    """Runs on a worker: one cell (with its plug-in active), written to the cache before it is returned.
+
+    Returns the cell's frame and the plug-in's conversion notes (``{name: notes}``).
+    """
     import torch
 
     from . import store
 
-    torch.set_num_threads(1)  # one core per worker: N workers, N cores
-    module = importlib.import_module(module_name)
-    raw = module.run_cell(config, dict(cell), device, int(seed))
-    if not isinstance(raw, pd.DataFrame):
-        raise store.StoreError(f"{module.NAME}: run_cell must return a pandas DataFrame, got {type(raw).__name__}")
-    return store._store_cell(Path(cells_dir), key, digest, store._annotate(raw, config, cell, extra))
+    _RUNNING.add(digest)
+    try:
+        torch.set_num_threads(1)  # one core per worker: N workers, N cores
+        module = importlib.import_module(module_name)
+        active = [_worker_plugin(plugin)] if plugin is not None else []
+        with _plugins.active(active):
+            raw = module.run_cell(config, dict(cell), device, int(seed))
+        if not isinstance(raw, pd.DataFrame):
+            raise store.StoreError(f"{module.NAME}: run_cell must return a pandas DataFrame, got {type(raw).__name__}")
+        frame = store._store_cell(Path(cells_dir), key, digest, store._annotate(raw, config, cell, extra))
+        return frame, {p.name: set(p.notes) for p in active}
+    finally:
+        _RUNNING.discard(digest)
+
+
+def _wait_for_running(client: Any, digests: Sequence[str]) -> None:
+    """Wait until no worker is computing any of ``digests`` (a cancelled task still runs to its end and
+    writes its cell; the caller may then remove cells without a worker writing one behind it)."""
+    digests = set(digests)
+    while True:
+        try:
+            running = client.run(_running_cells, on_error="ignore")
+        except Exception:  # noqa: BLE001 - a cluster that is gone computes nothing
+            return
+        if not any(digests & set(cells) for cells in running.values()):
+            return
+        time.sleep(0.05)
 
 
 def compute_cells(
@@ -90,20 +214,27 @@ def compute_cells(
 ) -> list[pd.DataFrame]:
     """Run ``todo`` (``(cell, key, digest)`` triples) on Dask workers; frames in ``todo``'s order.
 
-    Each cell is written to ``cells_dir`` by the worker that computed it.  The first
-    cell that fails raises :class:`ParallelError` naming the cell; the cells that
-    finished before it stay cached.
+    Each cell is written to ``cells_dir`` by the worker that computed it, with the
+    active plug-ins (:func:`diagnostics.plugins.active`) active there too
+    (:func:`ship_plugins`).  The first cell that fails stops the run once the
+    cells being computed have finished (those, and the ones finished before, stay
+    cached): a plug-in that breaks its contract raises its
+    :class:`~diagnostics.plugins.PluginError`, any other failure
+    :class:`ParallelError` naming the cell.
     """
     from tqdm.auto import tqdm
 
     if not todo:
         return []
+    local = {p.name: p for p in _plugins.current()}
+    used = {cell.get("plugin") for cell, _, _ in todo}
+    shipped = ship_plugins([p for name, p in local.items() if name in used])  # refuses before anything runs
     client = open_client(None if jobs is None else min(jobs, len(todo)), scheduler)  # no idle workers
     try:
         futures = [
             client.submit(
                 _compute_and_store, module.__name__, config, cell, key, digest, str(cells_dir), extra, device, seed,
-                key=f"{module.NAME}-{digest}", pure=False,
+                shipped.get(cell.get("plugin")), key=f"{module.NAME}-{digest}", pure=False,
             )
             for cell, key, digest in todo
         ]
@@ -116,13 +247,17 @@ def compute_cells(
             for future in as_completed(futures):
                 k = index[future.key]
                 try:
-                    frames[k] = future.result()
+                    frames[k], notes = future.result()
                 except Exception as exc:  # noqa: BLE001 - re-raised with the cell named
-                    for f in futures:
-                        f.cancel()
+                    client.cancel(futures)
+                    _wait_for_running(client, [digest for _, _, digest in todo])
+                    if isinstance(exc, _plugins.PluginError):
+                        raise
                     raise ParallelError(
                         f"{module.NAME}: cell {dict(todo[k][0])} failed on a worker: {type(exc).__name__}: {exc}"
                     ) from exc
+                for name, found in notes.items():
+                    local[name].notes.update(found)
                 bar.update()
         return frames  # type: ignore[return-value]
     finally:

@@ -195,6 +195,8 @@ class Plugin:
         steps = getattr(target, "steps", None)
         self.steps = int(steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else None
         self.source_hash = _source_hash(target)
+        #: True when made by :func:`load` (importable by its spec; a Dask worker re-loads it from there).
+        self.from_spec = False
         self.notes: set[str] = set()
         self._made: dict[int, Any] = {}
 
@@ -351,10 +353,11 @@ class Plugin:
 # ---------------------------------------------------------------------- loading
 
 
-def load(spec: str, name: str | None = None) -> Plugin:
+def load(spec: str, name: str | None = None, directory: str | os.PathLike | None = None) -> Plugin:
     """Import ``MODULE:ATTR`` (dotted attributes allowed) as a :class:`Plugin` named ``name`` (default ATTR).
 
-    The current directory is put on ``sys.path`` (as ``python -m`` does).
+    ``directory`` (default: the current directory, as ``python -m`` does) is put on
+    ``sys.path`` first.
 
     Raises
     ------
@@ -369,9 +372,11 @@ def load(spec: str, name: str | None = None) -> Plugin:
     if not module_name or not all(p.isidentifier() for p in module_name.split(".") + parts):
         raise PluginError(f"plug-in {label}: bad MODULE:ATTR {spec!r}")
     name = name or parts[-1]
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+    if directory is not None:
+        if os.fspath(directory) not in sys.path:
+            sys.path.insert(0, os.fspath(directory))
+    elif os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -387,7 +392,9 @@ def load(spec: str, name: str | None = None) -> Plugin:
         except AttributeError:
             where = ".".join([module_name] + parts[:i])
             raise PluginError(f"plug-in {name!r} ({spec}): {where!r} has no attribute {part!r}") from None
-    return Plugin(name, obj, module_name, attr_path)
+    plugin = Plugin(name, obj, module_name, attr_path)
+    plugin.from_spec = True
+    return plugin
 
 
 def parse_map_option(text: str) -> Plugin:

@@ -86,14 +86,17 @@ def run_module(
     """Run one experiment module with plug-ins, ``[(key, value text), ...]`` overrides and seeds.
 
     ``config`` replaces the quick/full Config the overrides start from; ``jobs`` and
-    ``scheduler`` go to :func:`diagnostics.store.run_experiment` (built-in maps only:
-    plug-ins are active in this process, not on Dask workers).
+    ``scheduler`` go to :func:`diagnostics.store.run_experiment` (the plug-ins run on
+    the Dask workers too: :mod:`diagnostics.parallel`; one that cannot be sent there
+    raises :class:`~diagnostics.plugins.PluginError` before anything runs).
     """
     base = config if config is not None else store.config_for(module, quick)
     config = _overrides.apply(base, overrides, module.NAME)
     seeds = tuple(int(s) for s in seeds)
-    if plugins and (jobs > 1 or scheduler is not None):
-        raise ValueError("plug-in maps run in this process only: they cannot be combined with jobs/scheduler")
+    if plugins and (jobs > 1 or scheduler is not None) and not replot:
+        from .parallel import ship_plugins
+
+        ship_plugins(plugins)
     kw = dict(results_dir=results_dir, device=device, force=force, replot=replot, progress=progress, jobs=jobs,
               scheduler=scheduler)
     start = time.perf_counter()
@@ -137,6 +140,8 @@ def run(
     force: bool = False,
     replot: bool = False,
     progress: bool | None = False,
+    jobs: int = 1,
+    scheduler: str | None = None,
 ) -> store.RunResult | list[store.RunResult]:
     """Run experiments from Python, with plug-in maps, Config overrides and seeds.
 
@@ -154,6 +159,11 @@ def run(
         One seed, or several: the figures then show mean and spread.
     quick : bool
         The tiny configuration (seconds on a CPU).
+    jobs, scheduler
+        Compute the uncached cells on ``jobs`` local worker processes, or on the Dask
+        cluster at ``scheduler`` (:mod:`diagnostics.parallel`), plug-ins included;
+        a plug-in given as a Python object is sent pickled, so it must be picklable
+        by ``cloudpickle`` (closures and lambdas are).
     results_dir, figures_dir
         Roots; default ``results[/quick]`` and ``figures[/quick]`` as on the command line.
 
@@ -165,7 +175,10 @@ def run(
     Raises
     ------
     PluginError, OverrideError
-        A broken plug-in or a bad override (one-line messages).
+        A broken plug-in (also one that cannot be sent to Dask workers) or a bad
+        override (one-line messages).
+    ParallelError
+        The Dask cluster could not be started or reached, or a cell failed on a worker.
     """
     from . import experiments
 
@@ -180,7 +193,8 @@ def run(
     figures_root = Path(figures_dir) if figures_dir is not None else Path("figures") / suffix
     out = [
         run_module(m, plugins=plugins, overrides=per[m.NAME], seeds=seed_list, quick=quick, results_dir=results_root,
-                   figures_dir=figures_root, device=device, force=force, replot=replot, progress=progress)
+                   figures_dir=figures_root, device=device, force=force, replot=replot, progress=progress,
+                   jobs=jobs, scheduler=scheduler)
         for m in modules
     ]
     return out[0] if single else out

@@ -66,6 +66,13 @@ def third_call_raises(G):
     return matfun.newton_schulz(G, 5, "jordan")
 
 
+def fails_ill_conditioned(G):
+    """Passes the probe (a Gaussian 24x40, condition number about 8), raises for kappa = 1000."""
+    if np.linalg.cond(G) > 100:
+        raise FloatingPointError("ill-conditioned input")
+    return matfun.newton_schulz(G, 5, "jordan")
+
+
 not_callable = 3
 '''
 
@@ -347,10 +354,97 @@ def test_merge_figures_averages_horizontal_bars():
     assert widths == pytest.approx([2.0, 2.0])  # the means: (1 + 3)/2 and 2
 
 
-def test_map_refuses_parallel_workers(usermod, tmp_path, capsys):
-    # plug-ins live in this process; Dask workers would not have them
-    assert run_cli(["run", "transfer", "--quick", "--jobs", "2", "--map", f"cubic={usermod}:schedule"], tmp_path) == 2
-    assert "--jobs" in one_line(capsys)
+# ------------------------------------------------------ plug-ins on Dask workers
+
+TWO_KAPPAS = [*TINY, "--set", "condition_numbers=10,1000"]
+
+
+def results(tmp_path, out: str, experiment: str = "ns_convergence") -> pd.DataFrame:
+    return pd.read_csv(tmp_path / out / "results" / experiment / "results.csv")
+
+
+def test_map_with_jobs_two_equals_jobs_one(usermod, tmp_path, capsys):
+    args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"cubic={usermod}:schedule", *TWO_KAPPAS]
+    for jobs in ("1", "2"):
+        assert cli.main([*args, "--jobs", jobs, "--out", str(tmp_path / f"jobs{jobs}")]) == 0
+        assert "4 computed" in capsys.readouterr().out
+    sequential, parallel = results(tmp_path, "jobs1"), results(tmp_path, "jobs2")
+    assert set(parallel["plugin"].dropna()) == {"cubic"} and (parallel["plugin"] == "cubic").sum() == 2 * 4
+    # the same cells, computed by the same code from the same seeds: equal to the last bit
+    pd.testing.assert_frame_equal(parallel, sequential)
+
+
+def test_python_object_plugin_with_jobs_two(usermod, tmp_path):
+    import diagnostics
+
+    steps = 3
+
+    def closure(G):  # not importable: sent to the workers pickled
+        return matfun.newton_schulz(G, steps, "jordan")
+
+    closure.steps = steps
+    kw = dict(maps={"closure": closure}, quick=True, figures_dir=None,
+              set={"shape": (16, 24), "condition_numbers": (10, 1000), "schedules": ("jordan",), "tiles": (8,),
+                   "max_steps": 3})
+    sequential = diagnostics.run("ns_convergence", results_dir=tmp_path / "r1", **kw)
+    parallel = diagnostics.run("ns_convergence", results_dir=tmp_path / "r2", jobs=2, **kw)
+    assert parallel.computed == sequential.computed == 4
+    rows = parallel.frame[parallel.frame["plugin"] == "closure"]
+    assert len(rows) == 2 and (rows["step"] == 3).all()  # a plain callable: one row per kappa at its own K
+    pd.testing.assert_frame_equal(parallel.frame, sequential.frame)
+
+
+def test_unpicklable_plugin_with_jobs_fails_before_anything_runs(usermod, tmp_path, monkeypatch):
+    import threading
+
+    import diagnostics
+    from diagnostics import parallel
+
+    lock = threading.Lock()
+
+    def locked(G):  # a closure over a lock: cloudpickle cannot send it
+        with lock:
+            return matfun.newton_schulz(G, 3, "jordan")
+
+    monkeypatch.setattr(parallel, "open_client", lambda *a: pytest.fail("a cluster was started"))
+    with pytest.raises(plugins.PluginError) as info:
+        diagnostics.run("ns_convergence", maps={"locked": locked}, quick=True, jobs=2, results_dir=tmp_path / "r",
+                        figures_dir=None)
+    message = str(info.value)
+    assert "'locked'" in message and "cannot be pickled" in message and "--jobs" in message
+    assert "MODULE:ATTR" in message and "\n" not in message
+    assert not (tmp_path / "r").exists()  # nothing computed, nothing cached
+
+
+def test_plugin_failing_on_a_worker_is_reported_as_in_process(usermod, tmp_path, capsys):
+    args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"bad={usermod}:fails_ill_conditioned",
+            *TWO_KAPPAS]
+    errors = []
+    for jobs in ("1", "2"):
+        assert cli.main([*args, "--jobs", jobs, "--out", str(tmp_path / f"jobs{jobs}")]) == 2
+        errors.append(one_line(capsys))
+        cells = list((tmp_path / f"jobs{jobs}" / "results" / "ns_convergence" / "cells").glob("*.json"))
+        # the built-in cells (kappa = 10, 1000) stay; the plug-in's cell at kappa = 10 succeeded but is removed
+        assert len(cells) == 2 and not any('"bad"' in c.read_text() for c in cells), jobs
+    assert errors[0] == errors[1] and "'bad'" in errors[0] and "ill-conditioned input" in errors[0]
+
+
+def test_worker_loads_a_spec_plugin_from_the_submitting_directory(tmp_path, monkeypatch):
+    from diagnostics import parallel
+
+    name = f"usermaps_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(PLUGIN_SOURCE)
+    monkeypatch.chdir(tmp_path)
+    p = plugins.load(f"{name}:schedule", "cubic")
+    shipped = parallel.ship_plugins([p])["cubic"]
+    sys.modules.pop(name)
+    monkeypatch.setattr(sys, "path", [e for e in sys.path if e not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path.parent)  # a worker that starts elsewhere
+    try:
+        on_worker = parallel._worker_plugin(shipped)
+        assert on_worker.identity == p.identity and on_worker.target is not p.target
+    finally:
+        sys.modules.pop(name, None)
 
 
 def test_override_values_parse_by_field_type():
