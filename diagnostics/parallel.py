@@ -68,8 +68,9 @@ def open_client(jobs: int | None = None, scheduler: str | None = None):
     try:
         if scheduler is not None:
             return Client(scheduler, timeout="10s")
-        cluster = LocalCluster(
-            n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
+        cluster = LocalCluster(  # no dashboard; its HTTP server on a free port (8787 may be taken: a warning)
+            n_workers=jobs, threads_per_worker=1, processes=True, silence_logs=logging.CRITICAL,
+            dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         )
         return Client(cluster)
     except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -20,6 +21,9 @@ import matfun
 from diagnostics import cli, experiments, overrides, plotting, plugins, runner, seeds
 
 PLUGIN_SOURCE = '''
+import os
+import time
+
 import numpy as np
 import torch
 import matfun
@@ -66,11 +70,28 @@ def third_call_raises(G):
     return matfun.newton_schulz(G, 5, "jordan")
 
 
+STARTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.flag")
+
+
 def fails_ill_conditioned(G):
-    """Passes the probe (a Gaussian 24x40, condition number about 8), raises for kappa = 1000."""
-    if np.linalg.cond(G) > 100:
+    """Passes the probe (a Gaussian 24x40, condition number about 8).  For kappa = 10: marks that it
+    started and takes 1 s; for kappa = 1000: raises once the kappa = 10 cell has started (on parallel
+    workers that cell is then still running when this one fails)."""
+    if G.shape != (24, 40) and np.linalg.cond(G) > 100:
+        deadline = time.time() + 5.0
+        while not os.path.exists(STARTED) and time.time() < deadline:
+            time.sleep(0.01)
         raise FloatingPointError("ill-conditioned input")
+    if G.shape != (24, 40):
+        open(STARTED, "w").close()
+        time.sleep(1.0)
     return matfun.newton_schulz(G, 5, "jordan")
+
+
+def float32_on_cells(G):
+    """float64 for the probe's 24x40 matrix, float32 otherwise: its note comes from the experiment's cells."""
+    X = matfun.newton_schulz(G, 5, "jordan")
+    return X if G.shape == (24, 40) else X.astype(np.float32)
 
 
 not_callable = 3
@@ -364,12 +385,16 @@ def results(tmp_path, out: str, experiment: str = "ns_convergence") -> pd.DataFr
 
 
 def test_map_with_jobs_two_equals_jobs_one(usermod, tmp_path, capsys):
-    args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"cubic={usermod}:schedule", *TWO_KAPPAS]
+    args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"cubic={usermod}:schedule",
+            "--map", f"f32={usermod}:float32_on_cells", *TWO_KAPPAS]
     for jobs in ("1", "2"):
         assert cli.main([*args, "--jobs", jobs, "--out", str(tmp_path / f"jobs{jobs}")]) == 0
-        assert "4 computed" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "6 computed" in out
+        # the note is found on the worker that ran the cell, and printed here
+        assert "note: plug-in 'f32': returns float32 for float64 input" in out, (jobs, out)
     sequential, parallel = results(tmp_path, "jobs1"), results(tmp_path, "jobs2")
-    assert set(parallel["plugin"].dropna()) == {"cubic"} and (parallel["plugin"] == "cubic").sum() == 2 * 4
+    assert set(parallel["plugin"].dropna()) == {"cubic", "f32"} and (parallel["plugin"] == "cubic").sum() == 2 * 4
     # the same cells, computed by the same code from the same seeds: equal to the last bit
     pd.testing.assert_frame_equal(parallel, sequential)
 
@@ -419,14 +444,22 @@ def test_unpicklable_plugin_with_jobs_fails_before_anything_runs(usermod, tmp_pa
 def test_plugin_failing_on_a_worker_is_reported_as_in_process(usermod, tmp_path, capsys):
     args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"bad={usermod}:fails_ill_conditioned",
             *TWO_KAPPAS]
+    from distributed import LocalCluster
+
     errors = []
-    for jobs in ("1", "2"):
-        assert cli.main([*args, "--jobs", jobs, "--out", str(tmp_path / f"jobs{jobs}")]) == 2
-        errors.append(one_line(capsys))
-        cells = list((tmp_path / f"jobs{jobs}" / "results" / "ns_convergence" / "cells").glob("*.json"))
-        # the built-in cells (kappa = 10, 1000) stay; the plug-in's cell at kappa = 10 succeeded but is removed
-        assert len(cells) == 2 and not any('"bad"' in c.read_text() for c in cells), jobs
-    assert errors[0] == errors[1] and "'bad'" in errors[0] and "ill-conditioned input" in errors[0]
+    # a cluster that outlives the command: its workers are not stopped when the command fails
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=50) as cluster:
+        for option in (["--jobs", "1"], ["--jobs", "2"], ["--scheduler", cluster.scheduler_address]):
+            out = tmp_path / option[0].strip("-")
+            (tmp_path / "started.flag").unlink(missing_ok=True)
+            assert cli.main([*args, *option, "--out", str(out)]) == 2
+            errors.append(one_line(capsys))
+            if option[0] == "--scheduler":
+                time.sleep(1.0)  # a cell still running on the cluster would be written by now
+            cells = list((out / "results" / "ns_convergence" / "cells").glob("*.json"))
+            # the built-in cells (kappa = 10, 1000) stay; the plug-in's cell at kappa = 10 succeeded but is removed
+            assert len(cells) == 2 and not any('"bad"' in c.read_text() for c in cells), option
+    assert len(set(errors)) == 1 and "'bad'" in errors[0] and "ill-conditioned input" in errors[0]
 
 
 def test_worker_loads_a_spec_plugin_from_the_submitting_directory(tmp_path, monkeypatch):
