@@ -6,14 +6,17 @@
    LAPACK SVD): where QDWH would start to pay, which sets ``method="auto"`` on
    the CPU (on the quiet 2-core machine it never did reliably: 0.9–1.5× the SVD's
    time from 512² to 2048², so ``auto`` keeps the SVD).
-3. CUDA, float32, 4096²: QDWH vs the SVD-based polar (``torch.linalg.svd``),
+3. CPU, float64: QDWH's LAPACK path (:mod:`matfun._qdwh_lapack`) vs its batched
+   torch iteration, which sets ``_qdwh_lapack.MIN_SIZE`` (``--skip-paths`` to skip).
+4. CUDA, float32, 4096²: QDWH vs the SVD-based polar (``torch.linalg.svd``),
    target ≥ 3× faster.  Skipped, and said so, without a GPU.
 
 Each comparison alternates the two sides (A B B A A B …) so a change of machine
 load hits both; it prints the median and the spread (min–max) of each side and
 the ratio of medians.  On a shared machine read the ratios, not the seconds.
 
-Usage (repository root): ``python -m benchmarks.bench_polar [--quick] [--repeats N] [--sizes 64 128 ...] [--skip-sweep] [--skip-headline]``
+Usage (repository root): ``python -m benchmarks.bench_polar [--quick] [--repeats N] [--sizes 64 128 ...]
+[--path-sizes 256 512 ...] [--skip-sweep] [--skip-headline] [--skip-paths]``
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import scipy.linalg
 import torch
 
 import matfun
+from matfun import _qdwh_lapack
 
 
 def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int,
@@ -65,6 +69,9 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="sizes of the CPU sweep")
     p.add_argument("--skip-sweep", action="store_true", help="no CPU size sweep")
     p.add_argument("--skip-headline", action="store_true", help="no scipy comparison (e.g. to rerun the sweep)")
+    p.add_argument("--path-sizes", type=int, nargs="+", default=None,
+                   help="sizes of the LAPACK-path vs batched-torch comparison (default 128 256 384 512 768)")
+    p.add_argument("--skip-paths", action="store_true", help="no LAPACK-path vs batched-torch comparison")
     args = p.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     n_cpu, n_gpu = (512, 1024) if args.quick else (2048, 4096)
@@ -87,6 +94,22 @@ def main(argv=None) -> int:
             ta, tb = interleaved(lambda: matfun.polar(G, method="qdwh"), lambda: matfun.polar(G, method="svd"),
                                  max(repeats, 5))
             report(f"cpu float64 {n}x{n}", ("qdwh", "svd"), ta, tb, "auto uses qdwh where < 1")
+
+    if not args.skip_paths:
+        default = _qdwh_lapack.MIN_SIZE
+        for n in args.path_sizes or ([128, 256] if args.quick else [128, 256, 384, 512, 768]):
+            G = rng.standard_normal((n, n))
+
+            def through(min_size, G=G):
+                _qdwh_lapack.MIN_SIZE = min_size
+                try:
+                    return matfun.polar(G, method="qdwh")
+                finally:
+                    _qdwh_lapack.MIN_SIZE = default
+
+            ta, tb = interleaved(lambda: through(1), lambda: through(10**9), max(repeats, 9))
+            report(f"cpu float64 {n}x{n} qdwh", ("lapack path", "batched torch"), ta, tb,
+                   f"MIN_SIZE = {default}: the LAPACK path from where < 1")
 
     if not torch.cuda.is_available():
         print(f"cuda float32 {n_gpu}x{n_gpu}: skipped, no CUDA device here (not measured)")

@@ -153,7 +153,7 @@ def test_dispatch_and_errors():
         matfun.qdwh_polar(np.full((3, 3), np.nan))
     assert choose_method(np.zeros((8, 8)), "auto") == "svd"  # small: SVD
     big = np.zeros((2048, 2048))
-    for threads in (1, 2):  # on the CPU the SVD was faster at every size (bench_polar.py)
+    for threads in (1, 2):  # on the CPU the SVD was as fast from 512² up (bench_polar.py)
         with torch_threads(threads):
             assert choose_method(big, "auto") == "svd"
             assert choose_method(torch.zeros(2048, 2048), "auto") == "svd"
