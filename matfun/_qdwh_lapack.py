@@ -44,12 +44,12 @@ from ._symmetric import fill_lower_from_upper
 
 #: smallest ``n = min(H, W)`` for which :mod:`matfun.qdwh` uses this path on the CPU.
 #: Measured by ``python -m benchmarks.bench_polar`` (its path comparison) on the
-#: 2-core machine (float64, single matrices, 9 interleaved runs,
-#: median time of this path over the batched torch iteration): 0.84 at 256², 0.48 at
-#: 384², 0.52 at 512², 0.76 at 768², 0.70 at 2048²; 1.94 at 128² (a batch of 8).
-#: Small matrices lose to per-call overheads, among them MKL's (torch) and
+#: 2-core machine (float64, single matrices, 9 interleaved runs, median time of this
+#: path over the batched torch iteration), two runs: 1.03 at 128², 0.84 and 1.18 at
+#: 256², 0.48 and 0.66 at 384², 0.52 and 0.60 at 512², 0.76 and 0.80 at 768²; 0.70 at
+#: 2048².  Small matrices lose to per-call overheads, among them MKL's (torch) and
 #: OpenBLAS's (scipy) thread pools waiting on each other.
-MIN_SIZE = 256
+MIN_SIZE = 384
 
 _PREFIX = {torch.float32: "s", torch.float64: "d"}
 #: block size of ``tpqrt`` (32 and 64 measured within 10% of each other at 2048²).

@@ -241,7 +241,7 @@ def test_large_cpu_matrices_take_the_lapack_path(monkeypatch):
     calls = []
     original = _qdwh_lapack.qdwh_matrix
     monkeypatch.setattr(_qdwh_lapack, "qdwh_matrix", lambda *a: calls.append(1) or original(*a))
-    G = prescribed((2, 300, _qdwh_lapack.MIN_SIZE), 1e5, seed=12)
+    G = prescribed((2, _qdwh_lapack.MIN_SIZE + 40, _qdwh_lapack.MIN_SIZE), 1e5, seed=12)
     U, info = matfun.qdwh_polar(G, return_info=True)
     assert len(calls) == 2 and info.svd_fallback == ()
     monkeypatch.setattr(_qdwh_lapack, "MIN_SIZE", 10**9)
