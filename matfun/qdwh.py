@@ -69,9 +69,10 @@ from . import _backend as B, _qdwh_lapack
 METHODS = ("svd", "qdwh", "auto")
 #: ``method="auto"`` keeps the SVD on the CPU.  Measured with ``python -m
 #: benchmarks.bench_polar`` on the quiet 2-core machine, float64, 2 threads, single
-#: matrices: QDWH (its LAPACK path) over matfun's SVD polar 0.91 and 1.19 at 512², 1.49
-#: at 768², 1.15 and 1.19 at 1024², 1.10 and 1.06 at 1536², 1.02 at 2048²; against ``scipy.linalg.polar``
-#: (which also forms H) QDWH wins from 384² on (0.84–0.98 at 2048²).
+#: matrices, two runs: QDWH (its LAPACK path) over matfun's SVD polar 0.91 and 1.19 at
+#: 512², 1.49 at 768², 1.15 and 1.19 at 1024², 1.10 and 1.06 at 1536², 1.02 at 2048²;
+#: against ``scipy.linalg.polar`` (which also forms H) QDWH wins from 384² on (0.84–0.98
+#: at 2048²).
 #: ... and on CUDA from this size (NOT measured here: no GPU in the sessions that
 #: wrote this; QDWH on one GPU is reported up to 4× faster than SVD libraries,
 #: Sukkari, Ltaief, Keyes 2016).  Re-measure with the benchmark's GPU section.
