@@ -51,14 +51,13 @@ from ._symmetric import fill_lower_from_upper
 #: OpenBLAS's (scipy) thread pools waiting on each other.
 MIN_SIZE = 384
 
-_PREFIX = {torch.float32: "s", torch.float64: "d"}
 #: block size of ``tpqrt`` (32 and 64 measured within 10% of each other at 2048²).
 _BLOCK = 32
 
 
 def applies(A: torch.Tensor) -> bool:
     """Whether the tall batch ``A`` (``(B, m, n)``) runs here rather than in batched torch."""
-    return A.device.type == "cpu" and A.dtype in _PREFIX and A.shape[-1] >= MIN_SIZE and not A.requires_grad
+    return A.device.type == "cpu" and A.dtype in (torch.float32, torch.float64) and A.shape[-1] >= MIN_SIZE and not A.requires_grad
 
 
 class _Kernels:
@@ -132,9 +131,9 @@ def qdwh_matrix(A: torch.Tensor, extremes, plan) -> tuple[torch.Tensor | None, d
 class _Workspace:
     """The iterate ``Xt = Xᵀ`` and ``n × n`` Fortran buffers reused across steps.
 
-    Fresh 32 MiB arrays (2048² float64) cost a page fault per 4 KiB on first touch,
-    about as much as a BLAS-1 pass; reusing three buffers (four once a QR step has
-    run) keeps every step free of allocations.
+    Fresh 32 MiB arrays (2048² float64) cost page faults on first touch, at times as
+    much as a BLAS-1 pass; reusing three buffers (four once a QR step has run) keeps
+    every step free of allocations.
     """
 
     def __init__(self, Xt: np.ndarray):
