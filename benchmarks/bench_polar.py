@@ -2,10 +2,11 @@
 
 1. CPU, float64, n×n: ``matfun.polar(method="qdwh")`` vs ``scipy.linalg.polar``
    (target ratio ≤ 1.0 at 2048²).
-2. CPU, float64, a size sweep of ``method="qdwh"`` vs ``method="svd"`` (numpy's
-   LAPACK SVD): where QDWH would start to pay, which sets ``method="auto"`` on
-   the CPU (on the quiet 2-core machine it never did reliably: 0.9–1.5× the SVD's
-   time from 512² to 2048², so ``auto`` keeps the SVD).
+2. CPU, float64 then float32, a size sweep of ``method="qdwh"`` vs
+   ``method="svd"`` (numpy's LAPACK SVD): where QDWH pays, which sets
+   ``method="auto"`` on the CPU (on the quiet 2-core machine: float64 never
+   reliably, 0.9–1.5× the SVD's time from 512² to 2048², so ``auto`` keeps the
+   SVD there; float32 from 512²).
 3. CPU, float64: QDWH's LAPACK path (:mod:`matfun._qdwh_lapack`) vs its batched
    torch iteration, which sets ``_qdwh_lapack.MIN_SIZE`` (``--skip-paths`` to skip).
 4. CUDA, float32, 4096²: QDWH vs the SVD-based polar (``torch.linalg.svd``),
@@ -89,11 +90,12 @@ def main(argv=None) -> int:
         report(f"cpu float64 {n_cpu}x{n_cpu}", ("qdwh", "scipy.linalg.polar"), ta, tb, "target <= 1.0")
 
     if not args.skip_sweep:
-        for n in sizes:
-            G = rng.standard_normal((n, n))
-            ta, tb = interleaved(lambda: matfun.polar(G, method="qdwh"), lambda: matfun.polar(G, method="svd"),
-                                 max(repeats, 5))
-            report(f"cpu float64 {n}x{n}", ("qdwh", "svd"), ta, tb, "auto uses qdwh where < 1")
+        for dtype in ("float64", "float32"):
+            for n in sizes:
+                G = rng.standard_normal((n, n)).astype(dtype)
+                ta, tb = interleaved(lambda: matfun.polar(G, method="qdwh"), lambda: matfun.polar(G, method="svd"),
+                                     max(repeats, 5))
+                report(f"cpu {dtype} {n}x{n}", ("qdwh", "svd"), ta, tb, "auto uses qdwh where < 1")
 
     if not args.skip_paths:
         default = _qdwh_lapack.MIN_SIZE

@@ -102,7 +102,7 @@ class Polar(Map):
         yield (U * factor[..., None, :]) @ Vh
 
     def flops(self, shape: tuple[int, ...]) -> int:
-        """Estimated FLOPs of the method (``"auto"`` counts as the SVD, its CPU choice).
+        """Estimated FLOPs of the method (``"auto"`` counts as the SVD, its float64 CPU choice).
 
         ``"svd"``: thin SVD (``6 s r² + 20 r³``, Golub & Van Loan's R-SVD) plus ``U·Vᵀ``.
         ``"qdwh"``: a typical run (``κ`` between about 10³ and 10⁸): the QR of the

@@ -67,12 +67,17 @@ import torch
 from . import _backend as B, _qdwh_lapack
 
 METHODS = ("svd", "qdwh", "auto")
-#: ``method="auto"`` keeps the SVD on the CPU.  Measured with ``python -m
-#: benchmarks.bench_polar`` on the quiet 2-core machine, float64, 2 threads, single
-#: matrices, two runs: QDWH (its LAPACK path) over matfun's SVD polar 0.91 and 1.19 at
-#: 512², 1.49 at 768², 1.15 and 1.19 at 1024², 1.10 and 1.06 at 1536², 1.02 at 2048²;
-#: against ``scipy.linalg.polar`` (which also forms H) QDWH wins from 384² on (0.84–0.98
-#: at 2048²).
+#: ``method="auto"`` on the CPU: QDWH for float32 from this size, the SVD for float64.
+#: Measured with ``python -m benchmarks.bench_polar`` on the quiet 2-core machine,
+#: 2 threads, single matrices, time of QDWH (its LAPACK path) over matfun's SVD polar:
+#: float32 1.14 at 256², 0.88 at 384², 0.71 and 0.64 (two runs) at 512², 0.87 at 768²,
+#: 0.68 and 0.69 at 1024², 0.48 and 0.50 at 2048²; float64 0.91 and 1.19 at 512², 1.49
+#: at 768², 1.15 and 1.19 at 1024², 1.10 and 1.06 at 1536², 1.02 at 2048² (QDWH's
+#: BLAS-3 steps gain 2× from float32, LAPACK's SVD much less).  Against
+#: ``scipy.linalg.polar`` (which also forms H) float64 QDWH wins from 384² on (0.84–0.98
+#: at 2048²).  In float32 QDWH's ‖UᵀU − I‖₂ is about 2× the SVD's (2e-6 against 9e-7
+#: at 1024²), both about 10 eps.
+AUTO_MIN_SIZE_CPU_FLOAT32 = 512
 #: ... and on CUDA from this size (NOT measured here: no GPU in the sessions that
 #: wrote this; QDWH on one GPU is reported up to 4× faster than SVD libraries,
 #: Sukkari, Ltaief, Keyes 2016).  Re-measure with the benchmark's GPU section.
@@ -132,8 +137,9 @@ def choose_method(X: Any, method: str = "auto") -> str:
     """Resolve ``method`` for the compute array ``X``: ``"svd"`` or ``"qdwh"``.
 
     ``"auto"`` takes QDWH for CUDA tensors whose smaller side is at least
-    :data:`AUTO_MIN_SIZE_CUDA`, the SVD otherwise (on the CPU the SVD was the
-    faster at every size measured; see the comment above).
+    :data:`AUTO_MIN_SIZE_CUDA` and for CPU float32 arrays from
+    :data:`AUTO_MIN_SIZE_CPU_FLOAT32`, the SVD otherwise (on the CPU in float64
+    the SVD was as fast; see the comments above the constants).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -146,6 +152,8 @@ def choose_method(X: Any, method: str = "auto") -> str:
         return "svd"
     if B.is_torch(X) and X.device.type == "cuda":
         return "qdwh" if min(X.shape[-2:]) >= AUTO_MIN_SIZE_CUDA else "svd"
+    if B.dtype_name(X) == "float32" and min(X.shape[-2:]) >= AUTO_MIN_SIZE_CPU_FLOAT32:
+        return "qdwh"
     return "svd"
 
 

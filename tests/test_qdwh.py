@@ -153,10 +153,19 @@ def test_dispatch_and_errors():
         matfun.qdwh_polar(np.full((3, 3), np.nan))
     assert choose_method(np.zeros((8, 8)), "auto") == "svd"  # small: SVD
     big = np.zeros((2048, 2048))
-    for threads in (1, 2):  # on the CPU the SVD was as fast from 512² up (bench_polar.py)
+    for threads in (1, 2):  # on the CPU: float64 the SVD (as fast), float32 QDWH (bench_polar.py)
         with torch_threads(threads):
             assert choose_method(big, "auto") == "svd"
-            assert choose_method(torch.zeros(2048, 2048), "auto") == "svd"
+            assert choose_method(torch.zeros(2048, 2048, dtype=torch.float64), "auto") == "svd"
+            assert choose_method(big.astype(np.float32), "auto") == "qdwh"
+            assert choose_method(torch.zeros(2048, 2048), "auto") == "qdwh"
+    edge = qdwh.AUTO_MIN_SIZE_CPU_FLOAT32
+    assert choose_method(np.zeros((edge, 3 * edge), np.float32), "auto") == "qdwh"
+    assert choose_method(np.zeros((edge - 1, 3 * edge), np.float32), "auto") == "svd"
+    G32 = prescribed((edge, edge), 10.0, seed=13).astype(np.float32)
+    np.testing.assert_array_equal(matfun.polar(G32, method="auto"), matfun.polar(G32, method="qdwh"))
+    # as accurate as float32 allows: within a few tens of eps of the float64 polar factor
+    assert np.abs(matfun.polar(G32, method="auto") - matfun.polar(G32.astype(np.float64))).max() <= 50 * 1.2e-7
     # auto on a small matrix is exactly the SVD method
     np.testing.assert_array_equal(matfun.polar(G, method="auto"), matfun.polar(G))
     # the map object yields one iterate, the output
