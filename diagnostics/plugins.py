@@ -173,9 +173,11 @@ class Plugin:
         The map, a factory ``steps -> map``, or a :class:`matfun.Map`.
     module, attr : str
         Where it came from (for :attr:`identity`).
+    from_spec : bool
+        Made by :func:`load`: a Dask worker re-imports it by ``module:attr``.
     """
 
-    def __init__(self, name: str, target: Any, module: str, attr: str):
+    def __init__(self, name: str, target: Any, module: str, attr: str, from_spec: bool = False):
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
             raise PluginError(f"plug-in name {name!r} must be non-empty letters, digits, '_', '-' or '.'")
         self.name = name
@@ -196,7 +198,7 @@ class Plugin:
         self.steps = int(steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else None
         self.source_hash = _source_hash(target)
         #: True when made by :func:`load` (importable by its spec; a Dask worker re-loads it from there).
-        self.from_spec = False
+        self.from_spec = from_spec
         self.notes: set[str] = set()
         self._made: dict[int, Any] = {}
 
@@ -392,9 +394,7 @@ def load(spec: str, name: str | None = None, directory: str | os.PathLike | None
         except AttributeError:
             where = ".".join([module_name] + parts[:i])
             raise PluginError(f"plug-in {name!r} ({spec}): {where!r} has no attribute {part!r}") from None
-    plugin = Plugin(name, obj, module_name, attr_path)
-    plugin.from_spec = True
-    return plugin
+    return Plugin(name, obj, module_name, attr_path, from_spec=True)
 
 
 def parse_map_option(text: str) -> Plugin:

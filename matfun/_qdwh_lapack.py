@@ -15,13 +15,14 @@ the same iteration with the kernels that fit each step:
    of the current iterate ``X_k = Q_k R_k`` and its product is ``Q_k W₁W₂ᵀ``.
 3. Cholesky-based steps form ``P = XᵀX`` with ``syrk`` (half a product), then
    ``Z = I + cP = LLᵀ`` (``potrf``) and ``X Z⁻¹`` (``potrs``).
-4. The last step is a Newton–Schulz polish ``X ← X − ½X(XᵀX − I)``, a third of a
-   Cholesky step's work, chosen by :meth:`matfun.qdwh._Plan.polish_terms` from the ``P``
-   the step computes anyway (``symm``).
+4. The last step is a Newton–Schulz polish ``X ← X(I − E/2 + 3E²/8 − …)``,
+   ``E = XᵀX − I``, with the number of terms chosen by
+   :meth:`matfun.qdwh._Plan.polish_terms` from the ``P`` the step computes anyway
+   (``symm``; the powers of ``E`` in float32).
 
 Arrays are kept as the Fortran-ordered transpose ``Xᵀ`` of the C-ordered iterate,
 so no BLAS call copies an operand to change its layout.  Measured by ``python -m
-benchmarks.bench_polar`` (see :data:`matfun.qdwh.AUTO_MIN_SIZE_CPU`).
+benchmarks.bench_polar`` (see :data:`MIN_SIZE`).
 
 References
 ----------
@@ -41,6 +42,7 @@ import torch
 from scipy.linalg import blas, lapack
 
 from ._symmetric import fill_lower_from_upper
+from .qdwh import POLISH_TAYLOR, _extremes_of_r
 
 #: smallest ``n = min(H, W)`` for which :mod:`matfun.qdwh` uses this path on the CPU.
 #: Measured by ``python -m benchmarks.bench_polar`` (its path comparison) on the
@@ -57,7 +59,8 @@ _BLOCK = 32
 
 def applies(A: torch.Tensor) -> bool:
     """Whether the tall batch ``A`` (``(B, m, n)``) runs here rather than in batched torch."""
-    return A.device.type == "cpu" and A.dtype in (torch.float32, torch.float64) and A.shape[-1] >= MIN_SIZE and not A.requires_grad
+    return (A.device.type == "cpu" and A.dtype in (torch.float32, torch.float64) and A.shape[-1] >= MIN_SIZE
+            and not A.requires_grad)
 
 
 class _Kernels:
@@ -71,14 +74,12 @@ class _Kernels:
             setattr(self, name, getattr(blas, p + name))
 
 
-def qdwh_matrix(A: torch.Tensor, extremes, plan) -> tuple[torch.Tensor | None, dict]:
+def qdwh_matrix(A: torch.Tensor, plan) -> tuple[torch.Tensor | None, dict]:
     """QDWH on one tall CPU matrix ``A`` (``m ≥ n``, float32/float64, entries at most 1 in size).
 
     Parameters
     ----------
     A : torch.Tensor of shape (m, n)
-    extremes : callable
-        ``R ↦ (σ_min, σ_max)`` estimates for an upper triangular batch (``(1, n, n)``).
     plan : matfun.qdwh._Plan
         Step choice and stopping rule shared with the batched iteration.
 
@@ -98,12 +99,12 @@ def qdwh_matrix(A: torch.Tensor, extremes, plan) -> tuple[torch.Tensor | None, d
     if not alpha > 0:
         return None, counts
     R /= alpha
-    sigma_min, sigma_max = (float(s) for s in extremes(R[None]))
-    if not plan.full_rank(sigma_min, sigma_max):
+    sigma_min, sigma_max = _extremes_of_r(R[None])
+    if not bool(plan.full_rank(sigma_min, sigma_max)):
         return None, counts
-    tighter = plan.scale(sigma_max)
+    tighter = float(plan.scale(sigma_max))
     R /= tighter
-    sigma_min /= tighter
+    sigma_min = float(sigma_min) / tighter
     ell = counts["lower_bound"] = min(sigma_min, 1.0)
     w = _Workspace(R.numpy().T)  # Fortran-ordered Xᵀ (R is ours: no copy); X = R is upper triangular
     triangular = True
@@ -168,8 +169,6 @@ def _polish(w: _Workspace, E: np.ndarray, terms: int) -> None:
     ``S = I + C`` by ``O(eps)``, which moves the result's orthogonality by ``O(eps)`` and
     its polar factor by only ``O(e·eps)`` (``S`` nearly commutes with ``XᵀX ≈ I``).
     """
-    from .qdwh import POLISH_TAYLOR  # qdwh imports this module
-
     powers = []
     if terms > 1:
         E32 = fill_lower_from_upper(E).astype(np.float32, order="F")

@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-from . import _backend as B, _qdwh_lapack
+from . import _backend as B
 
 METHODS = ("svd", "qdwh", "auto")
 #: ``method="auto"`` on the CPU: QDWH for float32 from this size, the SVD for float64.
@@ -241,8 +241,9 @@ class _Plan:
         """``ℓ_{k+1} = ℓ_k(a + bℓ_k²)/(1 + cℓ_k²)``, the image of ``ℓ_k`` under the step's map."""
         return min(1.0, ell * (a + b * ell * ell) / (1 + c * ell * ell))
 
-    def full_rank(self, sigma_min: float, sigma_max: float) -> bool:
-        return math.isfinite(sigma_min) and sigma_min > RANK_MARGIN * self.rtol * sigma_max
+    def full_rank(self, sigma_min: torch.Tensor, sigma_max: torch.Tensor) -> torch.Tensor:
+        """Per matrix: the ``σ_min`` estimate lies above the rank cut-off (with :data:`RANK_MARGIN`)."""
+        return torch.isfinite(sigma_min) & (sigma_min > RANK_MARGIN * self.rtol * sigma_max)
 
     def polish_terms(self, ell: float, e: float, m: int, n: int) -> int:
         """Terms ``k`` of the Newton–Schulz polish that finishes a matrix with ``‖XᵀX − I‖₂ ≤ e`` (0: none yet).
@@ -265,7 +266,7 @@ class _Plan:
         return 0
 
     @staticmethod
-    def scale(sigma_max: float) -> float:
+    def scale(sigma_max: torch.Tensor) -> torch.Tensor:
         """Extra divisor of ``X₀``: ``ALPHA_MARGIN·σ̂_max`` where that is below the norm bound ``α = 1``.
 
         The norm bound ``min(‖X‖_F, √(‖X‖₁‖X‖_∞))`` can exceed ``‖X‖₂`` many times
@@ -273,11 +274,13 @@ class _Plan:
         power estimate ``σ̂_max`` is a lower bound; singular values it leaves above 1
         shrink towards 1 at every step (``f(x) < x`` for ``x > 1``).
         """
-        return min(1.0, ALPHA_MARGIN * sigma_max)
+        return torch.clamp(ALPHA_MARGIN * sigma_max, min=torch.finfo(sigma_max.dtype).tiny, max=1.0)
 
 
 def _qdwh_tall(A: torch.Tensor, rtol: float, max_iter: int, eps: float) -> tuple[torch.Tensor, QDWHInfo]:
     """QDWH on a batch ``(B, m, n)`` with ``m ≥ n``: the CPU path matrix by matrix, or batched torch."""
+    from . import _qdwh_lapack  # it imports this module
+
     plan = _Plan(rtol, max_iter, eps)
     if _qdwh_lapack.applies(A):
         return _qdwh_matrices(A, plan)
@@ -286,9 +289,11 @@ def _qdwh_tall(A: torch.Tensor, rtol: float, max_iter: int, eps: float) -> tuple
 
 def _qdwh_matrices(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo]:
     """The CPU path (:mod:`matfun._qdwh_lapack`), one matrix at a time, each with its own ``ℓ₀``."""
+    from . import _qdwh_lapack
+
     fallback, runs, results = [], [], []
     for i in range(A.shape[0]):
-        Ui, counts = _qdwh_lapack.qdwh_matrix(A[i], _extremes_of_r, plan)
+        Ui, counts = _qdwh_lapack.qdwh_matrix(A[i], plan)
         if Ui is None:
             fallback.append(i)
         if not math.isnan(counts["lower_bound"]):  # QDWH ran (converged or not), as in the batched info
@@ -315,10 +320,9 @@ def _qdwh_batched(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo]
     X = X / torch.where(alpha > 0, alpha, torch.ones_like(alpha))[:, None, None]
     with torch.no_grad():  # step choices need no gradient
         sigma_min, sigma_max = _extremes_of_r(torch.linalg.qr(X, mode="r").R)
-    full_rank = torch.isfinite(sigma_min) & (sigma_min > RANK_MARGIN * plan.rtol * sigma_max)
-    tighter = torch.clamp(ALPHA_MARGIN * sigma_max, min=torch.finfo(X.dtype).tiny, max=1.0)
-    X, sigma_min = X / tighter[:, None, None], sigma_min / tighter  # see _Plan.scale
-    fallback = zero | ~full_rank
+    fallback = zero | ~plan.full_rank(sigma_min, sigma_max)
+    tighter = plan.scale(sigma_max)
+    X, sigma_min = X / tighter[:, None, None], sigma_min / tighter
     run = ~fallback
     U = torch.empty_like(X)
     steps = {"qr": 0, "cholesky": 0, "polish": 0}
