@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._env import RemoteOutput
+
 DEFAULT_TIMEOUT = 600.0
 _MAX_HEADER = 1 << 16
 _MAX_VALUES = 1 << 26  # 64 MiB: far above the battery's 48x48 float64 matrices
@@ -146,18 +148,6 @@ class ThreadCaller(DirectCaller):
 # ------------------------------------------------------------------ child process
 
 
-class RemoteOutput:
-    """What the child reported about ``fn(X)``: library, dtype, device, shape, values."""
-
-    def __init__(self, header: dict[str, Any], values: np.ndarray | None):
-        self.library = str(header["library"])
-        self.dtype = str(header["dtype"])
-        self.device = str(header["device"])
-        self.shape = tuple(int(d) for d in header["shape"])
-        self.values = values
-        self.values_error = str(header.get("values_error") or "")
-
-
 def _context() -> Any:
     """forkserver where available (one import of torch per session, not per target)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -172,6 +162,8 @@ def _context() -> Any:
 
 class ProcessCaller:
     """Calls of ``module:function`` answered by a child process (see the module docstring)."""
+
+    remote = True  # takes float64 values and returns (output, error, input after the call)
 
     def __init__(self, target: str, backend: str, dtype: str, device: str, timeout: float | None):
         import torch
@@ -333,11 +325,11 @@ def _serve(conn: Any, target: str, backend: str, dtype: str, device: str, thread
     os.dup2(2, 1)  # the target's prints go to stderr, never near the parent's table
     import torch
 
-    from . import testing
+    from ._env import _Env, _f64, _lib_dtype_device
 
     torch.set_num_threads(threads)
     try:
-        env = testing._Env(None, backend, dtype, device)
+        env = _Env(None, backend, dtype, device)
         fn = _resolve_target(target)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() at import is a bad target too
         message = exc.args[0] if isinstance(exc, TargetError) else (
@@ -358,16 +350,16 @@ def _serve(conn: Any, target: str, backend: str, dtype: str, device: str, thread
             out, error = fn(X), None
         except BaseException as exc:  # noqa: BLE001 - reported, the parent fails the check
             out, error = None, describe_exception(exc)
-        after = testing._f64(X)
+        after = _f64(X)
         if error is not None:
             send({"op": "result", "id": request["id"], "error": error}, after)
             continue
-        library, out_dtype, out_device = testing._lib_dtype_device(out)
+        library, out_dtype, out_device = _lib_dtype_device(out)
         is_array = isinstance(out, (torch.Tensor, np.ndarray))
         description = {"library": library, "dtype": out_dtype, "device": out_device,
                        "shape": [int(d) for d in out.shape] if is_array else []}
         try:
-            values = testing._f64(out)
+            values = _f64(out)
         except Exception as exc:  # noqa: BLE001 - not an array of numbers
             send({"op": "result", "id": request["id"], "error": None,
                   "output": {**description, "has_values": False, "values_error": str(exc)}}, after)

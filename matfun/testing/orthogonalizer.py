@@ -187,7 +187,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -198,28 +198,35 @@ from ._isolation import (
     BatteryTimeout,
     DirectCaller,
     ProcessCaller,
-    RemoteOutput,
     TargetError,
     TargetProcessError,
     ThreadCaller,
     check_timeout,
     split_target,
 )
-from .newton_schulz import newton_schulz
-from .polar import Polar, polar
-from .schedules import SCHEDULES, Schedule, check_steps, get_schedule, transfer_function
-from .tiling import Tiled, check_tile, tiled_newton_schulz
+from ..newton_schulz import newton_schulz
+from ..polar import Polar, polar
+from ..schedules import SCHEDULES, Schedule, check_steps, get_schedule, transfer_function
+from ..tiling import Tiled, check_tile, tiled_newton_schulz
+from ._env import _Env, _f64, _lib_dtype_device, _norm_device
+from ._matrices import (
+    _cos,
+    _gaussian,
+    _geometric,
+    _haar,
+    _haar_blocks,
+    _low_rank_noise,
+    _name,
+    _rank_deficient,
+    _relerr,
+    _rng,
+)
+from ._report import CheckResult, Report, _fmt, _Worst
 
 __all__ = [
-    "BatteryTimeout",
     "BF16_COEFFICIENT_TOL",
     "CHECK_NAMES",
-    "DEFAULT_TIMEOUT",
-    "TargetError",
-    "TargetProcessError",
-    "CheckResult",
     "PROFILES",
-    "Report",
     "Thresholds",
     "assert_orthogonalizer",
     "check_orthogonalizer",
@@ -263,300 +270,6 @@ CHECK_NAMES = (
 )
 
 DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((32, 32), (32, 48), (48, 32))
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one check.
-
-    Attributes
-    ----------
-    name : str
-        One of :data:`CHECK_NAMES`.
-    passed : bool
-    value : float or int or None
-        The measured worst case (a count of failing cases for the yes/no
-        checks, ``nan`` when nothing could be measured).
-    threshold : float or int or None
-        The bound ``value`` is compared with (see ``comparison``).
-    detail : str
-        Human-readable explanation: the worst case's name, an exception message.
-    comparison : str
-        ``"<="`` (value must not exceed threshold) or ``">="``.
-    """
-
-    name: str
-    passed: bool
-    value: float | int | None
-    threshold: float | int | None
-    detail: str = ""
-    comparison: str = "<="
-
-
-@dataclass
-class Report:
-    """Result of :func:`check_orthogonalizer`.
-
-    ``report.passed`` is true when every check passed; ``report.failures`` lists
-    the failed :class:`CheckResult` objects; ``report.table()`` (and ``str``)
-    renders a fixed-width text table.
-    """
-
-    checks: list[CheckResult] = field(default_factory=list)
-    target: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.passed]
-
-    @property
-    def failed_names(self) -> list[str]:
-        return [c.name for c in self.failures]
-
-    def __getitem__(self, name: str) -> CheckResult:
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(f"no check named {name!r}; checks run: {[c.name for c in self.checks]}")
-
-    def table(self) -> str:
-        """A fixed-width text table, one row per check, and a summary line."""
-        head = f"orthogonaliser check: {self.target}" if self.target else "orthogonaliser check"
-        if self.settings:
-            head += "  (" + ", ".join(f"{k}={v}" for k, v in self.settings.items()) + ")"
-        rows = [("check", "result", "value", "threshold", "detail")]
-        for c in self.checks:
-            thr = "-" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
-            rows.append((c.name, "PASS" if c.passed else "FAIL", _fmt(c.value), thr, c.detail))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = [head]
-        for i, r in enumerate(rows):
-            lines.append("  ".join(r[j].ljust(widths[j]) for j in range(4)) + "  " + r[4])
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
-        n_fail = len(self.failures)
-        if n_fail:
-            lines.append(f"FAILED: {n_fail} of {len(self.checks)} checks ({', '.join(self.failed_names)})")
-        else:
-            lines.append(f"PASSED: all {len(self.checks)} checks")
-        return "\n".join(line.rstrip() for line in lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.4g}"
-
-
-# ---------------------------------------------------------------------------
-# Test matrices (float64 numpy; matfun must not import diagnostics)
-# ---------------------------------------------------------------------------
-
-
-def _haar(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """``n×k`` matrix with Haar-distributed orthonormal columns."""
-    Q, R = np.linalg.qr(rng.standard_normal((n, k)))
-    return Q * np.sign(np.diag(R))
-
-
-def _haar_blocks(rng: np.random.Generator, n: int, block: int) -> np.ndarray:
-    """``n×n`` block-diagonal orthogonal matrix, Haar blocks of ``block`` (last one ragged)."""
-    Q = np.zeros((n, n))
-    for start in range(0, n, block):
-        k = min(block, n - start)
-        Q[start:start + k, start:start + k] = _haar(rng, k, k)
-    return Q
-
-
-def _with_spectrum(rng: np.random.Generator, shape: tuple[int, int], sigma: np.ndarray) -> np.ndarray:
-    H, W = shape
-    r = min(H, W)
-    return (_haar(rng, H, r) * sigma) @ _haar(rng, W, r).T
-
-
-def _gaussian(rng, shape):
-    return rng.standard_normal(shape)
-
-
-def _geometric(kappa: float):
-    def make(rng, shape):
-        r = min(shape)
-        return _with_spectrum(rng, shape, np.geomspace(1.0, 1.0 / kappa, r))
-
-    return make
-
-
-def _rank_deficient(rng, shape):
-    r = min(shape)
-    sigma = np.zeros(r)
-    sigma[: max(r // 2, 1)] = np.geomspace(1.0, 0.1, max(r // 2, 1))
-    return _with_spectrum(rng, shape, sigma)
-
-
-def _low_rank_noise(rng, shape, rank: int = 4, noise: float = 0.05):
-    r = min(shape)
-    k = min(rank, r)
-    L = _haar(rng, shape[0], k) @ _haar(rng, shape[1], k).T
-    N = rng.standard_normal(shape)
-    return L + N * (noise * math.sqrt(k) / np.linalg.norm(N))
-
-
-def _rng(seed: int, *key: int) -> np.random.Generator:
-    return np.random.default_rng([seed, *key])
-
-
-# ---------------------------------------------------------------------------
-# Backend plumbing
-# ---------------------------------------------------------------------------
-
-
-class _Env:
-    """Converts float64 numpy matrices to the function's input type and calls it."""
-
-    def __init__(self, fn, backend, dtype, device):
-        self.fn = fn
-        self.backend = backend
-        self.dtype = dtype
-        self.device = device
-        if backend == "torch":
-            try:
-                self.tdtype = getattr(torch, dtype)
-                assert isinstance(self.tdtype, torch.dtype) and self.tdtype.is_floating_point
-            except (AttributeError, AssertionError):
-                raise ValueError(f"dtype must name a torch floating dtype, got {dtype!r}") from None
-            self.tdevice = torch.device(device)
-            if self.tdevice.type == "meta":
-                raise ValueError("device 'meta' holds no values; the battery needs a device with data (cpu, cuda)")
-        else:
-            if dtype == "bfloat16":
-                raise ValueError("numpy has no bfloat16; use backend='torch' or dtype='float32'")
-            try:
-                self.ndtype = np.dtype(dtype)
-            except TypeError:
-                raise ValueError(f"dtype must name a numpy floating dtype, got {dtype!r}") from None
-            if not np.issubdtype(self.ndtype, np.floating):
-                raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
-            if str(device) != "cpu":
-                raise ValueError(f"backend='numpy' runs on device 'cpu', got device={device!r}")
-
-        self.caller: Any = None
-        self._after: np.ndarray | None = None
-
-    def make(self, A: np.ndarray) -> Any:
-        if self.backend == "torch":
-            return torch.as_tensor(A, dtype=torch.float64).to(device=self.tdevice, dtype=self.tdtype)
-        return np.asarray(A, dtype=np.float64).astype(self.ndtype)
-
-    def call(self, X: Any) -> tuple[Any, str | None]:
-        """``(fn(X), None)`` or ``(None, "fn raised ...")``; a timeout or a dead target raises."""
-        if isinstance(self.caller, ProcessCaller):
-            out, err, self._after = self.caller(_f64(X))
-            return out, err
-        self._after = None
-        return self.caller(X)
-
-    def input_after(self, X: Any) -> np.ndarray:
-        """The input of the last call as the function left it (float64)."""
-        return self._after if self._after is not None else _f64(X)
-
-
-def _f64(X: Any) -> np.ndarray:
-    """float64 numpy copy of an input or output (raises TypeError if not an array)."""
-    if isinstance(X, RemoteOutput):
-        if X.values is None:
-            raise TypeError(X.values_error or f"output is a {X.library}, not an array")
-        return X.values
-    if isinstance(X, torch.Tensor):
-        return X.detach().to(device="cpu", dtype=torch.float64).numpy()
-    if isinstance(X, np.ndarray):
-        if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-            raise TypeError(f"output has dtype {X.dtype}")
-        return X.astype(np.float64)
-    raise TypeError(f"output is a {type(X).__name__}, not an array")
-
-
-def _lib_dtype_device(X: Any) -> tuple[str, str, str]:
-    if isinstance(X, RemoteOutput):
-        return X.library, X.dtype, X.device
-    if isinstance(X, torch.Tensor):
-        return "torch", str(X.dtype).removeprefix("torch."), str(X.device)
-    if isinstance(X, np.ndarray):
-        return "numpy", str(X.dtype), "cpu"
-    return type(X).__name__, "?", "?"
-
-
-def _cos(X: np.ndarray, P: np.ndarray) -> float:
-    nx, npp = np.linalg.norm(X), np.linalg.norm(P)
-    if not (nx > 0 and npp > 0):
-        return 0.0
-    return float(np.sum(X * P) / (nx * npp))
-
-
-def _relerr(X: np.ndarray, R: np.ndarray) -> float:
-    if X.shape != R.shape:
-        raise ValueError(f"shape {X.shape} != expected {R.shape}")
-    if not np.all(np.isfinite(X)):
-        return math.inf
-    d = np.linalg.norm(X - R)
-    n = np.linalg.norm(R)
-    return float(d / n) if n > 0 else (0.0 if d == 0 else math.inf)
-
-
-class _Worst:
-    """Track the worst value of an error (``<=``) or score (``>=``) over cases."""
-
-    def __init__(self, name: str, threshold: float, comparison: str = "<="):
-        self.name, self.threshold, self.comparison = name, threshold, comparison
-        self.value: float | None = None
-        self.where = ""
-        self.errors: list[str] = []
-        self.n = 0
-
-    def add(self, case: str, value: float) -> None:
-        self.n += 1
-        value = float(value)
-        bad = (lambda v: -v) if self.comparison == ">=" else (lambda v: v)
-        if math.isnan(value):
-            value = -math.inf if self.comparison == ">=" else math.inf
-        if self.value is None or bad(value) > bad(self.value):
-            self.value, self.where = value, case
-
-    def error(self, case: str, msg: str) -> None:
-        self.errors.append(f"{case}: {msg}")
-
-    def result(self, what: str) -> CheckResult:
-        if self.errors:
-            more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
-            return CheckResult(self.name, False, math.nan, self.threshold, self.errors[0] + more, self.comparison)
-        v = self.value
-        ok = v is not None and (v >= self.threshold if self.comparison == ">=" else v <= self.threshold)
-        if v is not None and math.isinf(v):
-            detail = f"non-finite output on {self.where}"
-            v = math.nan if self.comparison == ">=" else v  # no alignment of a NaN matrix
-        else:
-            detail = f"worst {what} on {self.where}" if self.n > 1 else f"{what} on {self.where}"
-        return CheckResult(self.name, bool(ok), v, self.threshold, detail, self.comparison)
-
-
-def _name(shape: tuple[int, int]) -> str:
-    return f"{shape[0]}x{shape[1]}"
 
 
 # ---------------------------------------------------------------------------
@@ -1046,13 +759,6 @@ def _coefficient_fit(env: "_Env", schedule: str, steps: int, shape: tuple[int, i
     return float(np.linalg.norm(basis.T @ deviation) / np.linalg.norm(target))
 
 
-def _norm_device(d: torch.device) -> torch.device:
-    """``cuda`` → ``cuda:<current>`` so that ``cuda`` and ``cuda:0`` compare equal."""
-    if d.type == "cuda" and d.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return d
-
-
 def assert_orthogonalizer(fn: Callable[[Any], Any], **kwargs: Any) -> Report:
     """Run :func:`check_orthogonalizer` and raise ``AssertionError`` with the table on failure.
 
@@ -1065,11 +771,3 @@ def assert_orthogonalizer(fn: Callable[[Any], Any], **kwargs: Any) -> Report:
         raise AssertionError("orthogonaliser failed " + ", ".join(report.failed_names) + "\n" + report.table())
     return report
 
-
-def __getattr__(name: str) -> Any:
-    # the sharded check imports torch.distributed: load it on first use only
-    if name in ("check_sharded_optimizer", "assert_sharded_optimizer", "ShardedReport"):
-        from . import sharded_check
-
-        return getattr(sharded_check, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
