@@ -34,22 +34,25 @@ HELP = "validate an orthogonaliser (matrix -> matrix) against matfun's reference
 DESCRIPTION = (
     "Check an orthogonaliser (a function matrix -> matrix, e.g. your Newton-Schulz) against matfun's "
     "reference maps: shape/dtype/device, zero, finite, scale invariance, equivariances, alignment with the "
-    "polar factor, and with --schedule agreement with a published schedule. The target runs in a child "
-    "process, so it cannot end, hang or fool the validation. Exit 0 pass, 1 a check failed, 2 bad "
-    "arguments or timeout."
+    "polar factor, the gain of every singular direction and the output's singular values, and with "
+    "--schedule agreement with a published schedule. Shapes and matrices are drawn afresh per run (the "
+    "seed is printed; --seed reproduces it). The target runs in a child process, so it cannot end, hang or "
+    "fool the validation. Exit 0 pass, 1 a check failed, 2 bad arguments or timeout."
 )
 EXAMPLES = """
 python -m diagnostics validate mypkg.ns:newton_schulz5 --schedule jordan --steps 5
 python -m diagnostics validate mypkg.ns:ns_bf16 --tolerance-profile bf16 --schedule jordan
 python -m diagnostics validate mypkg.ns:ns_numpy --backend numpy --timeout 120
 python -m diagnostics validate mypkg.himuon:tiled_ns --tile 16 --schedule jordan
+python -m diagnostics validate mypkg.ns:newton_schulz5 --shapes 768x3072 3072x768 --seed 1234
 """
 #: Seconds the whole validation (child start, import, battery) may take: a sane
 #: target finishes in seconds; 600 leaves room for torch.compile'd targets that
 #: recompile per shape, yet fails a hung CI job in minutes, not hours.
 DEFAULT_TIMEOUT = 600.0
 CHECKS = ("shape", "dtype", "device", "input_unchanged", "zero", "finite", "scale_invariance",
-          "orthogonal_equivariance", "transpose_equivariance", "alignment", "schedule_agreement")
+          "orthogonal_equivariance", "transpose_equivariance", "alignment", "direction_gain", "output_spectrum",
+          "schedule_agreement")
 
 
 def _nonneg_int(value: str) -> int:
@@ -85,6 +88,27 @@ def _tile(value: str) -> tuple[int, int]:
     return sizes
 
 
+def _shape(value: str) -> tuple[int, int]:
+    parts = value.lower().split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 2:
+        raise argparse.ArgumentTypeError(f"must be HxW with integers >= 2, got {value!r}")
+    return shape
+
+
+def _band(value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(p) for p in value.split(","))
+    except ValueError:
+        lo = hi = math.nan
+    if not (0 < lo < hi < math.inf):
+        raise argparse.ArgumentTypeError(f"must be LO,HI with 0 < LO < HI, got {value!r}")
+    return lo, hi
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``validate`` arguments to ``parser`` (used by :mod:`diagnostics.cli`)."""
     parser.add_argument(
@@ -106,7 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the function receives torch tensors (default) or numpy arrays")
     parser.add_argument("--dtype", default="float32", help="input dtype: float32 (default), float64, bfloat16")
     parser.add_argument("--device", default="cpu", help="torch device of the inputs (default cpu)")
-    parser.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the test matrices (default 0)")
+    parser.add_argument("--seed", type=_nonneg_int, default=None,
+                        help="seed of the drawn shapes and test matrices (default: drawn afresh and printed in the "
+                        "table's header; pass it to reproduce a run)")
+    parser.add_argument("--shapes", type=_shape, nargs="+", default=None, metavar="HxW",
+                        help="your own layer shapes (e.g. 768x3072 3072x768), checked in addition to three drawn ones")
+    parser.add_argument("--gain-band", type=_band, default=None, metavar="LO,HI",
+                        help="band of every singular-direction gain (default: the --schedule's, else 0.5,1.5)")
     parser.add_argument("--tile", type=_tile, default=None, metavar="T|THxTW",
                         help="the function is a tiled map (HiMuon) with this tile: tile-wise references")
     parser.add_argument("--skip", nargs="+", choices=CHECKS, default=(), metavar="CHECK",
@@ -145,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         report = testing.check_orthogonalizer(
             args.target, backend=args.backend, dtype=args.dtype, device=device, precision_profile=profile,
             schedule=args.schedule, steps=args.steps, seed=args.seed, min_alignment=args.min_alignment,
-            tile=args.tile, skip=tuple(args.skip), timeout=args.timeout,
+            tile=args.tile, skip=tuple(args.skip), timeout=args.timeout, shapes=args.shapes,
+            gain_band=args.gain_band,
         )
     except testing.BatteryTimeout as exc:
         return _error(f"{args.target}: {exc} (raise it with --timeout SECONDS)")

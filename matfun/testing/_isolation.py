@@ -29,7 +29,7 @@ from ._env import RemoteOutput
 
 DEFAULT_TIMEOUT = 600.0
 _MAX_HEADER = 1 << 16
-_MAX_VALUES = 1 << 26  # 64 MiB: far above the battery's 48x48 float64 matrices
+_MAX_VALUES = 1 << 26  # 64 MiB, or twice the input's float64 bytes for larger user shapes
 
 
 class BatteryTimeout(TimeoutError):
@@ -232,8 +232,8 @@ class ProcessCaller:
             raise TargetProcessError(f"{self.target}: malformed reply while {what}: {exc}") from None
         return header
 
-    def _array(self, what: str, shape: tuple[int, ...]) -> np.ndarray:
-        raw = self._recv(what, _MAX_VALUES)
+    def _array(self, what: str, shape: tuple[int, ...], limit: int = _MAX_VALUES) -> np.ndarray:
+        raw = self._recv(what, limit)
         if len(raw) != 8 * math.prod(shape):
             self.close()
             raise TargetProcessError(f"{self.target}: malformed reply while {what}: {len(raw)} bytes for {shape}")
@@ -262,11 +262,12 @@ class ProcessCaller:
         except (ValueError, KeyError, TypeError) as exc:
             self.close()
             raise TargetProcessError(f"{self.target}: malformed reply while {what}: {exc}") from None
-        after = self._array(what, X64.shape)
+        limit = max(_MAX_VALUES, 16 * X64.size)
+        after = self._array(what, X64.shape, limit)
         if error is not None:
             return None, error, after
         try:
-            values = self._array(what, tuple(int(d) for d in out["shape"])) if out.get("has_values") else None
+            values = self._array(what, tuple(int(d) for d in out["shape"]), limit) if out.get("has_values") else None
             return RemoteOutput(out, values), None, after
         except (ValueError, KeyError, TypeError) as exc:
             self.close()

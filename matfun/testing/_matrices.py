@@ -83,3 +83,25 @@ def _relerr(X: np.ndarray, R: np.ndarray) -> float:
 
 def _name(shape: tuple[int, int]) -> str:
     return f"{shape[0]}x{shape[1]}"
+
+
+#: sides of the battery's drawn shapes (see :func:`draw_shapes`)
+DRAWN_SIDES = (17, 112)
+
+
+def draw_shapes(seed: int) -> list[tuple[int, int]]:
+    """A square, a wide and a tall shape drawn from ``seed``.
+
+    Sides are uniform in :data:`DRAWN_SIDES` (odd sizes and non-multiples of 8
+    included), the three shapes differ, and at least one side exceeds 64, so
+    that a map tuned to a fixed list of shapes, or one that breaks above a
+    size, meets matrices it was not written for.
+    """
+    rng = _rng(seed, 99)
+    low, high = DRAWN_SIDES
+    while True:
+        n, a, b, c, d = (int(v) for v in rng.integers(low, high + 1, size=5))
+        wide, tall = (min(a, b), max(a, b)), (max(c, d), min(c, d))
+        shapes = [(n, n), wide, tall]
+        if a != b and c != d and max(n, a, b, c, d) > 64 and len(set(shapes)) == 3:
+            return shapes

@@ -186,6 +186,7 @@ check avoids that (the ``validate`` command and the project's tests do so).
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -209,8 +210,10 @@ from ..polar import Polar, polar
 from ..schedules import SCHEDULES, Schedule, check_steps, get_schedule, transfer_function
 from ..tiling import Tiled, check_tile, tiled_newton_schulz
 from ._env import _Env, _f64, _lib_dtype_device, _norm_device
+from . import _spectral
 from ._matrices import (
     _cos,
+    draw_shapes,
     _gaussian,
     _geometric,
     _haar,
@@ -266,10 +269,10 @@ CHECK_NAMES = (
     "orthogonal_equivariance",
     "transpose_equivariance",
     "alignment",
+    "direction_gain",
+    "output_spectrum",
     "schedule_agreement",
 )
-
-DEFAULT_SHAPES: tuple[tuple[int, int], ...] = ((32, 32), (32, 48), (48, 32))
 
 
 # ---------------------------------------------------------------------------
@@ -292,8 +295,9 @@ def check_orthogonalizer(
     schedule_tol: float | None = None,
     schedule_precision: str | None = None,
     coefficient_tol: float | None = None,
-    seed: int = 0,
-    shapes: Sequence[tuple[int, int]] = DEFAULT_SHAPES,
+    gain_band: tuple[float, float] | None = None,
+    seed: int | None = None,
+    shapes: Sequence[tuple[int, int]] | None = None,
     scales: Sequence[float] = (1e-4, 1e4),
     skip: Sequence[str] = (),
     tile: int | tuple[int, int] | None = None,
@@ -330,12 +334,22 @@ def check_orthogonalizer(
         Precision of the schedule reference; default ``"float32"`` (fp32
         profile), ``"bfloat16"`` on CUDA or ``"bfloat16-emulated"`` elsewhere
         (bf16 profile).
-    seed : int
-        Seed of every random test matrix (the battery is deterministic).
-    shapes : sequence of (H, W)
-        Matrix shapes; the default square 32×32, wide 32×48, tall 48×32 keeps
-        the battery at a few hundred milliseconds.  Structured matrices use
-        the wide shape (the first with ``H < W``) and the tall one.
+    gain_band : (float, float), optional
+        ``(lo, hi)``: the band every judged singular-direction gain and output
+        singular value must lie in (``direction_gain``, ``output_spectrum``);
+        default: the declared schedule's band, else ``[0.5, 1.5]`` (see
+        :mod:`matfun.testing._spectral`).
+    seed : int, optional
+        Seed of the drawn shapes and of every random test matrix; the report's
+        settings print it, and the same seed reproduces the run exactly.
+        Default: drawn afresh per run, so that no fixed set of inputs can be
+        learnt.
+    shapes : sequence of (H, W), optional
+        Your own layer shapes, run *in addition to* the three drawn ones (a
+        square, a wide and a tall shape with sides in 17–112) by the
+        per-shape checks (shape, dtype, device, input_unchanged, alignment,
+        direction_gain, output_spectrum).  Structured matrices use the drawn
+        wide and tall shapes.
     scales : sequence of float
         Factors of the scale-invariance check: finite, positive, not 1.
     skip : sequence of str (or one name)
@@ -379,12 +393,13 @@ def check_orthogonalizer(
     if all(c in skip or (c == "schedule_agreement" and schedule is None) for c in CHECK_NAMES):
         raise ValueError(f"skip={list(skip)} leaves no check to run: a report of no checks cannot pass")
     steps = check_steps(steps)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    seed = int(seed)
     scales = _checked_scales(scales)
-    shapes = [tuple(int(d) for d in s) for s in shapes]
-    if not shapes or any(len(s) != 2 or min(s) < 2 for s in shapes):
-        raise ValueError(f"shapes must be a non-empty list of (H, W) with H, W >= 2, got {shapes}")
+    shapes = list(dict.fromkeys(draw_shapes(seed) + _checked_shapes(shapes)))
     if schedule is not None:
         get_schedule(schedule)  # raises ValueError on an unknown name
         if not isinstance(schedule, str) or schedule not in SCHEDULES:
@@ -403,6 +418,7 @@ def check_orthogonalizer(
             else BF16_COEFFICIENT_TOL.get(schedule, max(BF16_COEFFICIENT_TOL.values()))),
     )
     _check_thresholds(thr)
+    band = _checked_band(gain_band, schedule, steps, precision_profile)
     env = _Env(fn, backend, dtype, device)
     timeout = check_timeout(timeout)
     if isinstance(fn, str):
@@ -414,7 +430,7 @@ def check_orthogonalizer(
         with np.errstate(all="ignore"):  # the battery's own sums of wild outputs; fn keeps the caller's state
             report = _battery(env, fn, thr, precision_profile=precision_profile, schedule=schedule, steps=steps,
                               schedule_precision=schedule_precision, seed=seed, shapes=shapes, scales=scales,
-                              skip=skip, tile=tile)
+                              skip=skip, tile=tile, band=band)
         if isinstance(env.caller, ProcessCaller):
             env.caller.finish()
     finally:
@@ -431,6 +447,35 @@ def _checked_scales(scales: Any) -> tuple[float, ...]:
     if not values or not all(math.isfinite(v) and v > 0 and v != 1 for v in values):
         raise ValueError(f"scales must be finite positive factors other than 1, got {scales!r}")
     return values
+
+
+def _checked_shapes(shapes: Any) -> list[tuple[int, int]]:
+    """The caller's extra shapes: pairs of integers >= 2."""
+    if shapes is None:
+        return []
+    try:
+        checked = [tuple(int(d) for d in s) for s in shapes]
+        ok = all(len(s) == 2 and min(s) >= 2 for s in checked) and all(
+            float(d) == int(d) for s in shapes for d in s)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"shapes must be a list of (H, W) with integers H, W >= 2, got {shapes!r}")
+    return checked  # type: ignore[return-value]
+
+
+def _checked_band(band: Any, schedule: str | None, steps: int, profile: str) -> tuple[float, float, float]:
+    """``(lo, hi, x_cut)`` of the per-direction checks: the caller's band or the schedule's."""
+    lo, hi, cut = _spectral.gain_band(schedule, steps, profile)
+    if band is None:
+        return lo, hi, cut
+    try:
+        lo, hi = (_number("gain_band", b) for b in band)
+    except (TypeError, ValueError):
+        raise ValueError(f"gain_band must be a pair (lo, hi), got {band!r}") from None
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"gain_band must satisfy 0 < lo < hi < inf (a gain <= 0 is no orthogonaliser), got {band!r}")
+    return lo, hi, cut
 
 
 def _number(name: str, value: Any) -> float:
@@ -457,11 +502,12 @@ def _check_thresholds(thr: Thresholds) -> None:
 
 def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, schedule: str | None, steps: int,
              schedule_precision: str | None, seed: int, shapes: list[tuple[int, int]], scales: Sequence[float],
-             skip: Sequence[str], tile: tuple[int, int] | None) -> Report:
+             skip: Sequence[str], tile: tuple[int, int] | None, band: tuple[float, float, float]) -> Report:
     backend, dtype, device = env.backend, env.dtype, env.device
     tiled = tile is not None
     if tile is None:  # a whole-matrix map: the tile is at least the largest shape
-        tile = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+        side = max(max(s) for s in shapes)
+        tile = (side, side)
     reference_polar = Tiled(Polar(), tile) if tiled else polar
 
     def reference_ns(G: Any) -> Any:
@@ -471,7 +517,8 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
     wide = next((s for s in shapes if s[0] < s[1]), shapes[0])
     tall = next((s for s in shapes if s[0] > s[1]), (wide[1], wide[0]))
 
-    settings = {"backend": backend, "dtype": dtype, "device": device, "profile": precision_profile}
+    settings = {"backend": backend, "dtype": dtype, "device": device, "profile": precision_profile,
+                "seed": seed, "shapes": " ".join(map(_name, shapes))}
     if tiled:
         settings["tile"] = f"{tile[0]}x{tile[1]}"
     if schedule is not None:
@@ -633,11 +680,10 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
         run("transpose_equivariance", transpose)
 
     # ---- alignment with the exact polar factor -----------------------------
-    square = next((s for s in shapes if s[0] == s[1]), None)
-    standard: list[tuple[str, Callable, tuple[int, int]]] = []
-    for label, shape in (("square", square), ("wide", wide), ("tall", tall)):
-        if shape is not None:
-            standard.append((f"gaussian {label} {_name(shape)}", _gaussian, shape))
+    standard: list[tuple[str, Callable, tuple[int, int]]] = [
+        (f"gaussian {'square' if h == w else 'wide' if h < w else 'tall'} {_name((h, w))}", _gaussian, (h, w))
+        for h, w in shapes
+    ]
     standard += [
         (f"geometric kappa=10 {_name(wide)}", _geometric(10.0), wide),
         (f"geometric kappa=1e3 {_name(tall)}", _geometric(1e3), tall),
@@ -661,6 +707,12 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
         return w.result("alignment")
 
     run("alignment", alignment)
+
+    # ---- every singular direction, and the output's spectrum ----------------
+    leakage_tol = _spectral.LEAKAGE_TOL[precision_profile]
+    null_tol = _spectral.NULL_TOL if precision_profile == "fp32" else None
+    run("direction_gain", lambda: _spectral.direction_gain(env, shapes, tile, seed, band, leakage_tol))
+    run("output_spectrum", lambda: _spectral.output_spectrum(env, shapes, tile, seed, band, null_tol))
 
     # ---- agreement with a named schedule -----------------------------------
     if schedule is not None:
