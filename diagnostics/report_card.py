@@ -230,6 +230,7 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
     """A few plain sentences: what the map is, how it compares, what failed."""
     name = plugin.name
     out = []
+    failed = [c.name for c in battery.checks if not c.passed] if battery is not None else []
     kk = f"K = {k:g}" if math.isfinite(k) else "its own (unstated) step count"
     if facts["spectral"]:
         out.append(f"{name} is a spectral map (X = U p(Σ) Vᵀ to {_fmt(facts['spectral_residual'])}): its "
@@ -250,7 +251,9 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
         sentence = (f"Misalignment 1 − cos(X, polar G) is {values} at κ = {' / '.join(_kappa(k) for k in kappas)}"
                     f" (Polar Express at the same K: "
                     f"{' / '.join(_fmt(table.loc['polar_express', kap]) for kap in kappas)}).")
-        if ahead:
+        if ahead and failed:  # cos(X, polar G) ignores scale and averages directions: no praise for a non-orthogonaliser
+            sentence += " Alignment alone does not make it an orthogonaliser: the battery fails it (below)."
+        elif ahead:
             sentence += f" It beats both built-ins at κ = {', '.join(_kappa(k) for k in ahead)}"
             sentence += f" and trails both at κ = {', '.join(_kappa(k) for k in behind)}." if behind else "."
         elif behind:
@@ -267,7 +270,6 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
         out.append(f"It takes {facts['time_ratio']:.2f}× the time of matfun's 5-step Newton–Schulz on the same "
                    "matrix, timed in the same interleaved rounds.")
     if battery is not None:
-        failed = [c.name for c in battery.checks if not c.passed]
         if failed:
             out.append(f"The validation battery fails {len(failed)} of {len(battery.checks)} checks "
                        f"({', '.join(failed)}): see the table before using it in an optimizer.")
