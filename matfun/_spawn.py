@@ -9,6 +9,7 @@ no port has to be found free.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import queue as queue_module
@@ -26,16 +27,23 @@ class DistributedRunError(RuntimeError):
     """A rank raised, died or timed out; the message says which and why."""
 
 
-def _child(fn: Callable, rank: int, world: int, store_path: str, timeout: float, args: tuple, out) -> None:
+def check_timeout(timeout: Any) -> None:
+    """Raise ``ValueError`` unless ``timeout`` is ``None`` or a finite real number > 0."""
+    ok = timeout is None or (
+        isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and math.isfinite(timeout) and timeout > 0
+    )
+    if not ok:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, or None (no limit), got {timeout!r}")
+
+
+def _child(fn: Callable, rank: int, world: int, store_path: str, timeout: float | None, args: tuple, out) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     try:
-        dist.init_process_group(
-            "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world,
-            timeout=timedelta(seconds=timeout),
-        )
+        limit = {} if timeout is None else {"timeout": timedelta(seconds=timeout)}  # None: torch's default
+        dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, **limit)
         try:
             result = fn(rank, world, *args)
         finally:
@@ -46,7 +54,7 @@ def _child(fn: Callable, rank: int, world: int, store_path: str, timeout: float,
         out.put((rank, "error", traceback.format_exc()))
 
 
-def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 120.0) -> list[Any]:
+def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float | None = 120.0) -> list[Any]:
     """``[fn(rank, world_size, *args) for rank in range(world_size)]``, one process each.
 
     Parameters
@@ -57,17 +65,22 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
     world_size : int
     *args
         Picklable arguments.
-    timeout : float
-        Seconds for the whole run (and for each collective).
+    timeout : float or None
+        Seconds for the whole run (and for each collective); finite and > 0.
+        ``None``: no limit on the run (collectives keep torch's default timeout).
 
     Raises
     ------
+    ValueError
+        ``world_size`` is not an integer >= 1, or ``timeout`` is not ``None`` or
+        a finite number > 0 (``nan``, ``inf``, ``0`` and negative values are refused).
     DistributedRunError
         A rank raised (its traceback is in the message), exited without a result,
         or the run exceeded ``timeout``.
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
+    check_timeout(timeout)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="matfun-dist-") as tmp:
@@ -79,7 +92,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
         for p in procs:
             p.start()
         results: dict[int, Any] = {}
-        deadline = time.monotonic() + timeout
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         try:
             while len(results) < world_size:
                 left = deadline - time.monotonic()
