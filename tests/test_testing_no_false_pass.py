@@ -213,3 +213,11 @@ def test_rank_deficient_null_space_is_judged_in_fp32_only():
                                 seed=0, precision_profile="bf16")["output_spectrum"]
     assert "null space" in fp32.detail and "null space" not in bf16.detail and bf16.passed
     assert np.isfinite(fp32.value)
+
+
+def test_spectral_module_examples_run():
+    import doctest
+
+    from matfun.testing import _spectral
+
+    assert doctest.testmod(_spectral).failed == 0

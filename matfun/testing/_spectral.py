@@ -89,7 +89,7 @@ def gain_band(schedule: str | None, steps: int, profile: str) -> tuple[float, fl
     Examples
     --------
     >>> lo, hi, cut = gain_band("jordan", 5, "fp32")
-    >>> round(lo, 3), round(hi, 3), cut
+    >>> round(lo, 3), round(hi, 3), round(cut, 4)
     (0.668, 1.226, 0.003)
     """
     if schedule is None:
