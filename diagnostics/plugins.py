@@ -61,6 +61,7 @@ from matfun.base import Map
 __all__ = [
     "PluginError",
     "Plugin",
+    "name_problem",
     "load",
     "parse_map_option",
     "from_object",
@@ -81,6 +82,18 @@ LIBRARIES = ("numpy", "torch")
 COLORS = ("#B2182B", "#6A3D9A", "#8C564B", "#17BECF", "#000000")
 #: Size of the probe matrix every plug-in is checked on before an experiment runs.
 PROBE_SHAPE = (24, 40)
+
+
+#: What a failure of user code may raise: any ``Exception`` and ``SystemExit`` (``sys.exit()`` in a map is a
+#: failure of that map, not the end of the command).  ``KeyboardInterrupt`` stays an interrupt.
+USER_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+def _raised(exc: BaseException) -> str:
+    """``"TypeError: message"`` (``"SystemExit(0)"`` for ``sys.exit(0)``)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) (sys.exit() called)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class PluginError(ValueError):
@@ -162,6 +175,30 @@ def _like(X: Any, G: Any) -> Any:
     return X.to(device=G.device, dtype=G.dtype)
 
 
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a plug-in (``None`` if it can).
+
+    A name is non-empty ASCII letters, digits, ``_``, ``-`` or ``.``, starts with a
+    letter, and reads back from a CSV cell as the same string: ``nan``, ``NA``,
+    ``None``, ``null``, ``inf``, ``True`` (any case) would come back as a missing value,
+    a number or a boolean and the rows would look like a built-in map's.
+    """
+    if not isinstance(name, str) or not name or not all((c.isascii() and c.isalnum()) or c in "_-." for c in name):
+        return "must be non-empty letters, digits, '_', '-' or '.'"
+    if not name[0].isalpha():
+        return "must start with a letter"
+    import io
+
+    import pandas as pd
+
+    back = pd.read_csv(io.StringIO(f"name\n{name}\n\n"), skip_blank_lines=False)["name"]
+    if not (isinstance(back.iloc[0], str) and back.iloc[0] == name):
+        return "would not read back from the results CSV as a name (it reads as a missing value, number or boolean)"
+    if name.lower() in ("nan", "na", "nat", "none", "null", "inf", "infinity", "true", "false"):
+        return "is a missing-value, number or boolean word in a CSV; choose another"
+    return None
+
+
 class Plugin:
     """A user's map, adapted to the experiments (see the module docstring).
 
@@ -178,8 +215,9 @@ class Plugin:
     """
 
     def __init__(self, name: str, target: Any, module: str, attr: str, from_spec: bool = False):
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
-            raise PluginError(f"plug-in name {name!r} must be non-empty letters, digits, '_', '-' or '.'")
+        problem = name_problem(name)
+        if problem:
+            raise PluginError(f"plug-in name {name!r} {problem}")
         self.name = name
         self.module = module
         self.attr = attr
@@ -249,8 +287,8 @@ class Plugin:
         if steps not in self._made:
             try:
                 made = self.target(int(steps))
-            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
-                raise self.error(f"factory raised {type(exc).__name__} for steps={steps}: {exc}") from None
+            except USER_ERRORS as exc:  # any failure of user code is the plug-in's
+                raise self.error(f"factory raised {_raised(exc)} (steps={steps})") from None
             if not callable(made):
                 raise self.error(f"factory returned a {type(made).__name__} for steps={steps}, not a callable")
             self._made[steps] = made
@@ -268,14 +306,19 @@ class Plugin:
     def _invoke(self, fn: Any, G: Any) -> Any:
         try:
             return fn(G)
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
-            raise self.error(f"raised {type(exc).__name__}: {exc}") from None
+        except USER_ERRORS as exc:  # any failure of user code is the plug-in's
+            raise self.error(f"raised {_raised(exc)}") from None
 
     def _checked(self, X: Any, G: Any) -> Any:
         """Check the output contract; note conversions; return ``X`` in ``G``'s library/dtype."""
         lib = _library_of(X)
         if lib is None:
             raise self.error(f"returned a {type(X).__name__}, not a numpy array or torch tensor")
+        if lib == "torch":
+            if X.is_meta:
+                raise self.error("returned a tensor on the meta device (it holds no values)")
+            if X.layout != torch.strided:
+                raise self.error(f"returned a tensor of layout {X.layout} (sparse?); a dense (strided) tensor is required")
         if tuple(X.shape) != tuple(G.shape):
             raise self.error(f"returned shape {tuple(X.shape)} for an input of shape {tuple(G.shape)}")
         name = _dtype_name(X)
@@ -315,8 +358,8 @@ class Plugin:
             Gl = _to_library(G, self.library)
             try:
                 iterates = list(self.target.iterates(Gl))
-            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
-                raise self.error(f"iterates() raised {type(exc).__name__}: {exc}") from None
+            except USER_ERRORS as exc:  # any failure of user code is the plug-in's
+                raise self.error(f"iterates() raised {_raised(exc)}") from None
             if not iterates:
                 raise self.error("iterates() yielded nothing")
             return [(float(k), _like(self._checked(X, Gl), G)) for k, X in enumerate(iterates[: max_steps + 1])]
@@ -341,8 +384,8 @@ class Plugin:
             return math.nan
         try:
             return float(method(tuple(shape)))
-        except Exception as exc:  # noqa: BLE001
-            raise self.error(f"flops({tuple(shape)}) raised {type(exc).__name__}: {exc}") from None
+        except USER_ERRORS as exc:
+            raise self.error(f"flops({tuple(shape)}) raised {_raised(exc)}") from None
 
     def check(self) -> None:
         """Probe the map on a seeded float64 ``24×40`` matrix; raise :class:`PluginError` if it breaks its contract."""
@@ -385,9 +428,9 @@ def load(spec: str, name: str | None = None, directory: str | os.PathLike | None
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise PluginError(f"plug-in {name!r} ({spec}): no module named {exc.name!r}") from None
         raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a broken user module is a bad plug-in
+    except USER_ERRORS as exc:  # a broken user module is a bad plug-in
         raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: "
-                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+                          f"{_one_line(_raised(exc))}") from None
     for i, part in enumerate(parts):
         try:
             obj = getattr(obj, part)
