@@ -334,6 +334,9 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         maps = plugins.collect(options=args.map)
     except (ValueError, plugins.PluginError) as exc:
         raise UsageError(str(exc)) from None
+    for p in maps:
+        if p.cache_note:
+            print(p.cache_note, file=sys.stderr)
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")

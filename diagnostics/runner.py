@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -205,6 +206,9 @@ def run(
     modules = [experiments.get(n) for n in ([names] if single else list(names))]
     seed_list = check_seeds(seeds)
     plugins = _plugins.collect(maps)
+    for p in plugins:
+        if p.cache_note:
+            print(p.cache_note, file=sys.stderr)
     parsed = [(*_split(k), _text(v)) for k, v in (set or {}).items()]
     per = _overrides.overrides_for(parsed, modules)
     suffix = "quick" if quick else ""

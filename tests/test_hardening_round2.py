@@ -262,3 +262,94 @@ def test_python_seeds_must_be_distinct(tmp_path):
             diagnostics.run("transfer", quick=True, seeds=bad, results_dir=tmp_path / "r", figures_dir=None)
     assert not (tmp_path / "r").exists()
     assert runner.check_seeds(3) == (3,) and runner.check_seeds([np.int64(1), 2]) == (1, 2)
+
+
+# ------------------------------------------------------------------ item 2: stale results
+
+
+def _ns(G, steps):
+    return matfun.newton_schulz(G, steps, "jordan")
+
+
+def _make(steps):
+    def closure(G):
+        return matfun.newton_schulz(G, steps, "jordan")
+    return closure
+
+
+PY_TINY = {"shape": (16, 24), "condition_numbers": (10,), "schedules": ("jordan",), "tiles": (8,), "max_steps": 3}
+
+
+@pytest.mark.parametrize("make", [lambda k: functools.partial(_ns, steps=k), _make],
+                         ids=["partial", "closure"])
+def test_partials_and_closures_are_identified_by_their_values(tmp_path, make):
+    import diagnostics
+
+    kw = dict(quick=True, figures_dir=None, results_dir=tmp_path / "r", set=PY_TINY)
+    five = diagnostics.run("ns_convergence", maps={"mine": make(5)}, **kw)
+    one = diagnostics.run("ns_convergence", maps={"mine": make(1)}, **kw)
+    assert five.computed == 2 and one.computed == 1 and one.cached == 1  # the plug-in's cell only
+    rows5, rows1 = (r.frame[r.frame["plugin"] == "mine"] for r in (five, one))
+    assert not np.allclose(rows5["misalignment"].to_numpy(), rows1["misalignment"].to_numpy())
+    again = diagnostics.run("ns_convergence", maps={"mine": make(1)}, **kw)
+    assert again.computed == 0  # same values: cached
+    assert plugins.from_object("a", make(5)).identity != plugins.from_object("a", make(1)).identity
+
+
+def test_unidentifiable_plugin_runs_uncached_with_one_note(tmp_path, capsys):
+    import diagnostics
+
+    nosource = eval("lambda G: matfun.newton_schulz(G, 3, 'jordan')")  # no readable source
+    kw = dict(quick=True, figures_dir=None, results_dir=tmp_path / "r", set=PY_TINY)
+    for expected_cached in (0, 1):
+        result = diagnostics.run("ns_convergence", maps={"anon": nosource}, **kw)
+        assert result.cached == expected_cached and result.computed == 2 - expected_cached  # built-in cell cached
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "'anon'" in err[0] and "never cached" in err[0]
+    cells = list((tmp_path / "r" / "ns_convergence" / "cells").glob("*.json"))
+    assert len(cells) == 1 and not any("anon" in c.read_text() for c in cells)
+    from diagnostics import store
+
+    with pytest.raises(store.CacheMissingError):
+        diagnostics.run("ns_convergence", maps={"anon": nosource}, replot=True, **kw)
+    assert plugins.from_object("anon", nosource).identity.endswith("@unidentified")
+
+
+def test_unidentifiable_plugin_with_jobs_is_not_cached_by_the_workers(tmp_path, capsys):
+    import diagnostics
+
+    nosource = eval("lambda G: matfun.newton_schulz(G, 3, 'jordan')")
+    kw = dict(quick=True, figures_dir=None, set={**PY_TINY, "condition_numbers": (10, 1000)})
+    seq = diagnostics.run("ns_convergence", maps={"anon": nosource}, results_dir=tmp_path / "a", **kw)
+    par = diagnostics.run("ns_convergence", maps={"anon": nosource}, results_dir=tmp_path / "b", jobs=2, **kw)
+    pd.testing.assert_frame_equal(par.frame, seq.frame)
+    cells = list((tmp_path / "b" / "ns_convergence" / "cells").glob("*.json"))
+    assert len(cells) == 2 and not any("anon" in c.read_text() for c in cells)
+
+
+def test_lm_corpus_rewritten_in_place_is_recomputed(tmp_path, capsys, tiny_corpus):
+    args = [*lm_args(tiny_corpus), "--set", "optimizers=adamw"]
+    assert run_cli(args, tmp_path) == 0
+    first = pd.read_csv(tmp_path / "out" / "results" / "lm" / "results.csv")
+    tiny_corpus.write_bytes(tiny_corpus.read_bytes()[::-1])  # same path, other content
+    capsys.readouterr()
+    assert run_cli(args, tmp_path) == 0
+    assert "1 computed, 0 cached" in capsys.readouterr().out
+    second = pd.read_csv(tmp_path / "out" / "results" / "lm" / "results.csv")
+    import hashlib
+
+    assert (second["corpus_sha256"] == hashlib.sha256(tiny_corpus.read_bytes()).hexdigest()).all()
+    assert first["corpus_sha256"].iloc[0] != second["corpus_sha256"].iloc[0]
+
+
+def test_lm_corpus_changed_during_the_run_is_refused(tiny_corpus):
+    from diagnostics.errors import BadInput
+    from diagnostics.experiments import lm
+
+    config = lm.Config(corpus=str(tiny_corpus), context=16, width=32, depth=1, heads=2, batch_size=4, steps=4,
+                       eval_every=2, val_windows=4, seeds=(0,), timing_rounds=0, optimizers=("adamw",),
+                       lr_grid=(0.01,))
+    cell = lm.cells(config)[0]
+    tiny_corpus.write_bytes(b"x" + tiny_corpus.read_bytes())
+    with pytest.raises(BadInput, match="changed during the run"):
+        lm.run_cell(config, cell, "cpu", 0)
