@@ -353,3 +353,44 @@ def test_lm_corpus_changed_during_the_run_is_refused(tiny_corpus):
     tiny_corpus.write_bytes(b"x" + tiny_corpus.read_bytes())
     with pytest.raises(BadInput, match="changed during the run"):
         lm.run_cell(config, cell, "cpu", 0)
+
+
+# ------------------------------------------------- item 6: --jobs against the sequential run
+
+
+NUMPY_MAP = '''
+import numpy as np
+
+
+def cubic(steps):
+    def ns(G):
+        X = G / np.linalg.norm(G)
+        for _ in range(steps):
+            X = 1.5 * X - 0.5 * X @ X.T @ X
+        return X
+    return ns
+'''
+
+
+def test_jobs_equal_the_sequential_run_within_the_stated_tolerance(tmp_path, monkeypatch):
+    """Dask workers run numpy's BLAS on one thread (OPENBLAS_NUM_THREADS=1), a sequential run on all
+    cores: a numpy map on matrices large enough for threaded BLAS may differ by rounding.  The README
+    states 1e-9 relative; everything else (and every torch computation) is equal."""
+    import diagnostics
+
+    name = f"npmap_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(NUMPY_MAP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    kw = dict(maps={"np": f"{name}:cubic"}, quick=True, figures_dir=None,
+              set={"shape": (128, 256), "condition_numbers": (10, 1000), "schedules": ("jordan",), "tiles": (32,),
+                   "max_steps": 4})
+    seq = diagnostics.run("ns_convergence", results_dir=tmp_path / "seq", **kw).frame
+    par = diagnostics.run("ns_convergence", results_dir=tmp_path / "par", jobs=2, **kw).frame
+    assert list(par.columns) == list(seq.columns) and len(par) == len(seq)
+    numeric = [c for c in seq.columns if pd.api.types.is_float_dtype(seq[c])]
+    pd.testing.assert_frame_equal(par.drop(columns=numeric), seq.drop(columns=numeric))
+    builtin = seq["plugin"].isna()
+    pd.testing.assert_frame_equal(par[builtin], seq[builtin])  # torch: equal to the last bit
+    np.testing.assert_allclose(par[numeric].to_numpy(float), seq[numeric].to_numpy(float), rtol=1e-9, atol=1e-300)
+    sys.modules.pop(name, None)
