@@ -328,11 +328,15 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     try:
         seeds = runner.parse_seeds(args.seeds) if args.seeds is not None else (args.seed,)
         per_experiment = overrides.overrides_for(overrides.parse(args.set), modules)
-        for module in modules:  # every --set checked before anything runs
-            overrides.apply(store.config_for(module, args.quick), per_experiment[module.NAME], module.NAME)
+        configs = {  # every --set (and --optimizer) checked before anything runs
+            module.NAME: _config(module, args, per_experiment[module.NAME], len(modules) == 1) for module in modules
+        }
         maps = plugins.collect(options=args.map)
     except (ValueError, plugins.PluginError) as exc:
         raise UsageError(str(exc)) from None
+    for p in maps:
+        if p.cache_note:
+            print(p.cache_note, file=sys.stderr)
     if not args.replot:
         check_writable(results_dir, "results")
     check_writable(figures_dir, "figures")
@@ -340,14 +344,13 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
     for module in modules:
-        config = _plugin_optimizer_config(module, args, len(modules) == 1)
         try:
             result = runner.run_module(
                 module,
                 plugins=maps,
-                overrides=per_experiment[module.NAME],
+                overrides=[],
                 seeds=seeds,
-                config=config,
+                config=configs[module.NAME],
                 results_dir=results_dir,
                 figures_dir=figures_dir,
                 device=device,
@@ -362,6 +365,9 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
+        except SystemExit as exc:  # user code (a plug-in, a corpus hook) ended the run: a failure, not success
+            raise UsageError(f"{module.NAME}: user code called sys.exit({exc.code!r}) during the run; "
+                             "the run did not finish (finished cells are cached)") from None
         print(result.summary())
         total_computed += result.computed
         total_cached += result.cached
@@ -377,23 +383,33 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     return 0
 
 
-def _plugin_optimizer_config(module: Any, args: argparse.Namespace, explicit: bool) -> Any:
-    """The module's config with ``--optimizer`` entries appended (``None``: the default config).
+def _config(module: Any, args: argparse.Namespace, items: list[tuple[str, str]], explicit: bool) -> Any:
+    """The module's quick/full config with its ``--set`` items and the ``--optimizer`` entries applied.
 
-    Only experiments with ``PLUGIN_OPTIMIZERS = True`` take them: ``run`` of another one is an
-    error, ``figures`` runs the others unchanged.
+    ``--optimizer`` entries are appended to the optimizers the config ends up with, so
+    ``--set optimizers=adamw --optimizer x=mod:f`` trains both (and ``--set lrs=x:0.01``
+    may give the plug-in's rate).  Only experiments with ``PLUGIN_OPTIMIZERS = True`` take
+    them: ``run`` of another one is an error, ``figures`` runs the others without them.
+
+    Raises
+    ------
+    OverrideError
+        A bad ``--set`` or ``--optimizer`` (one line).
     """
-    if not args.optimizer or not getattr(module, "PLUGIN_OPTIMIZERS", False):
-        if args.optimizer and explicit:
-            raise UsageError(f"--optimizer: experiment {module.NAME!r} takes no plug-in optimizers")
-        return None
+    from . import overrides
     from .store import config_for
 
     base = config_for(module, args.quick)
+    takes = getattr(module, "PLUGIN_OPTIMIZERS", False)
+    if args.optimizer and not takes and explicit:
+        raise UsageError(f"--optimizer: experiment {module.NAME!r} takes no plug-in optimizers")
+    if not args.optimizer or not takes:
+        return overrides.apply(base, items, module.NAME)
+    chosen = overrides.changes(base, items, module.NAME).get("optimizers", base.optimizers)
     try:
-        return dataclasses.replace(base, optimizers=tuple(base.optimizers) + tuple(args.optimizer))
-    except ValueError as exc:
-        raise UsageError(f"--optimizer: {exc}") from None
+        return overrides.apply(base, items, module.NAME, optimizers=tuple(chosen) + tuple(args.optimizer))
+    except overrides.OverrideError as exc:
+        raise overrides.OverrideError(f"--optimizer: {exc}") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .cli import UsageError
 
+    if not args.no_figure:
+        _check_figure_stem(args.figure)
     try:
         schedule = matfun.design_schedule(
             args.lower, args.upper, args.steps, degree=args.degree, safety=args.safety,
@@ -72,6 +74,19 @@ def run(args: argparse.Namespace) -> int:
     paths = draw(schedule, stem)
     print(f"# figure: {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _check_figure_stem(text: str) -> Path:
+    """``--figure`` as a path stem with a file name that is not a directory, else :class:`UsageError`."""
+    from .cli import UsageError
+
+    stem = Path(text)
+    if not text.strip() or not stem.name or stem.name in (".", "..") or text.endswith(("/", "\\")):
+        raise UsageError(f"--figure needs a path stem such as figures/design/mine (PDF and PNG are written "
+                         f"next to it), got {text!r}")
+    if stem.is_dir():
+        raise UsageError(f"--figure {text!r} is a directory; give a path stem such as {text.rstrip('/')}/mine")
+    return stem
 
 
 def draw(schedule, stem: Path) -> list[Path]:

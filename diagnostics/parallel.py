@@ -162,8 +162,10 @@ def _running_cells() -> set[str]:
 def _compute_and_store(
     module_name: str, config: Any, cell: Mapping[str, Any], key: Mapping[str, Any], digest: str,
     cells_dir: str, extra: Mapping[str, Any], device: str, seed: int, plugin: _ShippedPlugin | None = None,
+    cache: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, set[str]]]:
-    """Runs on a worker: one cell (with its plug-in active), written to the cache before it is returned.
+    """Runs on a worker: one cell (with its plug-in active), written to the cache before it is returned
+    (``cache=False``: not written, for a plug-in that cannot be identified).
 
     Returns the cell's frame and the plug-in's conversion notes (``{name: notes}``).
     """
@@ -177,10 +179,20 @@ def _compute_and_store(
         module = importlib.import_module(module_name)
         active = [_worker_plugin(plugin)] if plugin is not None else []
         with _plugins.active(active):
-            raw = module.run_cell(config, dict(cell), device, int(seed))
+            try:
+                raw = module.run_cell(config, dict(cell), device, int(seed))
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # No one pressed Ctrl-C here: user code raised it.  Left alone it kills the worker process
+                # (Dask retries the cell on every worker, each death a long traceback); as an ordinary
+                # exception it fails the cell, and the run, in one line.
+                what = f"raised {type(exc).__name__} on a Dask worker"
+                if active:
+                    raise active[0].error(what) from None
+                raise RuntimeError(what) from None
         if not isinstance(raw, pd.DataFrame):
             raise store.StoreError(f"{module.NAME}: run_cell must return a pandas DataFrame, got {type(raw).__name__}")
-        frame = store._store_cell(Path(cells_dir), key, digest, store._annotate(raw, config, cell, extra))
+        annotated = store._annotate(raw, config, cell, extra)
+        frame = store._store_cell(Path(cells_dir), key, digest, annotated) if cache else store._as_stored(annotated)
         return frame, {p.name: set(p.notes) for p in active}
     finally:
         _RUNNING.discard(digest)
@@ -212,6 +224,7 @@ def compute_cells(
     jobs: int | None = None,
     scheduler: str | None = None,
     progress: bool = False,
+    uncached: frozenset[str] | set[str] = frozenset(),
 ) -> list[pd.DataFrame]:
     """Run ``todo`` (``(cell, key, digest)`` triples) on Dask workers; frames in ``todo``'s order.
 
@@ -219,7 +232,7 @@ def compute_cells(
     active plug-ins (:func:`diagnostics.plugins.active`) active there too
     (:func:`ship_plugins`).  The first cell that fails stops the run once the
     cells being computed have finished (those, and the ones finished before, stay
-    cached): a plug-in that breaks its contract raises its
+    cached; those in ``uncached`` are never written): a plug-in that breaks its contract raises its
     :class:`~diagnostics.plugins.PluginError`, any other failure
     :class:`ParallelError` naming the cell.
     """
@@ -235,7 +248,7 @@ def compute_cells(
         futures = [
             client.submit(
                 _compute_and_store, module.__name__, config, cell, key, digest, str(cells_dir), extra, device, seed,
-                shipped.get(cell.get("plugin")), key=f"{module.NAME}-{digest}", pure=False,
+                shipped.get(cell.get("plugin")), digest not in uncached, key=f"{module.NAME}-{digest}", pure=False,
             )
             for cell, key, digest in todo
         ]

@@ -33,20 +33,27 @@ the conversion is noted (:attr:`Plugin.notes`).  Anything else — and a missing
 module or attribute, something not callable, an exception inside the map —
 raises :class:`PluginError`, one line naming the plug-in.
 
-Identity: :attr:`Plugin.identity` is ``module:attr@<12 hex digits of the SHA-256
-of the attribute's source>``; the experiments put it in the plug-in's cells, so
-the cache key changes when the map's source changes (only that plug-in's cells
-are recomputed).  Helpers the map calls are not part of the hash: after editing
-one, rerun with ``--force``.
+Identity: :attr:`Plugin.identity` is ``module:attr@<12 hex digits>`` of the
+SHA-256 of what the map computes with (:func:`identify`): its source, and for a
+closure, a ``functools.partial``, a bound method or a configured object also the
+values it closes over, its arguments or its settings; the experiments put it in
+the plug-in's cells, so the cache key changes when any of them changes (only that
+plug-in's cells are recomputed).  A map that cannot be identified (a lambda
+without readable source, a closure over a lock) gets ``@unidentified``: its cells
+are computed every run and never cached, with a one-line note on stderr.
+Helpers the map calls are not part of the hash: after editing one, rerun with
+``--force``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import hashlib
 import importlib
 import inspect
+import json
 import math
 import os
 import sys
@@ -61,6 +68,7 @@ from matfun.base import Map
 __all__ = [
     "PluginError",
     "Plugin",
+    "name_problem",
     "load",
     "parse_map_option",
     "from_object",
@@ -68,6 +76,8 @@ __all__ = [
     "active",
     "current",
     "cells",
+    "cacheable",
+    "identify",
     "for_cell",
     "names_in",
     "color",
@@ -79,8 +89,22 @@ LIBRARIES = ("numpy", "torch")
 #: Colours of plug-in curves (none used by a built-in curve), in order of the names; plug-in curves also
 #: carry star markers, so they stay distinct without colour.
 COLORS = ("#B2182B", "#6A3D9A", "#8C564B", "#17BECF", "#000000")
+#: The identity suffix of a plug-in that cannot be identified (its cells are never cached).
+UNIDENTIFIED = "unidentified"
 #: Size of the probe matrix every plug-in is checked on before an experiment runs.
 PROBE_SHAPE = (24, 40)
+
+
+#: What a failure of user code may raise: any ``Exception`` and ``SystemExit`` (``sys.exit()`` in a map is a
+#: failure of that map, not the end of the command).  ``KeyboardInterrupt`` stays an interrupt.
+USER_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit)
+
+
+def _raised(exc: BaseException) -> str:
+    """``"TypeError: message"`` (``"SystemExit(0)"`` for ``sys.exit(0)``)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) (sys.exit() called)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class PluginError(ValueError):
@@ -99,22 +123,117 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def _source_hash(obj: Any) -> str | None:
-    """12 hex digits of the SHA-256 of ``obj``'s source, if available.
+class _Unidentifiable(Exception):
+    """Raised inside :func:`_fingerprint`: the message says what could not be identified."""
 
-    For an instance (a configured :class:`matfun.Map`, a callable object) the
-    source of its class and its ``repr`` (its settings, when the repr shows them)
-    are hashed together, so two instances configured differently differ.
-    """
-    plain = inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _getsource(obj: Any) -> str:
     try:
-        source = inspect.getsource(obj if plain else type(obj))
+        return inspect.getsource(obj)
     except (OSError, TypeError):
-        return None
-    if not plain:
-        text = repr(obj)
-        source += "\n" + ("" if " at 0x" in text else text)
-    return hashlib.sha256(source.encode()).hexdigest()[:12]
+        raise _Unidentifiable(f"the source of {getattr(obj, '__qualname__', obj)!r} cannot be read") from None
+
+
+def _fingerprint(obj: Any, seen: frozenset[int] = frozenset()) -> Any:
+    """A JSON-able description of everything ``obj`` computes with that can be read (see :func:`_source_hash`).
+
+    Plain values (numbers, strings, None), containers and arrays of them, functions
+    (source, closure cells, defaults), ``functools.partial`` (function, arguments),
+    bound methods (function and instance), classes (source), modules (name) and
+    objects (class source and ``repr``, or their attributes when the ``repr`` shows an
+    address).  Anything else raises :class:`_Unidentifiable`.
+    """
+    if id(obj) in seen:
+        return "<recursive>"
+    seen = seen | {id(obj)}
+    if isinstance(obj, _PLAIN):
+        return [type(obj).__name__, repr(obj)]
+    if isinstance(obj, (tuple, list)):
+        return [type(obj).__name__, [_fingerprint(v, seen) for v in obj]]
+    if isinstance(obj, (set, frozenset)):
+        return ["set", sorted(json.dumps(_fingerprint(v, seen)) for v in obj)]
+    if isinstance(obj, dict):
+        return ["dict", sorted([json.dumps(_fingerprint(k, seen)), _fingerprint(v, seen)] for k, v in obj.items())]
+    if isinstance(obj, (np.ndarray, np.generic, torch.Tensor)):
+        a = obj.detach().cpu().float().numpy() if isinstance(obj, torch.Tensor) and obj.dtype == torch.bfloat16 else (
+            obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else np.asarray(obj))
+        return ["array", str(a.dtype), list(a.shape), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()]
+    if isinstance(obj, functools.partial):
+        return ["partial", _fingerprint(obj.func, seen), _fingerprint(obj.args, seen),
+                _fingerprint(obj.keywords, seen)]
+    if inspect.ismethod(obj):
+        return ["method", _fingerprint(obj.__func__, seen), _fingerprint(obj.__self__, seen)]
+    if inspect.isfunction(obj):
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(_fingerprint(cell.cell_contents, seen))
+            except ValueError:  # an empty cell
+                cells.append("<empty>")
+        return ["function", _getsource(obj), cells, _fingerprint(obj.__defaults__, seen),
+                _fingerprint(obj.__kwdefaults__, seen)]
+    if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj) or isinstance(obj, type(np.add)):
+        return ["builtin", getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", repr(obj))]
+    if inspect.ismodule(obj):
+        return ["module", obj.__name__]
+    if inspect.isclass(obj):
+        try:
+            return ["class", obj.__module__, obj.__qualname__, inspect.getsource(obj)]
+        except (OSError, TypeError):  # built-in or C classes: their name
+            return ["class", obj.__module__, obj.__qualname__]
+    text = repr(obj)
+    try:
+        source = inspect.getsource(type(obj))
+    except (OSError, TypeError):
+        source = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        if " at 0x" in text or not hasattr(obj, "__dict__"):
+            raise _Unidentifiable(f"a {type(obj).__qualname__} object cannot be identified") from None
+    if " at 0x" not in text:
+        return ["object", source, text]
+    if not hasattr(obj, "__dict__"):
+        raise _Unidentifiable(f"a {type(obj).__qualname__} object shows no settings")
+    return ["object", source, _fingerprint(vars(obj), seen)]
+
+
+def identify(obj: Any) -> tuple[str | None, str | None]:
+    """``(hash, None)``: 12 hex digits identifying ``obj``; ``(None, reason)`` when it cannot be identified.
+
+    A module-level function is identified by its source (as before); a closure also
+    by the values it closes over, a ``functools.partial`` by its function and
+    arguments, a bound method by its function and instance, an instance (a
+    configured :class:`matfun.Map`, a callable object) by its class's source and its
+    ``repr`` (its attributes when the ``repr`` shows only an address).  A lambda or
+    function whose source cannot be read, or one that closes over an object that
+    cannot be identified (a lock, a file), cannot be identified: such a plug-in is
+    run uncached (:attr:`Plugin.cacheable`).
+    """
+    plain_function = inspect.isfunction(obj) and not obj.__closure__ and not obj.__defaults__ \
+        and not obj.__kwdefaults__
+    try:
+        if plain_function or inspect.isclass(obj):  # the hash of earlier versions: caches stay valid
+            return hashlib.sha256(_getsource(obj).encode()).hexdigest()[:12], None
+        if isinstance(obj, Map) or not (inspect.isfunction(obj) or inspect.ismethod(obj)
+                                        or isinstance(obj, functools.partial)):
+            text = repr(obj)
+            if " at 0x" not in text:  # an instance showing its settings: class source + repr, as before
+                source = inspect.getsource(type(obj)) if not inspect.isbuiltin(obj) else text
+                return hashlib.sha256((source + "\n" + text).encode()).hexdigest()[:12], None
+        data = json.dumps(_fingerprint(obj), sort_keys=True, separators=(",", ":"))
+    except _Unidentifiable as exc:
+        return None, str(exc)
+    except (OSError, TypeError) as exc:
+        return None, f"{type(exc).__name__}: {_one_line(exc)}"
+    except RecursionError:
+        return None, "it is nested too deeply"
+    return hashlib.sha256(data.encode()).hexdigest()[:12], None
+
+
+def _source_hash(obj: Any) -> str | None:
+    """12 hex digits identifying ``obj`` (:func:`identify`), ``None`` when it cannot be identified."""
+    return identify(obj)[0]
 
 
 def _is_factory(obj: Any) -> bool:
@@ -162,6 +281,30 @@ def _like(X: Any, G: Any) -> Any:
     return X.to(device=G.device, dtype=G.dtype)
 
 
+def name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot name a plug-in (``None`` if it can).
+
+    A name is non-empty ASCII letters, digits, ``_``, ``-`` or ``.``, starts with a
+    letter, and reads back from a CSV cell as the same string: ``nan``, ``NA``,
+    ``None``, ``null``, ``inf``, ``True`` (any case) would come back as a missing value,
+    a number or a boolean and the rows would look like a built-in map's.
+    """
+    if not isinstance(name, str) or not name or not all((c.isascii() and c.isalnum()) or c in "_-." for c in name):
+        return "must be non-empty letters, digits, '_', '-' or '.'"
+    if not name[0].isalpha():
+        return "must start with a letter"
+    import io
+
+    import pandas as pd
+
+    back = pd.read_csv(io.StringIO(f"name\n{name}\n\n"), skip_blank_lines=False)["name"]
+    if not (isinstance(back.iloc[0], str) and back.iloc[0] == name):
+        return "would not read back from the results CSV as a name (it reads as a missing value, number or boolean)"
+    if name.lower() in ("nan", "na", "nat", "none", "null", "inf", "infinity", "true", "false"):
+        return "is a missing-value, number or boolean word in a CSV; choose another"
+    return None
+
+
 class Plugin:
     """A user's map, adapted to the experiments (see the module docstring).
 
@@ -178,8 +321,9 @@ class Plugin:
     """
 
     def __init__(self, name: str, target: Any, module: str, attr: str, from_spec: bool = False):
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
-            raise PluginError(f"plug-in name {name!r} must be non-empty letters, digits, '_', '-' or '.'")
+        problem = name_problem(name)
+        if problem:
+            raise PluginError(f"plug-in name {name!r} {problem}")
         self.name = name
         self.module = module
         self.attr = attr
@@ -196,7 +340,11 @@ class Plugin:
         self.batched = bool(self._declared(target, "batched", self._is_map(target)))
         steps = getattr(target, "steps", None)
         self.steps = int(steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else None
-        self.source_hash = _source_hash(target)
+        self.source_hash, why = identify(target)
+        #: ``False`` when the plug-in cannot be identified (:func:`identify`): its cells are never cached.
+        self.cacheable = self.source_hash is not None
+        #: Why it cannot be identified (``None`` when it can).
+        self.unidentified = why
         #: True when made by :func:`load` (importable by its spec; a Dask worker re-loads it from there).
         self.from_spec = from_spec
         self.notes: set[str] = set()
@@ -219,8 +367,16 @@ class Plugin:
 
     @property
     def identity(self) -> str:
-        """``module:attr@hash`` (``@nosource`` when the source cannot be read)."""
-        return f"{self.spec}@{self.source_hash or 'nosource'}"
+        """``module:attr@hash`` (``@unidentified`` when it cannot be identified: never cached)."""
+        return f"{self.spec}@{self.source_hash or UNIDENTIFIED}"
+
+    @property
+    def cache_note(self) -> str | None:
+        """One line saying the plug-in runs uncached, and why (``None`` when it is cached)."""
+        if self.cacheable:
+            return None
+        return (f"note: plug-in {self.name!r} ({self.spec}) cannot be identified ({self.unidentified}): its cells "
+                "are computed every run and never cached")
 
     @property
     def kind(self) -> str:
@@ -249,8 +405,8 @@ class Plugin:
         if steps not in self._made:
             try:
                 made = self.target(int(steps))
-            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
-                raise self.error(f"factory raised {type(exc).__name__} for steps={steps}: {exc}") from None
+            except USER_ERRORS as exc:  # any failure of user code is the plug-in's
+                raise self.error(f"factory raised {_raised(exc)} (steps={steps})") from None
             if not callable(made):
                 raise self.error(f"factory returned a {type(made).__name__} for steps={steps}, not a callable")
             self._made[steps] = made
@@ -268,14 +424,19 @@ class Plugin:
     def _invoke(self, fn: Any, G: Any) -> Any:
         try:
             return fn(G)
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
-            raise self.error(f"raised {type(exc).__name__}: {exc}") from None
+        except USER_ERRORS as exc:  # any failure of user code is the plug-in's
+            raise self.error(f"raised {_raised(exc)}") from None
 
     def _checked(self, X: Any, G: Any) -> Any:
         """Check the output contract; note conversions; return ``X`` in ``G``'s library/dtype."""
         lib = _library_of(X)
         if lib is None:
             raise self.error(f"returned a {type(X).__name__}, not a numpy array or torch tensor")
+        if lib == "torch":
+            if X.is_meta:
+                raise self.error("returned a tensor on the meta device (it holds no values)")
+            if X.layout != torch.strided:
+                raise self.error(f"returned a tensor of layout {X.layout} (sparse?); a dense (strided) tensor is required")
         if tuple(X.shape) != tuple(G.shape):
             raise self.error(f"returned shape {tuple(X.shape)} for an input of shape {tuple(G.shape)}")
         name = _dtype_name(X)
@@ -315,8 +476,8 @@ class Plugin:
             Gl = _to_library(G, self.library)
             try:
                 iterates = list(self.target.iterates(Gl))
-            except Exception as exc:  # noqa: BLE001 - any failure of user code is the plug-in's
-                raise self.error(f"iterates() raised {type(exc).__name__}: {exc}") from None
+            except USER_ERRORS as exc:  # any failure of user code is the plug-in's
+                raise self.error(f"iterates() raised {_raised(exc)}") from None
             if not iterates:
                 raise self.error("iterates() yielded nothing")
             return [(float(k), _like(self._checked(X, Gl), G)) for k, X in enumerate(iterates[: max_steps + 1])]
@@ -341,8 +502,8 @@ class Plugin:
             return math.nan
         try:
             return float(method(tuple(shape)))
-        except Exception as exc:  # noqa: BLE001
-            raise self.error(f"flops({tuple(shape)}) raised {type(exc).__name__}: {exc}") from None
+        except USER_ERRORS as exc:
+            raise self.error(f"flops({tuple(shape)}) raised {_raised(exc)}") from None
 
     def check(self) -> None:
         """Probe the map on a seeded float64 ``24×40`` matrix; raise :class:`PluginError` if it breaks its contract."""
@@ -385,9 +546,9 @@ def load(spec: str, name: str | None = None, directory: str | os.PathLike | None
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise PluginError(f"plug-in {name!r} ({spec}): no module named {exc.name!r}") from None
         raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a broken user module is a bad plug-in
+    except USER_ERRORS as exc:  # a broken user module is a bad plug-in
         raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: "
-                          f"{type(exc).__name__}: {_one_line(exc)}") from None
+                          f"{_one_line(_raised(exc))}") from None
     for i, part in enumerate(parts):
         try:
             obj = getattr(obj, part)
@@ -411,8 +572,9 @@ def from_object(name: str, obj: Any) -> Plugin:
     """A :class:`Plugin` for a Python object (identity from its ``__module__`` and ``__qualname__``)."""
     if isinstance(obj, Plugin):
         return obj
-    module = getattr(obj, "__module__", None) or type(obj).__module__
-    attr = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    named = obj.func if isinstance(obj, functools.partial) else obj  # a partial is named after its function
+    module = getattr(named, "__module__", None) or type(named).__module__
+    attr = getattr(named, "__qualname__", None) or type(named).__qualname__
     return Plugin(name, obj, str(module), str(attr))
 
 
@@ -474,6 +636,13 @@ def for_cell(cell: Mapping[str, Any]) -> Plugin | None:
                 raise PluginError(f"plug-in {name!r}: cell is for {cell.get('plugin_id')}, active is {p.identity}")
             return p
     raise PluginError(f"plug-in {name!r} is not active (pass it with --map or maps=)")
+
+
+def cacheable(cell: Mapping[str, Any]) -> bool:
+    """Whether a cell may be read from and written to the cache: ``False`` for the cells of a
+    plug-in that cannot be identified (:attr:`Plugin.cacheable`), ``True`` for every other cell."""
+    plugin_id = cell.get("plugin_id")
+    return not (isinstance(plugin_id, str) and plugin_id.endswith("@" + UNIDENTIFIED))
 
 
 def names_in(frame: Any) -> list[str]:

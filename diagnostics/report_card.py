@@ -167,7 +167,9 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     kk = k if math.isfinite(k) else REPORT_STEPS
 
     tr = frames["transfer"]
-    mine = tr[tr["plugin"] == name]
+    mine = tr[tr["plugin"] == name] if "plugin" in tr else tr.iloc[:0]
+    if mine.empty:  # e.g. a name the CSV read back as something else: say so instead of an IndexError
+        raise plugins.PluginError(f"plug-in {name!r}: no rows of it in the transfer results", plugin=name)
     ks = sorted(set(mine["steps"].dropna()))
     kt = kk if kk in ks else (ks[-1] if ks else math.nan)
     mine_k = mine[mine["steps"] == kt] if ks else mine

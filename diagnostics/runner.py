@@ -28,18 +28,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import overrides as _overrides
 from . import plugins as _plugins
 from . import store
 
-__all__ = ["run", "run_module", "parse_seeds"]
+__all__ = ["run", "run_module", "parse_seeds", "check_seeds"]
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -51,6 +53,24 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must be distinct non-negative integers, got {text!r}")
     return seeds
+
+
+def check_seeds(seeds: Any) -> tuple[int, ...]:
+    """``seeds`` (an int or a sequence of ints) as a tuple of distinct non-negative ints, else ``ValueError``.
+
+    The Python API's counterpart of :func:`parse_seeds`: ``seeds=(0, 0)`` would run the
+    same sweep twice and draw one seed as the "mean of 2 seeds".
+    """
+    items = (seeds,) if isinstance(seeds, (int, np.integer)) else seeds
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise ValueError(f"seeds must be a non-negative integer or a sequence of them, got {seeds!r}") from None
+    if not items or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in items):
+        raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
+    if len(set(int(s) for s in items)) != len(items):
+        raise ValueError(f"seeds must be distinct (each seed runs the whole sweep once), got {seeds!r}")
+    return tuple(int(s) for s in items)
 
 
 def _discard_plugin_cells(module: Any, config: Any, name: str, seeds: Sequence[int], device: str,
@@ -92,7 +112,7 @@ def run_module(
     """
     base = config if config is not None else store.config_for(module, quick)
     config = _overrides.apply(base, overrides, module.NAME)
-    seeds = tuple(int(s) for s in seeds)
+    seeds = check_seeds(seeds)
     if plugins and (jobs > 1 or scheduler is not None) and not replot:
         from .parallel import ship_plugins
 
@@ -184,8 +204,11 @@ def run(
 
     single = isinstance(names, str)
     modules = [experiments.get(n) for n in ([names] if single else list(names))]
+    seed_list = check_seeds(seeds)
     plugins = _plugins.collect(maps)
-    seed_list = (int(seeds),) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+    for p in plugins:
+        if p.cache_note:
+            print(p.cache_note, file=sys.stderr)
     parsed = [(*_split(k), _text(v)) for k, v in (set or {}).items()]
     per = _overrides.overrides_for(parsed, modules)
     suffix = "quick" if quick else ""

@@ -40,7 +40,9 @@ Resuming
     writes nothing into the results directory when ``results.csv`` already holds
     what it would write, so a read-only (shared) results directory can be replotted.
     Nothing is cached from a failed cell: its files are written only after
-    ``run_cell`` returned a valid frame.
+    ``run_cell`` returned a valid frame.  The cells of a plug-in that cannot be
+    identified (:func:`diagnostics.plugins.cacheable`) are never read from or written
+    to the cache: they are computed every run.
 
 Files
     Cache files and ``results.csv`` get mode ``0o666 & ~umask``, like any file the
@@ -380,6 +382,11 @@ def _load_cell(cells_dir: Path, key: Mapping[str, Any], digest: str) -> tuple[pd
     return frame, None
 
 
+def _as_stored(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as it would read back from its cache file (for a cell that is never cached)."""
+    return _read_csv(_csv_bytes(frame)) if len(frame.columns) else frame
+
+
 def _store_cell(cells_dir: Path, key: Mapping[str, Any], digest: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Write a cell (CSV, then marker) and return it as it reads back from disk."""
     csv_path, meta_path = _cell_paths(cells_dir, digest)
@@ -481,11 +488,14 @@ def run_experiment(
     digests = [cell_hash(k) for k in keys]
     if len(set(digests)) != len(digests):
         raise StoreError(f"{name}: cells(config) returned duplicate cells")
+    from .plugins import cacheable
+
+    uncached = {digest for cell, digest in zip(cells, digests) if not cacheable(cell)}
 
     if replot:
         frames, missing = [], []
         for cell, key, digest in zip(cells, keys, digests):
-            frame, reason = _load_cell(cells_dir, key, digest)
+            frame, reason = _load_cell(cells_dir, key, digest) if digest not in uncached else (None, "never cached")
             if frame is None:
                 missing.append(f"{_canonical(cell)}" + (f" ({reason})" if reason else ""))
             frames.append(frame)
@@ -512,7 +522,7 @@ def run_experiment(
         )
         try:
             for cell, key, digest in bar:
-                if not force:
+                if not force and digest not in uncached:
                     frame, reason = _load_cell(cells_dir, key, digest)
                     if frame is not None:
                         frames.append(frame)
@@ -533,7 +543,9 @@ def run_experiment(
                 raw = module.run_cell(config, dict(cell), device, int(seed))
                 if not isinstance(raw, pd.DataFrame):
                     raise StoreError(f"{name}: run_cell must return a pandas DataFrame, got {type(raw).__name__}")
-                frames.append(_store_cell(cells_dir, key, digest, _annotate(raw, config, cell, extra)))
+                annotated = _annotate(raw, config, cell, extra)
+                frames.append(_as_stored(annotated) if digest in uncached else
+                              _store_cell(cells_dir, key, digest, annotated))
                 computed += 1
         finally:
             bar.close()
@@ -543,6 +555,7 @@ def run_experiment(
             done = compute_cells(
                 module, config, [t[1:] for t in todo], cells_dir, extra, device, int(seed),
                 jobs=jobs if scheduler is None else None, scheduler=scheduler, progress=not bar.disable,
+                uncached=uncached,
             )
             for (position, *_), frame in zip(todo, done):
                 frames[position] = frame

@@ -277,7 +277,9 @@ def design_schedule(
     ValueError, TypeError
         ``lower ≥ upper``, ``lower ≤ 0``, non-finite values, ``steps < 1``,
         ``degree`` not 3 or 5, ``cushion`` outside ``[0, 1)``, unknown
-        ``objective``/``precision``, ``mean_alignment`` without a ``prior``.
+        ``objective``/``precision``, ``mean_alignment`` without a ``prior``, an
+        interval whose coefficients would not be finite in float64 (e.g.
+        ``upper = 1e300``).
 
     Examples
     --------
@@ -307,10 +309,23 @@ def design_schedule(
     if objective == "mean_alignment" and prior is None:
         raise ValueError("objective='mean_alignment' needs prior= (a sample of normalised singular values)")
 
-    if objective == "mean_alignment":
-        coefficients, bounds = _optimise_mean_alignment(prior, lower, upper, int(steps), degree, safety, cushion)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below: one error instead of warnings
+            if objective == "mean_alignment":
+                coefficients, bounds = _optimise_mean_alignment(prior, lower, upper, int(steps), degree, safety,
+                                                                cushion)
+            else:
+                coefficients, bounds = _minimax_composition(lower, upper, int(steps), degree, safety, cushion)
+        finite = all(np.all(np.isfinite(c)) for c in coefficients) and np.all(np.isfinite(bounds))
+    except (np.linalg.LinAlgError, RuntimeError, FloatingPointError, OverflowError) as exc:
+        finite, reason = False, f"{type(exc).__name__}: {exc}"
     else:
-        coefficients, bounds = _minimax_composition(lower, upper, int(steps), degree, safety, cushion)
+        reason = "non-finite coefficients"
+    if not finite:
+        raise ValueError(
+            f"cannot design a degree-{degree} schedule for [{lower!r}, {upper!r}]: the coefficients (of order "
+            f"upper**-{degree}) are outside float64's range ({reason}); design for the normalised interval "
+            f"[{lower / upper!r}, 1] and scale the input instead")
     label = name or f"designed (l={lower:g}, K={steps}, deg {degree}{', mean' if objective != 'worst_case' else ''})"
     return DesignedSchedule(
         name=label,

@@ -61,7 +61,9 @@ Divergence
     which any seed diverged is never chosen as best.
 
 Cells
-    One per (optimizer, lr, replica) with ``replica`` in ``seeds``; the weights and
+    One per (optimizer, lr, replica) with ``replica`` in ``seeds``, each keyed by the
+    corpus's SHA-256 too (``corpus_sha256``: a corpus file rewritten in place gets new
+    cells, and one that changes during the run stops it); the weights and
     batches come from :func:`diagnostics.store.cell_seed` of the run's seed and
     the replica (so ``--seed``/``--seeds`` on the command line give new replicas).
 
@@ -148,6 +150,7 @@ from .. import plotting
 from ..corpus import load_corpus, split, unigram_entropy
 from ..errors import BadInput
 from ..gpt import GPT, GPTConfig
+from ..plugins import USER_ERRORS, _raised, name_problem
 from ..store import cell_seed
 from ..threads import torch_threads
 
@@ -209,6 +212,9 @@ def parse_optimizer(entry: str, ns_steps: int = 5) -> Optimizer:
     """Parse a built-in name (``muon_k3``, ``himuon_t64``, …) or a plug-in ``NAME=MODULE:FACTORY``."""
     m = _PLUGIN.match(entry)
     if m:
+        problem = name_problem(m.group(1))
+        if problem:
+            raise BadInput(f"plug-in optimizer name {m.group(1)!r} {problem}")
         return Optimizer(m.group(1), "plugin", target=f"{m.group(2)}:{m.group(3)}")
     m = _BUILTIN.match(entry)
     if not m:
@@ -313,9 +319,9 @@ def load_factory(opt: Optimizer) -> Callable:
     module_name, attr = opt.target.split(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the plug-in's
+    except USER_ERRORS as exc:  # any import failure (sys.exit() included) is the plug-in's
         raise BadInput(f"plug-in optimizer {opt.name!r}: cannot import {module_name!r}: "
-                       f"{type(exc).__name__}: {exc}") from None
+                       f"{_raised(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise BadInput(f"plug-in optimizer {opt.name!r}: {opt.target} is missing or not callable")
@@ -337,6 +343,8 @@ def cells(config: Config) -> list[dict]:
     """Plug-ins first (a broken one fails before any built-in is trained), then the built-ins."""
     recorded = dict(config.lrs)
     parsed = config.parsed()
+    # the corpus's content, not only its path, is part of every cell's cache key
+    digest = load_corpus(config.corpus).sha256
     out, sources = [], []
     for opt in sorted(parsed, key=lambda o: o.family != "plugin"):
         extra = {}
@@ -346,9 +354,10 @@ def cells(config: Config) -> list[dict]:
         rates = (recorded[opt.name],) if opt.name in recorded else config.lr_grid
         for lr in rates:
             for replica in config.seeds:
-                out.append({"optimizer": opt.name, "lr": float(lr), "replica": int(replica), **extra})
+                out.append({"optimizer": opt.name, "lr": float(lr), "replica": int(replica), **extra,
+                            "corpus_sha256": digest})
     if config.timing_rounds:
-        out.append({"benchmark": "optimizer_step", "plugin_source": ",".join(sources)})
+        out.append({"benchmark": "optimizer_step", "plugin_source": ",".join(sources), "corpus_sha256": digest})
     return out
 
 
@@ -383,12 +392,37 @@ def make_optimizers(config: Config, opt: Optimizer, lr: float, model: GPT, total
         factory = load_factory(opt)
         try:
             main = factory(hidden, lr)
-        except Exception as exc:  # noqa: BLE001 - a raising factory is the plug-in's problem
-            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {type(exc).__name__}: {exc}") from None
+        except USER_ERRORS as exc:  # a raising factory (sys.exit() included) is the plug-in's problem
+            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {_raised(exc)}") from None
         if not isinstance(main, torch.optim.Optimizer):
             raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) returned {type(main).__name__}, "
                            "not a torch.optim.Optimizer")
+        check_coverage(main, model, hidden, f"plug-in optimizer {opt.name!r} ({opt.target})")
     return [main, torch.optim.AdamW(other, **adamw_kw)]
+
+
+def check_coverage(optimizer: torch.optim.Optimizer, model: GPT, hidden: list, what: str) -> None:
+    """Refuse an optimizer that does not optimise exactly the hidden matrices, each once.
+
+    Training with some matrices frozen (or with the AdamW parameters optimised twice)
+    would not compare optimizers; :class:`BadInput` names what is missing or extra.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    given = [p for g in optimizer.param_groups for p in g["params"]]
+    ids = [id(p) for p in given]
+    missing = [names.get(id(p), "?") for p in hidden if id(p) not in ids]
+    extra = [names.get(i, "a tensor not in the model") for i in dict.fromkeys(ids) if i not in {id(p) for p in hidden}]
+    twice = sorted({names.get(i, "?") for i in ids if ids.count(i) > 1})
+    problems = []
+    if missing:
+        problems.append(f"does not optimise {len(missing)} of the {len(hidden)} hidden matrices "
+                        f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}; they would stay frozen)")
+    if extra:
+        problems.append(f"optimises {len(extra)} parameter(s) it was not given ({', '.join(extra[:3])})")
+    if twice:
+        problems.append(f"lists {', '.join(twice[:3])} more than once")
+    if problems:
+        raise BadInput(f"{what}: {'; '.join(problems)}; it must optimise exactly the hidden matrices it is given")
 
 
 def lr_factor(config: Config, step: int) -> float:
@@ -487,14 +521,24 @@ def _alignment(before: list[torch.Tensor], hidden: list[torch.Tensor], optimizer
 # ----------------------------------------------------------------------------- run
 
 
+def _corpus_for(config: Config, cell: dict):
+    """The corpus, checked against the content hash the cell was keyed by (:class:`BadInput` if it changed)."""
+    corpus = load_corpus(config.corpus)
+    expected = cell.get("corpus_sha256")
+    if expected is not None and corpus.sha256 != expected:
+        raise BadInput(f"corpus {config.corpus or 'stdlib'!r} changed during the run (sha256 {corpus.sha256[:12]}, "
+                       f"the run started with {expected[:12]}); rerun")
+    return corpus
+
+
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     with torch_threads(config.cpu_threads or None):
         if "benchmark" in cell:
-            return _benchmark(config, device, seed)
+            return _benchmark(config, device, seed, cell)
         return _train(config, cell, device, seed)
 
 
-def _benchmark(config: Config, device: str, seed: int) -> pd.DataFrame:
+def _benchmark(config: Config, device: str, seed: int, cell: dict | None = None) -> pd.DataFrame:
     """Optimizer-step times of every optimizer on the same gradients, interleaved round by round.
 
     One model and one batch give the gradients; every optimizer gets its own copy of
@@ -504,7 +548,7 @@ def _benchmark(config: Config, device: str, seed: int) -> pd.DataFrame:
     full→T schedule is timed in its tiled phase.  Rows: ``optimizer``, ``round``,
     ``bench_step_ms``, ``bench_orth_ms`` (NaN for plug-ins).
     """
-    corpus = load_corpus(config.corpus)
+    corpus = _corpus_for(config, cell or {})
     train, _ = split(corpus, config.context, config.val_fraction)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cell_seed(seed, {"lm": "benchmark"}) % 2**63)
@@ -537,8 +581,14 @@ def _benchmark(config: Config, device: str, seed: int) -> pd.DataFrame:
             orth0 = timer.seconds
             sync()
             t0 = time.perf_counter()
-            for o in opts:
-                o.step()
+            try:
+                for o in opts:
+                    o.step()
+            except USER_ERRORS as exc:
+                if opt.family != "plugin":
+                    raise
+                raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {_raised(exc)} "
+                               "in the step-time benchmark") from None
             sync()
             if r >= 0:
                 rows.append({"optimizer": opt.name, "round": r, "bench_step_ms": 1e3 * (time.perf_counter() - t0),
@@ -549,7 +599,7 @@ def _benchmark(config: Config, device: str, seed: int) -> pd.DataFrame:
 def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     opt = next(o for o in config.parsed() if o.name == cell["optimizer"])
     lr = float(cell["lr"])
-    corpus = load_corpus(config.corpus)
+    corpus = _corpus_for(config, cell)
     train, val = split(corpus, config.context, config.val_fraction)
     run = {"lm": "run", "replica": int(cell["replica"])}
     init_seed, order_seed = cell_seed(seed, {**run, "use": "init"}), cell_seed(seed, {**run, "use": "order"})
@@ -624,11 +674,11 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
         try:
             for o in opts:
                 o.step()
-        except Exception as exc:  # noqa: BLE001
+        except USER_ERRORS as exc:
             if opt.family != "plugin":
                 raise
-            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {type(exc).__name__} "
-                           f"in step {k}: {exc}") from None
+            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {_raised(exc)} "
+                           f"in step {k}") from None
         sync()
         step_s.append(time.perf_counter() - t0)
         orth_s.append(timer.seconds - orth_before)
