@@ -18,7 +18,7 @@ class CheckResult:
     Attributes
     ----------
     name : str
-        One of :data:`CHECK_NAMES`.
+        The check's stable name (e.g. one of :data:`CHECK_NAMES`).
     passed : bool
     value : float or int or None
         The measured worst case (a count of failing cases for the yes/no
@@ -37,11 +37,12 @@ class CheckResult:
     threshold: float | int | None
     detail: str = ""
     comparison: str = "<="
+    skipped: bool = False  # could not apply (e.g. a shape the optimizer rejects): passed, shown as SKIP
 
 
 @dataclass
 class Report:
-    """Result of :func:`check_orthogonalizer`.
+    """Result of a battery (:func:`check_orthogonalizer`, :func:`check_optimizer`).
 
     ``report.passed`` is true when every check passed; ``report.failures`` lists
     the failed :class:`CheckResult` objects; ``report.table()`` (and ``str``)
@@ -78,7 +79,8 @@ class Report:
         rows = [("check", "result", "value", "threshold", "detail")]
         for c in self.checks:
             thr = "-" if c.threshold is None else f"{c.comparison} {_fmt(c.threshold)}"
-            rows.append((c.name, "PASS" if c.passed else "FAIL", _fmt(c.value), thr, c.detail))
+            result = "SKIP" if c.skipped else "PASS" if c.passed else "FAIL"
+            rows.append((c.name, result, _fmt(c.value), thr, c.detail))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [head]
         for i, r in enumerate(rows):
@@ -89,7 +91,8 @@ class Report:
         if n_fail:
             lines.append(f"FAILED: {n_fail} of {len(self.checks)} checks ({', '.join(self.failed_names)})")
         else:
-            lines.append(f"PASSED: all {len(self.checks)} checks")
+            skipped = sum(c.skipped for c in self.checks)
+            lines.append(f"PASSED: all {len(self.checks)} checks" + (f" ({skipped} skipped)" if skipped else ""))
         return "\n".join(line.rstrip() for line in lines)
 
     def __str__(self) -> str:

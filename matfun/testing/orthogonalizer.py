@@ -62,7 +62,7 @@ Checks (``Report.checks``, in this order; names are stable)
     amplifies on tiny singular values, does not mask coefficient errors).  Catches a wrong coefficient, a wrong step count, a wrong
     normalisation.
 
-``schedule_agreement`` also runs a *coefficient fit*: ``fn`` is applied to 8
+``schedule_agreement`` also runs a *coefficient fit*: ``fn`` is applied to 8 (32×48)
 matrices ``U diag(σ) Vᵀ`` sharing one known spectrum; ``d_i`` = mean of
 ``u_iᵀ f(G) v_i`` is ``fn``'s empirical transfer function, and the part of
 ``d − p_K(σ)`` that lies in the span of ``∂p_K/∂(a, b, c)`` (every step) and
@@ -135,9 +135,10 @@ plain torch bfloat16 loop):
 =================  ===============================  =====================================
 schedule           ``"fp32"``                       ``"bf16"``
 =================  ===============================  =====================================
-jordan             a, b, c: 4e-5                    a, b, c: 2e-3 (catches 2.0351 for
-                                                    2.0315 and −4.7705 for −4.7750, *not*
-                                                    3.4454 for 3.4445)
+jordan             a, b, c: 4e-5                    a, b, c: 3e-3 on every seed (catches
+                                                    2.0351 for 2.0315 and −4.7705 for
+                                                    −4.7750; 2.0295 only on some seeds,
+                                                    *not* 3.4454 for 3.4445)
 you                last step 1e-4; first step a     last step 3e-3 – 4e-3; first step
                    2e-4, b 1e-3, c 6e-3             ≳ 1e-2 (a) or not at all (b, c)
 polar_express      last step 3e-5 – 1e-4; first     last-step c ≳ 1e-2 only (a correct
@@ -786,14 +787,15 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
             result = w.result(f"relative error vs {schedule} K={steps} ({schedule_precision})")
             if not result.passed:
                 return result
-            fit = _coefficient_fit(env, schedule, steps, (min(wide[0], tile[0]), min(wide[1], tile[1])), seed)
+            fit_shape = (min(_FIT_SHAPE[0], tile[0]), min(_FIT_SHAPE[1], tile[1]))
+            fit = _coefficient_fit(env, schedule, steps, fit_shape, seed)
             if isinstance(fit, str):
                 return CheckResult("schedule_agreement", False, math.nan, thr.coefficient_tol, fit)
             detail = f"{result.detail}; coefficient fit {_fmt(fit)} (<= {_fmt(thr.coefficient_tol)})"
             if fit > thr.coefficient_tol:
                 return CheckResult("schedule_agreement", False, fit, thr.coefficient_tol,
                                    f"transfer function deviates from {schedule}'s like a coefficient error: "
-                                   f"fit {_fmt(fit)} on {_PROBES} probes {_name(wide)}")
+                                   f"fit {_fmt(fit)} on {_PROBES} probes {_name(fit_shape)}")
             return CheckResult("schedule_agreement", True, result.value, result.threshold, detail)
 
         run("schedule_agreement", agreement)
@@ -801,6 +803,9 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
 
 
 _PROBES = 8  # matrices averaged by the coefficient fit (bf16 rounding noise falls as 1/sqrt(n))
+#: shape of the coefficient fit's probes: fixed (not drawn), because its thresholds were
+#: calibrated on it and its noise depends on the size; the drawn shapes guard the rest
+_FIT_SHAPE = (32, 48)
 
 
 def _sensitivities(sigma: np.ndarray, steps: int, schedule: str) -> tuple[np.ndarray, np.ndarray]:
