@@ -7,6 +7,11 @@ Batteries (one module each; every public name is importable from here):
     ``matrix → matrix`` function an orthogonaliser (and, if declared, the
     Newton–Schulz schedule it claims)?  Its module docstring documents every
     check, threshold and calibration.
+:mod:`matfun.testing.optimizer`
+    :func:`check_optimizer` / :func:`assert_optimizer`: is a torch optimizer's
+    update rule Muon's — orthogonalised momentum, its step-size rule, decoupled
+    weight decay, all-or-nothing steps, bf16, checkpoints?  Measured from the
+    outside, so it works on any ``torch.optim.Optimizer``.
 :mod:`matfun.sharded_check`
     :func:`check_sharded_optimizer`: does an optimizer give the same parameters
     sharded (FSDP2/DTensor) as unsharded?  Loaded on first use (it imports
@@ -23,6 +28,7 @@ from typing import Any
 
 from ._isolation import DEFAULT_TIMEOUT, BatteryTimeout, TargetError, TargetProcessError
 from ._report import CheckResult, Report
+from .optimizer import LR_RULES, OPTIMIZER_CHECK_NAMES, assert_optimizer, check_optimizer
 from .orthogonalizer import (
     BF16_COEFFICIENT_TOL,
     CHECK_NAMES,
@@ -45,6 +51,10 @@ __all__ = [
     "Thresholds",
     "assert_orthogonalizer",
     "check_orthogonalizer",
+    "LR_RULES",
+    "OPTIMIZER_CHECK_NAMES",
+    "assert_optimizer",
+    "check_optimizer",
     "check_sharded_optimizer",
     "assert_sharded_optimizer",
     "ShardedReport",

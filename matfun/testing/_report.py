@@ -52,6 +52,7 @@ class Report:
     checks: list[CheckResult] = field(default_factory=list)
     target: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    title: str = "orthogonaliser check"
 
     @property
     def passed(self) -> bool:
@@ -73,7 +74,7 @@ class Report:
 
     def table(self) -> str:
         """A fixed-width text table, one row per check, and a summary line."""
-        head = f"orthogonaliser check: {self.target}" if self.target else "orthogonaliser check"
+        head = f"{self.title}: {self.target}" if self.target else self.title
         if self.settings:
             head += "  (" + ", ".join(f"{k}={v}" for k, v in self.settings.items()) + ")"
         rows = [("check", "result", "value", "threshold", "detail")]
