@@ -12,6 +12,7 @@ Subcommands::
                            (your maps: diagnostics.plugins; Config overrides: diagnostics.overrides;
                            several seeds, drawn as mean and spread: diagnostics.runner)
     validate ...                           delegated to diagnostics.validate
+    validate-optimizer MODULE:FACTORY ...  delegated to diagnostics.validate_optimizer
     design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
     report MODULE:ATTR [--quick] [--out DIR]   delegated to diagnostics.report
 
@@ -215,6 +216,7 @@ def _import_validate() -> Any:
 #: matplotlib or scipy at module level.  One line per command.
 MODULE_COMMANDS: dict[str, Any] = {
     "validate": lambda: _import_validate(),
+    "validate-optimizer": lambda: _import_optional(f"{__package__ or 'diagnostics'}.validate_optimizer"),
     "design-schedule": lambda: _import_optional(f"{__package__ or 'diagnostics'}.design_cli"),
     "report": lambda: _import_optional(f"{__package__ or 'diagnostics'}.report"),
 }
