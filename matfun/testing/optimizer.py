@@ -694,15 +694,20 @@ def _compare(name: str, mine: Any, theirs: Any, tol: float, what: str) -> CheckR
     if mine is None or theirs is None:
         return CheckResult(name, True, None, tol, f"skipped: {what} not measured on both", skipped=True)
     if isinstance(mine, dict):
-        keys = sorted(set(mine) & set(theirs))
+        keys = sorted(set(mine) & set(theirs), key=str)
         errs = {k: _rel(np.asarray(mine[k], float), np.asarray(theirs[k], float)) for k in keys}
-        missing = sorted(set(mine) ^ set(theirs))
-        if missing:
-            return CheckResult(name, False, len(missing), 0, f"{what}: only one side has {missing}")
+        only = sorted(set(mine) ^ set(theirs), key=str)
+        note = f" (only one side has {', '.join(map(str, only))})" if only else ""
         if not errs:
-            return CheckResult(name, True, None, tol, f"skipped: no {what} in common", skipped=True)
+            return CheckResult(name, True, None, tol, f"skipped: no {what} in common{note}", skipped=True)
         k = max(errs, key=errs.get)
-        return CheckResult(name, errs[k] <= tol, errs[k], tol, f"{what}: worst {k} differs by {_fmt(errs[k])}")
+        bad = sorted((key for key in keys if errs[key] > tol), key=lambda key: -errs[key])
+        if not bad:
+            return CheckResult(name, True, errs[k], tol, f"{what}: worst {k} differs by {_fmt(errs[k])}{note}")
+        good = [str(key) for key in keys if errs[key] <= tol]
+        return CheckResult(name, False, errs[k], tol,
+                           f"{what} differ on " + ", ".join(f"{key} ({_fmt(errs[key])})" for key in bad[:4])
+                           + (f"; agree on {', '.join(good)}" if good else "") + note)
     err = _rel(np.asarray(mine, float), np.asarray(theirs, float))
     return CheckResult(name, err <= tol, err, tol, f"{what} differ by {_fmt(err)}")
 
@@ -857,13 +862,17 @@ def _reference_rows(mine: _Battery, theirs: _Battery, report: Report, skip: Sequ
                  stream[1] and dict(enumerate(stream[1].params)), rtol, "parameters after the stream"),
         _compare("reference_scale", a.get("scale"), b.get("scale"), max(rtol, 1e-3), "step size per shape"),
         _compare("reference_direction", a.get("update"), b.get("update"), rtol, "one-step update per shape"),
-        _compare("reference_weight_decay", {k: v for k, v in mine.decay.items() if v is not None} or None,
-                 {k: v for k, v in theirs.decay.items() if v is not None} or None, max(rtol, 1e-6),
-                 "decay factor per shape"),
+        _compare("reference_weight_decay", _decay(mine), _decay(theirs), max(rtol, 1e-6),
+                 "decay factor per shape (inf: coupled on one side)"),
         _compare("reference_momentum", a.get("momentum"), b.get("momentum"), max(rtol, 1e-3), "momentum ratios"),
         _compare("reference_state", _state_by_key(stream[0]), _state_by_key(stream[1]), rtol, "state tensors"),
     ]
     report.checks.extend(r for r in rows if r.name not in skip)
+
+
+def _decay(b: _Battery) -> dict[str, float] | None:
+    """Decay factor per probed shape (NaN where the decay was coupled)."""
+    return {k: math.nan if v is None else v for k, v in b.decay.items()} or None
 
 
 def _state_by_key(obs: Observed | None) -> dict[str, np.ndarray] | None:
