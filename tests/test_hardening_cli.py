@@ -316,7 +316,8 @@ def test_tiled_map_passes_with_its_tile_and_broken_tiling_fails():
     assert {"orthogonal_equivariance", "alignment", "schedule_agreement"} <= set(whole.failed_names)
     assert whole["alignment"].value < 0.65  # by design: tiles are not the whole polar factor
     r = check_orthogonalizer(tiled, schedule="jordan", tile=16, shapes=SHAPES)
-    assert r.passed and r["alignment"].value > 0.95, r.table()
+    # ≈ 0.97 on the fixed shapes; the drawn ones can end in a ragged 16×1 tile (57×17: 0.94)
+    assert r.passed and r["alignment"].value > 0.9, r.table()
     wrong_tile = lambda G: matfun.tiled_newton_schulz(G, 8, 5, "jordan")  # noqa: E731
     assert not check_orthogonalizer(wrong_tile, schedule="jordan", tile=16, shapes=SHAPES).passed
 

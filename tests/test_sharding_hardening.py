@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from matfun._spawn import run_distributed
-from matfun.sharded_check import (
+from matfun.testing.sharded import (
     TOL_FACTOR,
     _precision_hint,
     _state_mismatches,

@@ -12,7 +12,7 @@ Batteries (one module each; every public name is importable from here):
     update rule Muon's — orthogonalised momentum, its step-size rule, decoupled
     weight decay, all-or-nothing steps, bf16, checkpoints?  Measured from the
     outside, so it works on any ``torch.optim.Optimizer``.
-:mod:`matfun.sharded_check`
+:mod:`matfun.testing.sharded`
     :func:`check_sharded_optimizer`: does an optimizer give the same parameters
     sharded (FSDP2/DTensor) as unsharded?  Loaded on first use (it imports
     ``torch.distributed``).
@@ -64,7 +64,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # the sharded check imports torch.distributed: load it on first use only
     if name in ("check_sharded_optimizer", "assert_sharded_optimizer", "ShardedReport"):
-        from .. import sharded_check
+        from . import sharded
 
-        return getattr(sharded_check, name)
+        return getattr(sharded, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -500,15 +500,17 @@ def _checked_shapes(shapes: Any) -> list[tuple[int, int]]:
     """The caller's extra shapes: pairs of integers >= 2."""
     if shapes is None:
         return []
+
+    def integer(d: Any) -> bool:
+        return isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 2
+
     try:
-        checked = [tuple(int(d) for d in s) for s in shapes]
-        ok = all(len(s) == 2 and min(s) >= 2 for s in checked) and all(
-            float(d) == int(d) for s in shapes for d in s)
-    except (TypeError, ValueError):
+        ok = not isinstance(shapes, str) and all(len(s) == 2 and all(map(integer, s)) for s in shapes)
+    except TypeError:
         ok = False
     if not ok:
         raise ValueError(f"shapes must be a list of (H, W) with integers H, W >= 2, got {shapes!r}")
-    return checked  # type: ignore[return-value]
+    return [(int(h), int(w)) for h, w in shapes]
 
 
 def _checked_band(band: Any, schedule: str | None, steps: int, profile: str) -> tuple[float, float, float]:

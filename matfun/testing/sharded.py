@@ -76,8 +76,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._spawn import DistributedRunError, check_timeout, run_distributed
-from .testing import CheckResult, Report
+from .._spawn import DistributedRunError, check_timeout, run_distributed
+from ._report import CheckResult, Report
 
 __all__ = ["TOL_FACTOR", "ShardedReport", "assert_sharded_optimizer", "check_sharded_optimizer", "default_tol"]
 
