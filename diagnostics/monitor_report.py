@@ -39,7 +39,7 @@ LOG_SCALE = {"effective_step", "step_norm", "update_rms", "sv_min", "sv_max", "l
 NOT_DRAWN = {"rows", "cols", "nonfinite"}
 HEATMAPS = ("orthogonality", "alignment_momentum", "alignment_grad")
 #: thresholds of the verdicts
-ORTHOGONAL, NOT_ORTHOGONAL = 0.95, 0.9
+ORTHOGONAL, NOT_ORTHOGONAL = 0.95, 0.8
 ALIGNED = 0.8
 MAP_FAR = 0.5
 LR_SPREAD = 2.0
@@ -131,7 +131,11 @@ def verdicts(frame) -> dict[str, list[str]]:
         orth = get(param, "orthogonality")
         if orth < NOT_ORTHOGONAL:
             found[param].append(f"updates not orthogonalised (orthogonality {orth:.2f})")
-        elif orth >= ORTHOGONAL:
+        elif orth < ORTHOGONAL:
+            ratio = get(param, "sv_min") / get(param, "sv_max")
+            found[param].append(f"updates partly orthogonalised (orthogonality {orth:.2f}, "
+                                f"σ_min/σ_max {ratio:.2g}): the map leaves small singular values behind")
+        else:
             align = get(param, "alignment_momentum")
             found[param].append(f"orthogonalised updates (orthogonality {orth:.2f})")
             if align < ALIGNED:
@@ -300,7 +304,7 @@ def build_html(frame, source: str = "") -> str:
             except KeyError:
                 return "–"
 
-        bad = any(not (i.startswith("orthogonalised") or i.startswith("no issue")) for i in items)
+        bad = any(not (i.startswith(("orthogonalised", "updates partly", "no issue"))) for i in items)
         css = "bad" if bad else "good"
         parts.append(
             f"<tr><td><code>{e(param)}</code></td><td>{shape}</td><td>{cell('orthogonality')}</td>"

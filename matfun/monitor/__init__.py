@@ -161,7 +161,9 @@ class Monitor:
         does raises inside ``optimizer.step()``.
     events : list of dict
         The non-finite events: ``step``, ``param``, ``tensor`` ("gradient" or "update"),
-        ``count`` (non-finite entries), ``dump`` (the file, or None).
+        ``count`` (non-finite entries), ``dump`` (the file, or None).  An event is recorded
+        when a parameter's gradient, or the parameter itself (a non-finite update), turns
+        non-finite, not again while it stays so; the first one is also warned.
 
     Raises
     ------
@@ -255,7 +257,8 @@ class Monitor:
                 + ", ".join(f"{q.name} {tuple(q.tensor.shape)}" for q in self._params[:20])
             )
         self._snap: dict[int, dict] = {}
-        self._nonfinite_now: set[int] = set()
+        self._nonfinite_now: set[int] = set()  # parameters that are non-finite now
+        self._nonfinite_grad: set[int] = set()  # ... whose gradient was at the last check
         self._shape_done: set[str] = set()
         self._own_moment: dict[int, Tensor] = {}
         self._dumps = 0
@@ -406,8 +409,12 @@ class Monitor:
         self._refresh()
         self._snap = {}
         with_grad = [q for q in self._params if q.tensor.grad is not None]
+        now = set()
         for i in self._nonfinite([q.tensor.grad for q in with_grad]):
-            self._event(step, with_grad[i], "gradient", with_grad[i].tensor.grad)
+            now.add(id(with_grad[i].tensor))
+            if id(with_grad[i].tensor) not in self._nonfinite_grad:  # newly non-finite
+                self._event(step, with_grad[i], "gradient", with_grad[i].tensor.grad)
+        self._nonfinite_grad = now
         if not self._recording(step):
             return
         chosen = self._selected()
@@ -550,8 +557,8 @@ class Monitor:
         self.events.append({"step": step, "param": q.name, "tensor": kind, "count": count,
                             "dump": None if dump is None else str(dump)})
         self._emit(step, q.name, "nonfinite", NONFINITE_GRAD if kind == "gradient" else NONFINITE_UPDATE)
-        self._note(("nonfinite", q.name, kind), f"{q.name}: non-finite {kind} at step {step} ({count} entries)",
-                   warn=True)
+        self._note(("nonfinite",), f"first non-finite event: the {kind} of {q.name} at step {step} ({count} "
+                   "entries); every event is in monitor.events and in the frame (metric 'nonfinite')", warn=True)
 
     # -- results ------------------------------------------------------------------------------------
 
