@@ -4,9 +4,10 @@ The model is the ``lm`` experiment's quick GPT (64 wide, 2 blocks, 4 heads, cont
 batch 16; :mod:`diagnostics.gpt`), trained as ``lm`` trains it: matfun's Muon
 (``adjust_lr_fn="match_rms_adamw"``) on the blocks' matrices, AdamW on the rest, on random
 bytes.  Two identical copies train side by side; the monitored one carries
-``Monitor(muon, every=EVERY)`` (and, with ``--all``, a second monitor on AdamW).  One call of
-a side is ``EVERY`` training steps — exactly one recorded step — and the sides alternate
-A B, B A, … round by round, so that a change of load on the shared machine hits both.
+``Monitor(muon, every=EVERY)`` (and, with ``--all``, a second monitor on AdamW).  A round is
+``EVERY`` training steps of each side — exactly one recorded step — with the sides
+alternating step by step (A B, B A, …), so that a change of load on the shared machine hits
+both alike.
 Prints the median time per step of each side and the ratio of medians (target ≤ 1.05 at the
 default interval), plus the cost of one recorded step measured inside the monitored side.
 
@@ -84,11 +85,15 @@ def main() -> None:
         side.train(args.every)
     times = {"plain": [], "monitored": []}
     for r in range(args.rounds):
-        order = [("plain", plain), ("monitored", watched)]
-        for name, side in order if r % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            side.train(args.every)
-            times[name].append((time.perf_counter() - t0) / args.every)
+        total = {"plain": 0.0, "monitored": 0.0}
+        for k in range(args.every):  # the sides alternate step by step: A B, B A, ...
+            order = [("plain", plain), ("monitored", watched)]
+            for name, side in order if k % 2 == 0 else order[::-1]:
+                t0 = time.perf_counter()
+                side.train(1)
+                total[name] += time.perf_counter() - t0
+        for name in times:
+            times[name].append(total[name] / args.every)
     a, b = statistics.median(times["plain"]), statistics.median(times["monitored"])
     ratios = [m / p for p, m in zip(times["plain"], times["monitored"])]
     rec = statistics.median(watched.recorded_s)
@@ -99,7 +104,8 @@ def main() -> None:
           + (", probes on" if args.probes else "") + (", AdamW monitored too" if args.all else ""))
     print(f"  plain      {1e3 * a:8.2f} ms/step (median over rounds)")
     print(f"  monitored  {1e3 * b:8.2f} ms/step")
-    print(f"  ratio of medians {b / a:.3f}; per-round ratios {min(ratios):.3f}-{max(ratios):.3f}")
+    print(f"  ratio of medians {b / a:.3f}; median of the per-round ratios {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
     print(f"  optimizer.step() calls: plain {1e3 * opt_plain:.2f} ms, monitored unrecorded {1e3 * opt_watched:.2f} ms "
           f"(the every-step non-finite checks), recorded {1e3 * rec:.1f} ms")
     print(f"  direct estimate of the overhead: {1e3 * amortised:.3f} ms/step = {100 * amortised / a:.2f} % of the "
@@ -107,8 +113,11 @@ def main() -> None:
     for m in watched.monitors:
         m.detach()
     if args.log:
-        watched.monitors[0].save(args.log)
-        print(f"  log: {args.log} ({len(watched.monitors[0].frame())} records)")
+        import pandas as pd
+
+        frame = pd.concat([m.frame() for m in watched.monitors], ignore_index=True)
+        frame.sort_values("step", kind="stable").to_csv(args.log, index=False)
+        print(f"  log: {args.log} ({len(frame)} records)")
 
 
 if __name__ == "__main__":

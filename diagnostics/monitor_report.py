@@ -243,7 +243,7 @@ def heatmap_figure(frame, metric: str) -> str | None:
         return None
     grid = sub.pivot_table(index="param", columns="step", values="value", aggfunc="mean")
     grid = grid.reindex([p for p in dict.fromkeys(sub.param)])
-    fig, ax = plt.subplots(figsize=(min(2 + 0.25 * grid.shape[1], 12), 1 + 0.3 * grid.shape[0]))
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 2 + 0.25 * grid.shape[1]), 12), 1.2 + 0.3 * grid.shape[0]))
     im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
     steps = list(grid.columns)

@@ -340,3 +340,15 @@ def test_report_verdict_effective_lr_spread():
     found = verdicts(frame)
     assert any("effective lr differs 4.0× across the 3 layers of shape 8×8" in s for s in found["b"])
     assert "Verdict per layer" in build_html(frame)
+
+
+def test_nonfinite_check_fast_path_overflow_is_not_an_event():
+    big = torch.nn.Parameter(torch.full((4, 4), 3e38))  # finite, but its sum overflows float32
+    opt = torch.optim.SGD([big], lr=0.0)
+    mon = Monitor(opt, every=1)
+    big.grad = torch.full((4, 4), 3e38)
+    opt.step()
+    assert mon.events == []
+    big.grad[2, 1] = -math.inf
+    opt.step()
+    assert [(e["step"], e["tensor"], e["count"]) for e in mon.events] == [(2, "gradient", 1)]

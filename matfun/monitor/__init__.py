@@ -182,8 +182,8 @@ class Monitor:
     the update direction is ``u = (θ_before(1 − lr·λ) − θ_after)/lr``.  The map's input
     (``map_error``) is reconstructed for ``torch.optim.Muon`` and matfun's Muon, HiMuon and
     Muon2.  Gradients are checked for NaN/Inf in the pre-hook (before matfun's optimizers
-    would reject them), weights in the post-hook: one fused ``torch._foreach_norm`` per
-    device and dtype and one host synchronisation per hook.
+    would reject them), weights in the post-hook: one sum per tensor and one host
+    synchronisation per hook (an exact per-tensor check only when a sum is not finite).
     """
 
     def __init__(
@@ -508,29 +508,24 @@ class Monitor:
     # -- non-finite checks ------------------------------------------------------------------------
 
     def _nonfinite(self, tensors: list[Tensor]) -> list[int]:
-        """Indices of the tensors with NaN/Inf: one fused inf-norm per (device, dtype), one sync."""
-        if not tensors:
+        """Indices of the tensors with NaN/Inf, cheaply: the fast path sums every tensor (a NaN
+        or Inf entry makes the sum non-finite) and fetches one flag per hook (one host sync);
+        only when that flag is raised (or a sum overflowed) does an exact per-tensor check run."""
+        items = [(i, _local(t).detach()) for i, t in enumerate(tensors)]
+        items = [(i, t) for i, t in items if t.numel() and t.is_floating_point()]
+        if not items:
             return []
-        buckets: dict[tuple, list[int]] = {}
-        for i, t in enumerate(tensors):
-            t = _local(t)
-            if t.numel() and t.is_floating_point():
-                buckets.setdefault((t.device, t.dtype), []).append(i)
-        flags, order = [], []
-        for idx in buckets.values():
-            ts = [_local(tensors[i]).detach() for i in idx]
-            try:
-                norms = torch._foreach_norm(ts, math.inf)
-            except Exception:  # noqa: BLE001 - a dtype/device without the fused kernel
-                norms = [torch.linalg.vector_norm(t, math.inf) for t in ts]
-            flags.append(torch.isfinite(torch.stack([n.float() for n in norms])))
-            order.extend(idx)
-        if not flags:
+        buckets: dict[tuple, list[Tensor]] = {}
+        for _, t in items:
+            buckets.setdefault((t.device, t.dtype), []).append(t)
+        totals = []
+        for (_, dtype), ts in buckets.items():
+            wide = torch.float64 if dtype == torch.float64 else torch.float32  # float16 sums overflow at 65504
+            totals.append(torch.stack([t.sum(dtype=wide) for t in ts]).sum().double().cpu())
+        if bool(torch.isfinite(torch.stack(totals)).all()):
             return []
-        ok = torch.cat([f.cpu() for f in flags])
-        if bool(ok.all()):
-            return []
-        return [order[k] for k in torch.nonzero(~ok).flatten().tolist()]
+        flags = torch.stack([torch.isfinite(t).all().cpu() for _, t in items])
+        return [items[k][0] for k in torch.nonzero(~flags).flatten().tolist()]
 
     def _event(self, step: int, q: _Param, kind: str, tensor: Tensor) -> None:
         if len(self.events) >= self.max_events:
