@@ -15,6 +15,7 @@ Subcommands::
     validate-optimizer MODULE:FACTORY ...  delegated to diagnostics.validate_optimizer
     design-schedule --lower L [--steps K ...]  delegated to diagnostics.design_cli
     report MODULE:ATTR [--quick] [--out DIR]   delegated to diagnostics.report
+    monitor-report LOG [--out DIR]             delegated to diagnostics.monitor_report
 
 Output directories: results (cell cache + ``results.csv``) go to
 ``RESULTS/NAME/``, figures to ``FIGURES/NAME/``.  Defaults ``results/`` and
@@ -219,6 +220,7 @@ MODULE_COMMANDS: dict[str, Any] = {
     "validate-optimizer": lambda: _import_optional(f"{__package__ or 'diagnostics'}.validate_optimizer"),
     "design-schedule": lambda: _import_optional(f"{__package__ or 'diagnostics'}.design_cli"),
     "report": lambda: _import_optional(f"{__package__ or 'diagnostics'}.report"),
+    "monitor-report": lambda: _import_optional(f"{__package__ or 'diagnostics'}.monitor_report"),
 }
 
 
