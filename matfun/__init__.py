@@ -56,4 +56,14 @@ __all__ = [
     "smoothed_polar",
     "transfer_function",
 ]
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version (one source: ``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("matfun")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
