@@ -21,7 +21,7 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def check_timeout(timeout: Any) -> float | None:
     return value
 
 
-def _timeout_message(timeout: float, what: str) -> str:
+def _timeout_message(timeout: float | None, what: str) -> str:
     return f"the function under test did not finish the battery within timeout={timeout:g} s ({what})"
 
 
@@ -202,7 +202,7 @@ class ProcessCaller:
             raise BatteryTimeout(_timeout_message(self.timeout, f"while {what}; the target process was killed"))
         self._died(what)
 
-    def _died(self, what: str) -> None:
+    def _died(self, what: str) -> NoReturn:
         self._proc.join(2.0)
         code = self._proc.exitcode
         self.close()
@@ -266,6 +266,7 @@ class ProcessCaller:
         after = self._array(what, X64.shape, limit)
         if error is not None:
             return None, error, after
+        assert isinstance(out, dict)  # checked above: no error means an output description
         try:
             values = self._array(what, tuple(int(d) for d in out["shape"]), limit) if out.get("has_values") else None
             return RemoteOutput(out, values), None, after

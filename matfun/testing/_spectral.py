@@ -132,16 +132,17 @@ def _probe(rng: np.random.Generator, shape: tuple[int, int], tile: tuple[int, in
     return G, blocks
 
 
-def _call(env: _Env, G: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+def _call(env: _Env, G: np.ndarray) -> np.ndarray | str:
+    """``f(G)`` as float64, or why there is no usable output."""
     out, err = env.call(env.make(G))
     if err:
-        return None, err
+        return err
     X = _f64(out)
     if X.shape != G.shape:
-        return None, f"output shape {X.shape} != input shape {G.shape}"
+        return f"output shape {X.shape} != input shape {G.shape}"
     if not np.all(np.isfinite(X)):
-        return None, f"{int(np.sum(~np.isfinite(X)))} non-finite output entries"
-    return X, None
+        return f"{int(np.sum(~np.isfinite(X)))} non-finite output entries"
+    return X
 
 
 def direction_gain(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[int, int], seed: int,
@@ -154,9 +155,9 @@ def direction_gain(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[int
     bad: list[str] = []
     for i, shape in enumerate(shapes):
         G, blocks = _probe(_rng(seed, 20, i), shape, tile)
-        X, err = _call(env, G)
-        if err:
-            bad.append(f"{_name(shape)}: {err}")
+        X = _call(env, G)
+        if isinstance(X, str):
+            bad.append(f"{_name(shape)}: {X}")
             continue
         recon = np.zeros_like(X)
         for b in blocks:
@@ -203,9 +204,9 @@ def output_spectrum(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[in
     worst_null = 0.0
     for i, (case, shape, fraction) in enumerate(cases):
         G, blocks = _probe(_rng(seed, 21, i), shape, tile, fraction)
-        X, err = _call(env, G)
-        if err:
-            problems.append((math.inf, 0, f"{case}: {err}"))
+        X = _call(env, G)
+        if isinstance(X, str):
+            problems.append((math.inf, 0, f"{case}: {X}"))
             continue
         for b in blocks:
             x = b.sigma / np.linalg.norm(b.sigma)
@@ -219,7 +220,7 @@ def output_spectrum(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[in
                 out = max(lo - live.min(), live.max() - hi)
                 problems.append((out, 0, f"singular values [{_fmt(live.min())}, {_fmt(live.max())}] on {where} "
                                       f"outside the band [{_fmt(lo)}, {_fmt(hi)}]"))
-            if fraction < 1 and rank < s.size:
+            if null_tol is not None and fraction < 1 and rank < s.size:
                 top = max(float(s[0]), np.finfo(float).tiny)
                 null = float(s[rank:].max()) / top
                 worst_null = max(worst_null, null)

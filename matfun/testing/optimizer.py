@@ -330,7 +330,8 @@ class _Battery:
         results, bad = [], []
         for i, kind in enumerate(self.kinds("square", "tall")):
             shape = SHAPES[kind]
-            theta0 = _with_spectrum(self.rng(2, i), shape, np.geomspace(1.0, 1.0 / _spectral.KAPPA, min(shape)))
+            theta0 = _with_spectrum(self.rng(2, i), (shape[0], shape[1]),
+                                    np.geomspace(1.0, 1.0 / _spectral.KAPPA, min(shape)))
             run = self.build([theta0])
             if isinstance(run, str):
                 return CheckResult("weight_decay", False, math.nan, None, f"{kind}: {run}")
@@ -521,9 +522,12 @@ class _Battery:
         for bad_value in (math.nan, math.inf):
             bad_grad = clean[1].copy()  # on the last parameter: a per-parameter loop has updated the first
             bad_grad[3, 5] = bad_value
-            runs = [self.build(theta), self.build(theta)]
-            if any(isinstance(r, str) for r in runs):
-                return CheckResult(name, False, math.nan, 0, next(r for r in runs if isinstance(r, str)))
+            runs = []
+            for _ in range(2):
+                r = self.build(theta)
+                if isinstance(r, str):
+                    return CheckResult(name, False, math.nan, 0, r)
+                runs.append(r)
             for r in runs:
                 _, err = self.step(r, warm)
                 if err:
@@ -558,8 +562,8 @@ class _Battery:
         return CheckResult(name, True, 0, 0, "; ".join(outcomes))
 
     def stream(self, dtype: torch.dtype | None = None, *, zero_init: bool = False, norm: float | None = None,
-               tensor_lr: bool = False, resume_after: int | None = None) -> tuple[Observed | None, str | None]:
-        """The 3-step stream on square/wide/tall parameters; the final observation."""
+               tensor_lr: bool = False, resume_after: int | None = None) -> Observed | str:
+        """The 3-step stream on square/wide/tall parameters: the final observation, or what failed."""
         kinds = self.kinds("square", "wide", "tall") or ["square"]
         rng = self.rng(7)
         theta = [np.zeros(SHAPES[k]) if zero_init else 0.1 * rng.standard_normal(SHAPES[k]) for k in kinds]
@@ -569,30 +573,30 @@ class _Battery:
             grads.append([g * (norm / np.linalg.norm(g)) for g in gs] if norm else gs)
         run = self.build(theta, dtype)
         if isinstance(run, str):
-            return None, run
+            return run
         if tensor_lr and (err := self.driver.tensor_lr(run)):
-            return None, err
-        obs = None
+            return err
+        obs = self.driver.observe(run)
         for t, g in enumerate(grads):
             obs, err = self.step(run, g)
             if err:
-                return None, f"step {t + 1}: {err}"
+                return f"step {t + 1}: {err}"
             if resume_after == t + 1:
                 ckpt = self.driver.checkpoint(run)
                 if isinstance(ckpt, str):
-                    return None, ckpt
+                    return ckpt
                 fresh = self.build(obs.params, dtype)
                 if isinstance(fresh, str):
-                    return None, fresh
+                    return fresh
                 if err := self.driver.restore(fresh, ckpt):
-                    return None, err
+                    return err
                 run = fresh
-        return obs, None
+        return obs
 
     def deterministic(self) -> CheckResult:
-        (a, ea), (b, eb) = self.stream(), self.stream()
-        if ea or eb:
-            return CheckResult("deterministic", False, math.nan, 0, ea or eb)
+        a, b = self.stream(), self.stream()
+        if isinstance(a, str) or isinstance(b, str):
+            return CheckResult("deterministic", False, math.nan, 0, str(a if isinstance(a, str) else b))
         self.measured["stream"] = a
         diff = [i for i in range(len(a.params)) if not np.array_equal(a.params[i], b.params[i], equal_nan=True)]
         return CheckResult("deterministic", not diff, len(diff), 0,
@@ -600,20 +604,20 @@ class _Battery:
                            f"{STREAM_STEPS}-step runs identical")
 
     def checkpoint_resume(self) -> CheckResult:
-        base = self.measured.get("stream") or self.stream()[0]
-        resumed, err = self.stream(resume_after=1)
-        if err or base is None:
-            return CheckResult("checkpoint_resume", False, math.nan, 0, err or "the stream failed")
+        base, resumed = self.measured.get("stream") or self.stream(), self.stream(resume_after=1)
+        if isinstance(base, str) or isinstance(resumed, str):
+            return CheckResult("checkpoint_resume", False, math.nan, 0, str(base if isinstance(base, str) else resumed))
         diff = _changes(base, resumed)
         return CheckResult("checkpoint_resume", not diff, len(diff), 0,
                            f"resumed run differs: {', '.join(diff[:3])}" if diff else
                            "state_dict() after step 1 resumes steps 2-3 bit for bit")
 
     def tensor_lr(self) -> CheckResult:
-        base = self.measured.get("stream") or self.stream()[0]
-        got, err = self.stream(tensor_lr=True)
-        if err and base is not None:
-            return CheckResult("tensor_lr", True, None, ULPS, f"skipped: a tensor lr is not accepted ({err})",
+        base, got = self.measured.get("stream") or self.stream(), self.stream(tensor_lr=True)
+        if isinstance(base, str):
+            return CheckResult("tensor_lr", False, math.nan, ULPS, f"float lr: {base}")
+        if isinstance(got, str):
+            return CheckResult("tensor_lr", True, None, ULPS, f"skipped: a tensor lr is not accepted ({got})",
                                skipped=True)
         eps = float(torch.finfo(self.dtype).eps)
         worst = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b) * eps, np.finfo(float).tiny)))
@@ -622,10 +626,12 @@ class _Battery:
 
     def bfloat16(self) -> CheckResult:
         name = "bfloat16"
-        f32, e32 = self.stream(torch.float32, zero_init=True, norm=50.0)
-        b16, e16 = self.stream(torch.bfloat16, zero_init=True, norm=50.0)
-        if e32 or e16:
-            return CheckResult(name, False, math.nan, BF16_PARAM_TOL, f"{'float32' if e32 else 'bfloat16'}: {e32 or e16}")
+        f32 = self.stream(torch.float32, zero_init=True, norm=50.0)
+        b16 = self.stream(torch.bfloat16, zero_init=True, norm=50.0)
+        for label, run in (("float32", f32), ("bfloat16", b16)):
+            if isinstance(run, str):
+                return CheckResult(name, False, math.nan, BF16_PARAM_TOL, f"{label}: {run}")
+        assert not isinstance(f32, str) and not isinstance(b16, str)
         for i, (sa, sb) in enumerate(zip(b16.state, f32.state)):
             for key in sorted(set(sa) & set(sb)):
                 r = _rel(sa[key], sb[key])
@@ -700,7 +706,7 @@ def _compare(name: str, mine: Any, theirs: Any, tol: float, what: str) -> CheckR
         note = f" (only one side has {', '.join(map(str, only))})" if only else ""
         if not errs:
             return CheckResult(name, True, None, tol, f"skipped: no {what} in common{note}", skipped=True)
-        k = max(errs, key=errs.get)
+        k = max(errs, key=lambda key: errs[key])
         bad = sorted((key for key in keys if errs[key] > tol), key=lambda key: -errs[key])
         if not bad:
             return CheckResult(name, True, errs[k], tol, f"{what}: worst {k} differs by {_fmt(errs[k])}{note}")
@@ -813,14 +819,15 @@ def check_optimizer(
         settings["preconditioned"] = True
     if ref is not None:
         settings["reference"] = ref[1]
-    options = dict(seed=int(seed), dtype=torch.float32, lr=lr, momentum=momentum, lr_rule=lr_rule, tile=tile,
-                   preconditioned=preconditioned)
+    def battery(target: Callable[[list[torch.nn.Parameter]], Any], label: str) -> _Battery:
+        return _Battery(Driver(target, label), seed=int(seed), dtype=torch.float32, lr=lr, momentum=momentum,
+                        lr_rule=lr_rule, tile=tile, preconditioned=preconditioned)
 
     def body() -> Report:
         report = Report(target=name, settings=settings, title="optimizer check")
-        mine = _run_checks(_Battery(Driver(factory, name), **options), report, skip, "bfloat16" in dtypes)
+        mine = _run_checks(battery(factory, name), report, skip, "bfloat16" in dtypes)
         if ref is not None:
-            theirs = _run_checks(_Battery(Driver(ref[0], ref[1]), **options), Report(), skip, False)
+            theirs = _run_checks(battery(*ref), Report(), skip, False)
             _reference_rows(mine, theirs, report, skip, REFERENCE_RTOL[compute_precision])
         return report
 

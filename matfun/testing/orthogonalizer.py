@@ -462,7 +462,7 @@ def check_orthogonalizer(
         schedule_tol=defaults.schedule_tol if schedule_tol is None else _number("schedule_tol", schedule_tol),
         coefficient_tol=_number("coefficient_tol", coefficient_tol) if coefficient_tol is not None else (
             defaults.coefficient_tol if defaults.coefficient_tol is not None
-            else BF16_COEFFICIENT_TOL.get(schedule, max(BF16_COEFFICIENT_TOL.values()))),
+            else BF16_COEFFICIENT_TOL.get(schedule or "", max(BF16_COEFFICIENT_TOL.values()))),
     )
     _check_thresholds(thr)
     band = _checked_band(gain_band, schedule, steps, precision_profile)
@@ -502,7 +502,7 @@ def _checked_shapes(shapes: Any) -> list[tuple[int, int]]:
         return []
 
     def integer(d: Any) -> bool:
-        return isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 2
+        return bool(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 2)
 
     try:
         ok = not isinstance(shapes, str) and all(len(s) == 2 and all(map(integer, s)) for s in shapes)
@@ -560,6 +560,7 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
     reference_polar = Tiled(Polar(), tile) if tiled else polar
 
     def reference_ns(G: Any) -> Any:
+        assert schedule is not None  # only schedule_agreement calls it
         if tiled:
             return tiled_newton_schulz(G, tile, steps, schedule, precision=schedule_precision)
         return newton_schulz(G, steps, schedule, precision=schedule_precision)
@@ -694,7 +695,7 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
             out1, err1 = env.call(A)
             out2, err2 = env.call(env.make(Q1 @ A64 @ Q2))
             if err1 or err2:
-                w.error(case, err1 or err2)
+                w.error(case, str(err1 or err2))
                 continue
             try:
                 X = _f64(out1)
@@ -717,7 +718,7 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
             out1, err1 = env.call(A)
             out2, err2 = env.call(env.make(A64.T))
             if err1 or err2:
-                w.error(case, err1 or err2)
+                w.error(case, str(err1 or err2))
                 continue
             try:
                 w.add(case, _relerr(_f64(out2), _f64(out1).T))
@@ -794,7 +795,7 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
             if isinstance(fit, str):
                 return CheckResult("schedule_agreement", False, math.nan, thr.coefficient_tol, fit)
             detail = f"{result.detail}; coefficient fit {_fmt(fit)} (<= {_fmt(thr.coefficient_tol)})"
-            if fit > thr.coefficient_tol:
+            if thr.coefficient_tol is not None and fit > thr.coefficient_tol:
                 return CheckResult("schedule_agreement", False, fit, thr.coefficient_tol,
                                    f"transfer function deviates from {schedule}'s like a coefficient error: "
                                    f"fit {_fmt(fit)} on {_PROBES} probes {_name(fit_shape)}")
@@ -820,7 +821,7 @@ def _sensitivities(sigma: np.ndarray, steps: int, schedule: str) -> tuple[np.nda
     def variant(k: int, j: int, h: float) -> Any:
         coeffs = [list(c) for c in sched.coefficients]
         coeffs[k][j] += h
-        return Schedule(sched.name, tuple(map(tuple, coeffs)), sched.normalization)
+        return Schedule(sched.name, tuple((c[0], c[1], c[2]) for c in coeffs), sched.normalization)
 
     h = 1e-6
     for k in range(len(sched.coefficients)):
