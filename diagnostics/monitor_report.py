@@ -304,7 +304,8 @@ def build_html(frame, source: str = "") -> str:
             except KeyError:
                 return "–"
 
-        bad = any(not (i.startswith(("orthogonalised", "updates partly", "no issue"))) for i in items)
+        bad = any(i.startswith(("updates not", "non-finite", "orthogonal but", "map far", "effective lr"))
+                  for i in items)
         css = "bad" if bad else "good"
         parts.append(
             f"<tr><td><code>{e(param)}</code></td><td>{shape}</td><td>{cell('orthogonality')}</td>"

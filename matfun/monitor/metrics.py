@@ -214,14 +214,25 @@ def tiling_loss(M: Tensor, tile: int | tuple[int, int], *, method: str = "auto")
     return 1.0 - float((M.double() * P.double()).sum()) / (spec * nuclear)
 
 
+#: quantile of the spectrum :func:`condition_number` divides by (see there)
+CONDITION_QUANTILE = 0.9
+
+
 def condition_number(X: Tensor) -> float:
-    """``σ_max/σ_min`` of ``X`` (σ_min floored at ``σ_max·eps`` of its dtype; NaN for 0)."""
+    """``σ₁/σ_k`` of ``X`` with ``k = ⌈0.9·r⌉``: the condition of the top 90 % of the spectrum.
+
+    Not ``σ_max/σ_min``: a momentum matrix usually has a few near-null directions whose
+    size is rounding noise, and dividing by them measures the noise (ratios of 1e5 that
+    change by 10× between steps).  What a finite Newton–Schulz map must bring to 1 is the
+    bulk of the spectrum; ``σ_k`` is floored at ``σ₁·eps`` of the dtype; NaN for 0.
+    """
     s = singular_values(X.detach())
     top = float(s[0]) if s.numel() else 0.0
     if not top > 0:
         return math.nan
+    k = max(math.ceil(CONDITION_QUANTILE * s.numel()), 1) - 1
     floor = top * torch.finfo(s.dtype).eps
-    return top / max(float(s[-1]), floor)
+    return top / max(float(s[k]), floor)
 
 
 @torch.no_grad()
