@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .validate import DEFAULT_TIMEOUT, _seconds, _tile
+from .validate import DEFAULT_TIMEOUT, _nonneg_int, _seconds, _tile
 
 PROG = "matfun-diagnostics validate-optimizer"
 HELP = "validate a Muon-type torch optimizer's update rule (orthogonalised momentum, lr rule, weight decay, ...)"
@@ -43,16 +43,6 @@ CHECKS = ("shapes", "orthogonalised", "momentum", "step_scale", "weight_decay", 
           "reference_momentum", "reference_state")
 
 
-def _seed(value: str) -> int:
-    try:
-        seed = int(value)
-    except ValueError:
-        seed = -1
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value!r}")
-    return seed
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``validate-optimizer`` arguments to ``parser`` (used by :mod:`diagnostics.cli`)."""
     parser.add_argument("target", metavar="MODULE:FACTORY",
@@ -68,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16 check")
     parser.add_argument("--compute-precision", choices=("float32", "bfloat16"), default="float32",
                         help="precision the optimizers compute in: the --reference tolerance (default float32)")
-    parser.add_argument("--seed", type=_seed, default=None,
+    parser.add_argument("--seed", type=_nonneg_int, default=None,
                         help="seed of the probes (default: drawn afresh and printed in the table's header)")
     parser.add_argument("--skip", nargs="+", choices=CHECKS, default=(), metavar="CHECK",
                         help=f"leave out these checks ({', '.join(CHECKS)})")

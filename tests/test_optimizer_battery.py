@@ -15,12 +15,7 @@ from tests import _planted_optimizers as po
 SEEDS = (0, 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CORRECT = {

@@ -40,14 +40,7 @@ def max_entry_normalised(G):
     return X
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The battery's matrices are 48×32 at most: intra-op threads only cost (and on a
-    loaded 2-core machine, cost a lot — spin-waiting threads).  Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def failed(report: Report) -> set[str]:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .metrics import preconditioned
+
 
 def _matfun_classes() -> tuple[type, ...]:
     from matfun.optim import HiMuon, Muon, Muon2
@@ -97,20 +99,10 @@ def map_input(optimizer: torch.optim.Optimizer, p: Tensor, group: dict[str, Any]
         V = second_moment_of(optimizer, p)
         if V is None:
             return None
-        return _precondition(X, V, group["eps"])
+        return preconditioned(X, V, group["eps"])
     return X
 
 
-def _precondition(M: Tensor, V: Tensor | tuple[Tensor, Tensor], eps: float) -> Tensor:
-    import matfun
-
-    moment = matfun.SecondMoment(eps=eps, factorized=isinstance(V, tuple))
-    moment.shape = tuple(M.shape)
-    if moment.factorized:
-        moment.row, moment.col = (v.detach().to(M.dtype).reshape(-1) for v in V)
-    else:
-        moment.full = V.detach().to(M.dtype).reshape(M.shape)
-    return moment.precondition(M)
 
 
 def second_moment_of(optimizer: torch.optim.Optimizer, p: Tensor) -> Tensor | tuple[Tensor, Tensor] | None:

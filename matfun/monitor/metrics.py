@@ -244,6 +244,12 @@ def preconditioning_condition(M: Tensor, V: Tensor | tuple[Tensor, Tensor], eps:
     Compare with :func:`condition_number` of ``M``: a smaller number means the
     preconditioned input is easier for a finite Newton–Schulz map.
     """
+    return condition_number(preconditioned(M, V, eps))
+
+
+@torch.no_grad()
+def preconditioned(M: Tensor, V: Tensor | tuple[Tensor, Tensor], eps: float = 1e-8) -> Tensor:
+    """Muon²'s map input ``M ⊘ (√V + ε)`` for a full ``V`` or Muon²-F's row/column statistics ``(R, C)``."""
     import matfun
 
     M = M.detach()
@@ -253,7 +259,7 @@ def preconditioning_condition(M: Tensor, V: Tensor | tuple[Tensor, Tensor], eps:
         moment.row, moment.col = (v.detach().to(M.dtype).reshape(-1) for v in V)
     else:
         moment.full = V.detach().to(M.dtype).reshape(M.shape)
-    return condition_number(moment.precondition(M))
+    return moment.precondition(M)
 
 
 def parameter_metrics(

@@ -148,6 +148,19 @@ class ThreadCaller(DirectCaller):
 # ------------------------------------------------------------------ child process
 
 
+def kill_process_tree(proc: Any) -> None:
+    """Kill a child started by this module and everything it forked (it leads its own session)."""
+    if proc.pid is not None:
+        try:
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5.0)
+
+
 def _context() -> Any:
     """forkserver where available (one import of torch per session, not per target)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -289,16 +302,7 @@ class ProcessCaller:
 
     def close(self) -> None:
         """Kill the child and anything it forked (its own session); idempotent."""
-        proc = self._proc
-        if proc.pid is not None:
-            try:
-                if os.getpgid(proc.pid) == proc.pid:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            except (OSError, AttributeError):
-                pass
-            if proc.is_alive():
-                proc.kill()
-            proc.join(5.0)
+        kill_process_tree(self._proc)
         self._conn.close()
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import multiprocessing.connection
 import os
-import signal
 from typing import Any
 
-from ._isolation import BatteryTimeout, TargetError, TargetProcessError, _context
+from ._isolation import BatteryTimeout, TargetError, TargetProcessError, _context, kill_process_tree
 from ._report import CheckResult, Report
 
 __all__ = ["check_optimizer_isolated"]
@@ -47,7 +46,7 @@ def check_optimizer_isolated(target: str, *, timeout: float, **options: Any) -> 
             raise TargetProcessError(f"{target}: the target process ended with exit code {proc.exitcode} "
                                      f"before the battery completed{hint}") from None
     finally:
-        _kill(proc)
+        kill_process_tree(proc)
     kind = reply.get("kind")
     if kind == "target_error":
         raise TargetError(str(reply.get("message"))[:500])
@@ -58,18 +57,6 @@ def check_optimizer_isolated(target: str, *, timeout: float, **options: Any) -> 
     checks = [CheckResult(**{k: c[k] for k in ("name", "passed", "value", "threshold", "detail", "comparison",
                                                "skipped")}) for c in reply["checks"]]
     return Report(checks, target=str(reply["target"]), settings=dict(reply["settings"]), title=str(reply["title"]))
-
-
-def _kill(proc: Any) -> None:
-    if proc.pid is not None:
-        try:
-            if os.getpgid(proc.pid) == proc.pid:
-                os.killpg(proc.pid, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5.0)
 
 
 def _serve(conn: Any, target: str, options: dict[str, Any], threads: int) -> None:
