@@ -19,43 +19,45 @@ Each function is a thin wrapper over a map object (:class:`Polar`,
 ``iterates`` and ``flops``.
 """
 
+from ._backend import PRECISIONS
 from .base import Map
 from .design import DesignedSchedule, design_schedule
 from .newton_schulz import NewtonSchulz, newton_schulz, newton_schulz_iterates
 from .polar import Polar, SmoothedPolar, polar, smoothed_polar
-from .qdwh import QDWHInfo, qdwh_polar
 from .precondition import Preconditioned, SecondMoment, precondition, preconditioned_newton_schulz
-from .tiling import Tiled, check_tile, tiled_newton_schulz, tiled_newton_schulz_many
+from .qdwh import QDWHInfo, qdwh_polar
 from .schedules import SCHEDULES, Schedule, get_schedule, transfer_function
-from ._backend import PRECISIONS
+from .tiling import Tiled, check_tile, tiled_newton_schulz, tiled_newton_schulz_many
 
 __all__ = [
-    "Map",
+    "PRECISIONS",
+    "SCHEDULES",
     "DesignedSchedule",
-    "design_schedule",
+    "Map",
     "NewtonSchulz",
     "Polar",
     "Preconditioned",
-    "SecondMoment",
-    "Tiled",
-    "SmoothedPolar",
+    "QDWHInfo",
     "Schedule",
-    "SCHEDULES",
-    "PRECISIONS",
+    "SecondMoment",
+    "SmoothedPolar",
+    "Tiled",
+    "check_tile",
+    "design_schedule",
     "get_schedule",
     "newton_schulz",
     "newton_schulz_iterates",
     "polar",
-    "qdwh_polar",
-    "QDWHInfo",
     "precondition",
     "preconditioned_newton_schulz",
-    "check_tile",
+    "qdwh_polar",
+    "smoothed_polar",
     "tiled_newton_schulz",
     "tiled_newton_schulz_many",
-    "smoothed_polar",
     "transfer_function",
 ]
+
+
 def _version() -> str:
     """The installed distribution's version (one source: ``pyproject.toml``)."""
     from importlib.metadata import PackageNotFoundError, version

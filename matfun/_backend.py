@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -136,8 +137,7 @@ def validate_matrix(G: Any, name: str = "G", check_finite: bool = True) -> Any:
         xp = array_api_compat.array_namespace(G)
     except TypeError:
         raise TypeError(
-            f"{name} must be a numpy array or a torch tensor of shape (..., H, W), "
-            f"got {type(G).__name__}"
+            f"{name} must be a numpy array or a torch tensor of shape (..., H, W), got {type(G).__name__}"
         ) from None
     if is_torch(G) and G.device.type == "meta":
         raise ValueError(
@@ -146,9 +146,7 @@ def validate_matrix(G: Any, name: str = "G", check_finite: bool = True) -> Any:
             "(for costs without data, Map.flops(shape) takes a shape)"
         )
     if G.ndim < 2:
-        raise ValueError(
-            f"{name} must have at least 2 dimensions (..., H, W), got shape {tuple(G.shape)}"
-        )
+        raise ValueError(f"{name} must have at least 2 dimensions (..., H, W), got shape {tuple(G.shape)}")
     if not _is_real_float(G):
         kind = "complex" if "complex" in dtype_name(G) else "non-floating"
         raise TypeError(
@@ -407,8 +405,7 @@ def check_same_backend(A: Any, B_: Any, name_a: str, name_b: str) -> None:
     lib_a, lib_b = _library(A), _library(B_)
     if lib_a != lib_b:
         raise TypeError(
-            f"{name_b} is a {lib_b} array but {name_a} is a {lib_a} array; "
-            f"pass both as the same library (and device)"
+            f"{name_b} is a {lib_b} array but {name_a} is a {lib_a} array; pass both as the same library (and device)"
         )
     if is_torch(A) and A.device != B_.device:
         raise ValueError(

@@ -59,8 +59,12 @@ _BLOCK = 32
 
 def applies(A: torch.Tensor) -> bool:
     """Whether the tall batch ``A`` (``(B, m, n)``) runs here rather than in batched torch."""
-    return (A.device.type == "cpu" and A.dtype in (torch.float32, torch.float64) and A.shape[-1] >= MIN_SIZE
-            and not A.requires_grad)
+    return (
+        A.device.type == "cpu"
+        and A.dtype in (torch.float32, torch.float64)
+        and A.shape[-1] >= MIN_SIZE
+        and not A.requires_grad
+    )
 
 
 class _Kernels:
@@ -94,8 +98,7 @@ def qdwh_matrix(A: torch.Tensor, plan) -> tuple[torch.Tensor | None, dict]:
     counts = {"qr": 0, "cholesky": 0, "polish": 0, "lower_bound": math.nan}
     qr, tau = torch.geqrf(A)
     R = qr[:n].triu()
-    alpha = min(float(torch.linalg.matrix_norm(R)),
-                math.sqrt(float(R.abs().sum(-2).amax() * R.abs().sum(-1).amax())))
+    alpha = min(float(torch.linalg.matrix_norm(R)), math.sqrt(float(R.abs().sum(-2).amax() * R.abs().sum(-1).amax())))
     if not alpha > 0:
         return None, counts
     R /= alpha

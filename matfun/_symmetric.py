@@ -24,7 +24,7 @@ linear algebra subprograms*, ACM TOMS 16(1), 1990 (``xSYRK``, ``xSYMM``).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,12 +50,7 @@ _FILL_BLOCK = 64
 
 def applies(X: torch.Tensor) -> bool:
     """Whether the symmetric step should run on the compute tensor ``X`` (``(..., r, s)``, r ≤ s)."""
-    return (
-        X.device.type == "cpu"
-        and X.dtype in _ROUTINES
-        and X.shape[-2] >= MIN_GRAM_SIZE
-        and not X.requires_grad
-    )
+    return X.device.type == "cpu" and X.dtype in _ROUTINES and X.shape[-2] >= MIN_GRAM_SIZE and not X.requires_grad
 
 
 def fill_lower_from_upper(a: np.ndarray) -> np.ndarray:

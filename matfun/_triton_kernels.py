@@ -63,12 +63,28 @@ def _mm(p, q, BF16_DOT: tl.constexpr):
 
 @triton.jit
 def ns_tiles_kernel(
-    x_ptr, out_ptr, coef_ptr, n_steps,
-    H, W, TH, TW, n_tile_cols, tiles_per_matrix,
-    sxb, sxh, sxw, sob, soh, sow,
+    x_ptr,
+    out_ptr,
+    coef_ptr,
+    n_steps,
+    H,
+    W,
+    TH,
+    TW,
+    n_tile_cols,
+    tiles_per_matrix,
+    sxb,
+    sxh,
+    sxw,
+    sob,
+    soh,
+    sow,
     factor,
-    BR: tl.constexpr, BS: tl.constexpr,
-    NORMALIZE: tl.constexpr, ROUND_BF16: tl.constexpr, BF16_DOT: tl.constexpr,
+    BR: tl.constexpr,
+    BS: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    BF16_DOT: tl.constexpr,
 ):
     """Normalise and run ``n_steps`` NS steps on one ``TH × TW`` tile (block ``BR × BS``)."""
     pid = tl.program_id(0)
@@ -111,11 +127,28 @@ def ns_tiles_kernel(
 
 @triton.jit
 def gram_kernel(
-    x_ptr, c0_ptr, out_ptr, pairs_ptr,
-    R, S, alpha, beta,
-    sxb, sxr, sxs, scb, scr, scs, sob, sor, soc,
-    BM: tl.constexpr, BK: tl.constexpr,
-    HAS_C0: tl.constexpr, ROUND_BF16: tl.constexpr, BF16_DOT: tl.constexpr,
+    x_ptr,
+    c0_ptr,
+    out_ptr,
+    pairs_ptr,
+    R,
+    S,
+    alpha,
+    beta,
+    sxb,
+    sxr,
+    sxs,
+    scb,
+    scr,
+    scs,
+    sob,
+    sor,
+    soc,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    HAS_C0: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    BF16_DOT: tl.constexpr,
 ):
     """Block ``(i, j)``, ``i ≤ j``, of ``α X Xᵀ + β C₀`` for one matrix, stored at ``(i, j)`` and ``(j, i)``."""
     pid = tl.program_id(0)
@@ -130,11 +163,13 @@ def gram_kernel(
         ks = k0 + offs_k
         p = tl.load(
             x_ptr + matrix * sxb + offs_i[:, None] * sxr + ks[None, :] * sxs,
-            mask=(offs_i[:, None] < R) & (ks[None, :] < S), other=0.0,
+            mask=(offs_i[:, None] < R) & (ks[None, :] < S),
+            other=0.0,
         ).to(tl.float32)
         q = tl.load(
             x_ptr + matrix * sxb + offs_j[:, None] * sxr + ks[None, :] * sxs,
-            mask=(offs_j[:, None] < R) & (ks[None, :] < S), other=0.0,
+            mask=(offs_j[:, None] < R) & (ks[None, :] < S),
+            other=0.0,
         ).to(tl.float32)
         acc += _mm(p, tl.trans(q), BF16_DOT)
     acc = alpha * acc

@@ -83,7 +83,9 @@ def use_triton(backend: str, X: Any, precision: B.Precision) -> bool:
     if not triton_installed():
         raise ImportError("backend='triton' needs the triton package: pip install 'matfun[triton]'")
     if precision.name not in PRECISIONS:
-        raise ValueError(f"backend='triton' supports precision {PRECISIONS}, got {precision.name!r}; use backend='torch'")
+        raise ValueError(
+            f"backend='triton' supports precision {PRECISIONS}, got {precision.name!r}; use backend='torch'"
+        )
     if not B.is_torch(X) or not (on_cuda or (X.device.type == "cpu" and interpreting())):
         where = X.device if B.is_torch(X) else type(X).__name__
         raise ValueError(
@@ -115,7 +117,7 @@ def guarded(backend: str, run_triton: Callable[[], Any], run_torch: Callable[[],
         return run_triton()
     try:
         return run_triton()
-    except Exception as error:  # noqa: BLE001 - only Triton's own errors are caught
+    except Exception as error:
         if not _is_triton_error(error):
             raise
         _auto_failure = f"{type(error).__name__}: {error}".splitlines()[0]
@@ -198,11 +200,22 @@ def fused_tiles(
     tiles_per_matrix = n_tile_rows * n_tile_cols
     grid = (flat.shape[0] * tiles_per_matrix,)
     _kernels().ns_tiles_kernel[grid](
-        flat, out, _coefficients(steps, X.device), len(steps),
-        H, W, th, tw, n_tile_cols, tiles_per_matrix,
-        *flat.stride(), *out.stride(),
+        flat,
+        out,
+        _coefficients(steps, X.device),
+        len(steps),
+        H,
+        W,
+        th,
+        tw,
+        n_tile_cols,
+        tiles_per_matrix,
+        *flat.stride(),
+        *out.stride(),
         float(factor),
-        BR=_block(th), BS=_block(tw), NORMALIZE=normalize,
+        BR=_block(th),
+        BS=_block(tw),
+        NORMALIZE=normalize,
         num_warps=8 if max(th, tw) > 64 else 4,
         **_flags(X, precision),
     )
@@ -239,15 +252,23 @@ def gram(
     n, R, S = X.shape
     out = torch.empty((n, R, R), dtype=X.dtype, device=X.device)
     blocks = -(-R // GRAM_BLOCK)
-    pairs = torch.tensor(
-        [(i, j) for i in range(blocks) for j in range(i, blocks)], dtype=torch.int32, device=X.device
-    )
+    pairs = torch.tensor([(i, j) for i in range(blocks) for j in range(i, blocks)], dtype=torch.int32, device=X.device)
     c0 = out if C0 is None else C0
     _kernels().gram_kernel[(pairs.shape[0], n)](
-        X, c0, out, pairs,
-        R, S, float(alpha), float(beta),
-        *X.stride(), *c0.stride(), *out.stride(),
-        BM=GRAM_BLOCK, BK=GRAM_REDUCTION_BLOCK, HAS_C0=C0 is not None,
+        X,
+        c0,
+        out,
+        pairs,
+        R,
+        S,
+        float(alpha),
+        float(beta),
+        *X.stride(),
+        *c0.stride(),
+        *out.stride(),
+        BM=GRAM_BLOCK,
+        BK=GRAM_REDUCTION_BLOCK,
+        HAS_C0=C0 is not None,
         **_flags(X, precision),
     )
     return out

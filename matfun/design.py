@@ -312,8 +312,9 @@ def design_schedule(
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # checked below: one error instead of warnings
             if objective == "mean_alignment":
-                coefficients, bounds = _optimise_mean_alignment(prior, lower, upper, int(steps), degree, safety,
-                                                                cushion)
+                coefficients, bounds = _optimise_mean_alignment(
+                    prior, lower, upper, int(steps), degree, safety, cushion
+                )
             else:
                 coefficients, bounds = _minimax_composition(lower, upper, int(steps), degree, safety, cushion)
         finite = all(np.all(np.isfinite(c)) for c in coefficients) and np.all(np.isfinite(bounds))
@@ -325,7 +326,8 @@ def design_schedule(
         raise ValueError(
             f"cannot design a degree-{degree} schedule for [{lower!r}, {upper!r}]: the coefficients (of order "
             f"upper**-{degree}) are outside float64's range ({reason}); design for the normalised interval "
-            f"[{lower / upper!r}, 1] and scale the input instead")
+            f"[{lower / upper!r}, 1] and scale the input instead"
+        )
     label = name or f"designed (l={lower:g}, K={steps}, deg {degree}{', mean' if objective != 'worst_case' else ''})"
     return DesignedSchedule(
         name=label,
@@ -393,8 +395,10 @@ def _optimise_mean_alignment(
     if sample.size == 0 or not np.all(np.isfinite(sample)):
         raise ValueError("prior must be a non-empty array of finite singular values")
     sample = np.clip(sample, lower, upper)
-    candidates = [_minimax_composition(ell, upper, steps, degree, safety, cushion)[0]
-                  for ell in np.geomspace(lower, upper / 2, 16)]
+    candidates = [
+        _minimax_composition(ell, upper, steps, degree, safety, cushion)[0]
+        for ell in np.geomspace(lower, upper / 2, 16)
+    ]
     start_coefs = max(candidates, key=lambda c: _mean_alignment(c, sample))
     ceiling = max(hi for _, hi in _minimax_composition(lower, upper, steps, degree, safety, cushion)[1])
     grid = np.linspace(0.0, upper, 257)
@@ -412,8 +416,9 @@ def _optimise_mean_alignment(
         return value if math.isfinite(value) else math.inf
 
     start = np.concatenate(start_coefs)
-    result = minimize(loss, start, method="Nelder-Mead",
-                      options={"maxiter": 200 * len(start), "xatol": 1e-10, "fatol": 1e-12})
+    result = minimize(
+        loss, start, method="Nelder-Mead", options={"maxiter": 200 * len(start), "xatol": 1e-10, "fatol": 1e-12}
+    )
     coefs = unpack(result.x if result.fun < loss(start) else start)
     bounds = [(lower, upper)]  # each step's exact range on the previous enclosure
     for coef in coefs:

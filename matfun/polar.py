@@ -163,8 +163,9 @@ class SmoothedPolar(Polar):
         return xp.where(S > cutoff, smooth, xp.zeros_like(S))
 
 
-def polar(G: Any, *, rtol: float | None = None, precision: str | None = None, method: str = "svd",
-          check_finite: bool = True) -> Any:
+def polar(
+    G: Any, *, rtol: float | None = None, precision: str | None = None, method: str = "svd", check_finite: bool = True
+) -> Any:
     """Exact polar factor ``U Vᵀ`` of each matrix in ``G`` (shape ``(..., H, W)``).
 
     Parameters

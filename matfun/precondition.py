@@ -278,14 +278,18 @@ class Preconditioned(Wrapper):
     def _prepare(self, G: Any, check_finite: bool, name: str = "M") -> tuple[Any, B.Precision]:
         V = self.second_moment.V if isinstance(self.second_moment, SecondMoment) else self.second_moment
         B.validate_matrix(G, name, check_finite=B.check_bool(check_finite, "check_finite"))
-        check_second_moment(V, G, self.eps, "second_moment" if not isinstance(self.second_moment, SecondMoment) else "second_moment.V")
+        check_second_moment(
+            V, G, self.eps, "second_moment" if not isinstance(self.second_moment, SecondMoment) else "second_moment.V"
+        )
         X, precision = self.inner._prepare(G, False, name)
         V = B.to_compute(V, B.Precision("float64", "float64", False), self.inner.prefers_torch)
         Q = _quotient64(X, V, self.eps, scaled=self.inner.scale_invariant)
         xp = B.namespace(Q)
         out = xp.astype(Q, X.dtype)
         if not bool(xp.all(xp.isfinite(out))):
-            raise ValueError(f"M ⊘ (√V + ε) overflows {B.dtype_name(out)}; {type(self.inner).__name__} is not scale invariant")
+            raise ValueError(
+                f"M ⊘ (√V + ε) overflows {B.dtype_name(out)}; {type(self.inner).__name__} is not scale invariant"
+            )
         return out, precision
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:

@@ -157,8 +157,9 @@ def choose_method(X: Any, method: str = "auto") -> str:
     return "svd"
 
 
-def qdwh_polar(G: Any, *, rtol: float | None = None, max_iter: int = 20, return_info: bool = False,
-               check_finite: bool = True) -> Any:
+def qdwh_polar(
+    G: Any, *, rtol: float | None = None, max_iter: int = 20, return_info: bool = False, check_finite: bool = True
+) -> Any:
     """Polar factor ``U`` of ``G = U H`` by QDWH (numpy or torch, CPU or CUDA, batched).
 
     Parameters
@@ -304,8 +305,14 @@ def _qdwh_matrices(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo
             results[i] = Ui
     U = results[0][None] if len(results) == 1 else torch.stack(results)
     steps = {key: max((c[key] for c in runs), default=0) for key in ("qr", "cholesky", "polish")}
-    return U, QDWHInfo(sum(steps.values()), steps["qr"], steps["cholesky"],
-                       min((c["lower_bound"] for c in runs), default=math.nan), tuple(fallback), steps["polish"])
+    return U, QDWHInfo(
+        sum(steps.values()),
+        steps["qr"],
+        steps["cholesky"],
+        min((c["lower_bound"] for c in runs), default=math.nan),
+        tuple(fallback),
+        steps["polish"],
+    )
 
 
 def _qdwh_batched(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo]:

@@ -26,11 +26,10 @@ Published schedules (the last tuple repeats when more steps are asked for):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
-
-import math
 
 import numpy as np
 

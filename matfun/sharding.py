@@ -93,7 +93,7 @@ class Communication:
     bytes_total: int = 0
     baseline_bytes_total: int = 0
 
-    def __add__(self, other: "Communication") -> "Communication":
+    def __add__(self, other: Communication) -> Communication:
         return Communication(
             self.bytes_sent + other.bytes_sent,
             self.bytes_total + other.bytes_total,
@@ -139,7 +139,9 @@ def plan_tiles(shapes: Sequence[tuple[int, int]], tile_rows: Sequence[int], worl
     return units
 
 
-def plan_owners(shapes: Sequence[tuple[int, int]], world: int, cost: Callable[[tuple[int, int]], float] | None = None) -> list[Unit]:
+def plan_owners(
+    shapes: Sequence[tuple[int, int]], world: int, cost: Callable[[tuple[int, int]], float] | None = None
+) -> list[Unit]:
     """One owner per whole matrix, balanced by ``cost`` (greedy, largest first).
 
     ``cost`` defaults to the leading Newton–Schulz FLOP count ``r²·s``
@@ -178,8 +180,12 @@ def _transfers(units: Sequence[Unit], parts: Sequence[list[tuple[int, int]]], wo
 
 
 def _exchange(
-    pieces: dict[int, list[Tensor]], recv_numel: dict[int, int], dtype: torch.dtype, device: torch.device,
-    world: int, group,
+    pieces: dict[int, list[Tensor]],
+    recv_numel: dict[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    world: int,
+    group,
 ) -> dict[int, Tensor]:
     """One ``all_to_all_single`` with split sizes: ``pieces[dst]`` go to ``dst``;
     returns the flat buffer each source sent."""
@@ -290,8 +296,12 @@ def run_units(
         assembled[t.unit][t.lo - units[t.unit].start : t.hi - units[t.unit].start] = rows
 
     # forward: holders send rows to owners
-    move(lambda t: t.holder, lambda t: units[t.unit].owner,
-         lambda t: rows_of(local[units[t.unit].matrix], units[t.unit].matrix, rank, t.lo, t.hi), into_unit)
+    move(
+        lambda t: t.holder,
+        lambda t: units[t.unit].owner,
+        lambda t: rows_of(local[units[t.unit].matrix], units[t.unit].matrix, rank, t.lo, t.hi),
+        into_unit,
+    )
     results = compute([units[k] for k in owned], [assembled[k] for k in owned])
     if len(results) != len(owned):
         raise RuntimeError(f"compute returned {len(results)} outputs for {len(owned)} units")
@@ -309,8 +319,12 @@ def run_units(
         out[m][t.lo - s : t.hi - s] = rows
 
     # backward: owners send result rows back to holders
-    move(lambda t: units[t.unit].owner, lambda t: t.holder,
-         lambda t: by_unit[t.unit][t.lo - units[t.unit].start : t.hi - units[t.unit].start], into_shard)
+    move(
+        lambda t: units[t.unit].owner,
+        lambda t: t.holder,
+        lambda t: by_unit[t.unit][t.lo - units[t.unit].start : t.hi - units[t.unit].start],
+        into_shard,
+    )
 
     itemsize = {i: local[i].element_size() for i in range(len(local))}
     total = sent = 0

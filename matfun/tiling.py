@@ -71,12 +71,7 @@ def tile_groups(H: int, W: int, tile: TileLike) -> list[tuple[slice, slice, int,
     nw, rw = divmod(W, Tw)
     rows = [(slice(0, nh * Th), nh, Th), (slice(nh * Th, H), 1, rh)]
     cols = [(slice(0, nw * Tw), nw, Tw), (slice(nw * Tw, W), 1, rw)]
-    return [
-        (rs, cs, nr, nc, th, tw)
-        for rs, nr, th in rows
-        for cs, nc, tw in cols
-        if nr * th > 0 and nc * tw > 0
-    ]
+    return [(rs, cs, nr, nc, th, tw) for rs, nr, th in rows for cs, nc, tw in cols if nr * th > 0 and nc * tw > 0]
 
 
 def split_group(X: Any, group: tuple) -> Any:
@@ -207,10 +202,7 @@ class Tiled(Wrapper):
         xp = B.namespace(X)
         groups = tile_groups(X.shape[-2], X.shape[-1], self.tile)
         tile_batches = [split_group(X, g) for g in groups]
-        runs = [
-            [self.inner._compute_iterates(c, precision) for c in self._chunks(t)]
-            for t in tile_batches
-        ]
+        runs = [[self.inner._compute_iterates(c, precision) for c in self._chunks(t)] for t in tile_batches]
         for _ in _lockstep(runs):
             blocks = [
                 merge_group(xp.reshape(xp.concat(step, axis=0) if len(step) > 1 else step[0], t.shape), g)

@@ -264,7 +264,9 @@ class Monitor:
         self._dumps = 0
         # outputs, checked here so that a bad path fails now, not mid-training
         self.log_path = None if log is None else _check_writable_file(log, "monitor log")
-        self.dump_dir = None if dump_nonfinite is None else _check_writable_dir(dump_nonfinite, "non-finite dump directory")
+        self.dump_dir = (
+            None if dump_nonfinite is None else _check_writable_dir(dump_nonfinite, "non-finite dump directory")
+        )
         self._csv_file = self._csv = None
         if self.log_path is not None and self.log_path.suffix.lower() != ".parquet":
             self._csv_file = open(self.log_path, "w", newline="")
@@ -317,7 +319,9 @@ class Monitor:
         for gi, group in enumerate(self.optimizer.param_groups):
             names = group.get("param_names")
             for j, p in enumerate(group["params"]):
-                name = self._names.get(id(p)) or (str(names[j]) if names and j < len(names) else f"param_groups[{gi}][{j}]")
+                name = self._names.get(id(p)) or (
+                    str(names[j]) if names and j < len(names) else f"param_groups[{gi}][{j}]"
+                )
                 self._params.append(_Param(name, p, gi))
 
     def _selected(self) -> list[_Param]:
@@ -331,12 +335,16 @@ class Monitor:
             if not chosen:
                 continue
             if q.tensor.ndim < 2:
-                self._note(("1d", q.name), f"{q.name}: shape {tuple(q.tensor.shape)} is not a matrix; no matrix metrics")
+                self._note(
+                    ("1d", q.name), f"{q.name}: shape {tuple(q.tensor.shape)} is not a matrix; no matrix metrics"
+                )
                 continue
             if q.tensor.numel() == 0:
                 continue
             if _is_dtensor(q.tensor):
-                self._note(("dtensor", q.name), f"{q.name}: a sharded DTensor, which the monitor does not gather; skipped")
+                self._note(
+                    ("dtensor", q.name), f"{q.name}: a sharded DTensor, which the monitor does not gather; skipped"
+                )
                 continue
             out.append(q)
         return out
@@ -400,7 +408,9 @@ class Monitor:
             with torch.no_grad():
                 self._post(self.step)
         except Exception as error:  # noqa: BLE001
-            self._note(("post-hook", type(error).__name__), f"the monitor's post-step hook failed: {error!r}", warn=True)
+            self._note(
+                ("post-hook", type(error).__name__), f"the monitor's post-step hook failed: {error!r}", warn=True
+            )
         finally:
             self._snap = {}
             self._flush()
@@ -434,7 +444,10 @@ class Monitor:
                 self._note(("map_error", q.name), f"{q.name}: map_error: {error!r}", warn=True)
                 scale = None
             self._snap[id(q.tensor)] = {
-                "param": q, "before": q.tensor.detach().clone(), "lr": lr, "scale": scale,
+                "param": q,
+                "before": q.tensor.detach().clone(),
+                "lr": lr,
+                "scale": scale,
                 "weight_decay": O.decoupled_decay(self.optimizer, group, self.decoupled_weight_decay),
             }
 
@@ -461,8 +474,9 @@ class Monitor:
 
         def failed(metric: str, error: Exception) -> None:
             reason = str(error) if isinstance(error, MissingInput) else repr(error)
-            self._note((metric, q.name), f"{q.name}: {metric} not computed: {reason}",
-                       warn=not isinstance(error, MissingInput))
+            self._note(
+                (metric, q.name), f"{q.name}: {metric} not computed: {reason}", warn=not isinstance(error, MissingInput)
+            )
 
         def read(metric: str, fn: Callable[[], Any]) -> Any:
             try:
@@ -473,8 +487,10 @@ class Monitor:
 
         momentum = read("alignment_momentum", lambda: O.momentum_of(self.optimizer, p, self.momentum_key))
         if momentum is None:
-            self._note(("no momentum", q.name), f"{q.name}: no momentum in the optimizer state "
-                       f"(key {self.momentum_key!r}); no alignment_momentum")
+            self._note(
+                ("no momentum", q.name),
+                f"{q.name}: no momentum in the optimizer state (key {self.momentum_key!r}); no alignment_momentum",
+            )
         X = read("map_error", lambda: O.map_input(self.optimizer, p, group)) if snap["scale"] is not None else None
         V = None
         if "muon2" in self.probes:
@@ -482,10 +498,21 @@ class Monitor:
             if V is None:
                 V = self._own_moment.get(id(p))
         metrics = parameter_metrics(
-            snap["before"], p, lr=snap["lr"], weight_decay=snap["weight_decay"], momentum=momentum,
-            grad=p.grad, map_input=X, map_scale=snap["scale"] or 1.0, probes=self.probes, tile=self.tile,
-            second_moment=V, second_moment_eps=O.second_moment_eps(self.optimizer, group),
-            polar_method=self.polar_method, dtype=self.dtype, on_error=failed,
+            snap["before"],
+            p,
+            lr=snap["lr"],
+            weight_decay=snap["weight_decay"],
+            momentum=momentum,
+            grad=p.grad,
+            map_input=X,
+            map_scale=snap["scale"] or 1.0,
+            probes=self.probes,
+            tile=self.tile,
+            second_moment=V,
+            second_moment_eps=O.second_moment_eps(self.optimizer, group),
+            polar_method=self.polar_method,
+            dtype=self.dtype,
+            on_error=failed,
         )
         if q.name not in self._shape_done:
             self._shape_done.add(q.name)
@@ -529,8 +556,9 @@ class Monitor:
 
     def _event(self, step: int, q: _Param, kind: str, tensor: Tensor) -> None:
         if len(self.events) >= self.max_events:
-            self._note(("max_events",), f"more than {self.max_events} non-finite events; the rest are not recorded",
-                       warn=True)
+            self._note(
+                ("max_events",), f"more than {self.max_events} non-finite events; the rest are not recorded", warn=True
+            )
             return
         t = _local(tensor).detach()
         count = int((~torch.isfinite(t)).sum())
@@ -549,11 +577,16 @@ class Monitor:
             except Exception as error:  # noqa: BLE001
                 self._note(("dump",), f"dumping a non-finite tensor to {dump} failed: {error!r}", warn=True)
                 dump = None
-        self.events.append({"step": step, "param": q.name, "tensor": kind, "count": count,
-                            "dump": None if dump is None else str(dump)})
+        self.events.append(
+            {"step": step, "param": q.name, "tensor": kind, "count": count, "dump": None if dump is None else str(dump)}
+        )
         self._emit(step, q.name, "nonfinite", NONFINITE_GRAD if kind == "gradient" else NONFINITE_UPDATE)
-        self._note(("nonfinite",), f"first non-finite event: the {kind} of {q.name} at step {step} ({count} "
-                   "entries); every event is in monitor.events and in the frame (metric 'nonfinite')", warn=True)
+        self._note(
+            ("nonfinite",),
+            f"first non-finite event: the {kind} of {q.name} at step {step} ({count} "
+            "entries); every event is in monitor.events and in the frame (metric 'nonfinite')",
+            warn=True,
+        )
 
     # -- results ------------------------------------------------------------------------------------
 
@@ -601,7 +634,7 @@ class Monitor:
             self._tb.close()
             self._tb = None
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -609,5 +642,7 @@ class Monitor:
 
     def __repr__(self) -> str:
         state = "attached" if self.attached else "detached"
-        return (f"Monitor({type(self.optimizer).__name__}, every={self.every}, step={self.step}, "
-                f"records={len(self._records)}, events={len(self.events)}, {state})")
+        return (
+            f"Monitor({type(self.optimizer).__name__}, every={self.every}, step={self.step}, "
+            f"records={len(self._records)}, events={len(self.events)}, {state})"
+        )

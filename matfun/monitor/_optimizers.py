@@ -41,8 +41,11 @@ def decoupled_decay(optimizer: torch.optim.Optimizer, group: dict[str, Any], ove
     if override is not None:
         return wd if override else 0.0
     muon = _torch_muon()
-    decoupled = isinstance(optimizer, (torch.optim.AdamW, *_matfun_classes())) or (
-        muon is not None and isinstance(optimizer, muon)) or bool(group.get("decoupled_weight_decay", False))
+    decoupled = (
+        isinstance(optimizer, (torch.optim.AdamW, *_matfun_classes()))
+        or (muon is not None and isinstance(optimizer, muon))
+        or bool(group.get("decoupled_weight_decay", False))
+    )
     return wd if decoupled else 0.0
 
 
@@ -67,7 +70,9 @@ def step_plan(optimizer: torch.optim.Optimizer, p: Tensor, group: dict[str, Any]
         if adjust is not None:
             return float(adjust(1.0, group.get("adjust_lr_fn"), p.shape))
         A, B = p.shape[:2]
-        return math.sqrt(max(1, A / B)) if group.get("adjust_lr_fn") in (None, "original") else 0.2 * math.sqrt(max(A, B))
+        return (
+            math.sqrt(max(1, A / B)) if group.get("adjust_lr_fn") in (None, "original") else 0.2 * math.sqrt(max(A, B))
+        )
     classes = _matfun_classes()
     if not isinstance(optimizer, classes):
         return None
@@ -101,8 +106,6 @@ def map_input(optimizer: torch.optim.Optimizer, p: Tensor, group: dict[str, Any]
             return None
         return preconditioned(X, V, group["eps"])
     return X
-
-
 
 
 def second_moment_of(optimizer: torch.optim.Optimizer, p: Tensor) -> Tensor | tuple[Tensor, Tensor] | None:

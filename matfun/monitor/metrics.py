@@ -34,8 +34,8 @@ from torch import Tensor
 
 __all__ = [
     "METRICS",
-    "MissingInput",
     "PROBES",
+    "MissingInput",
     "alignment",
     "condition_number",
     "map_error",
@@ -79,8 +79,9 @@ def _scalar(x: Any) -> float:
 
 
 @torch.no_grad()
-def update_direction(before: Tensor, after: Tensor, lr: float | Tensor, weight_decay: float = 0.0,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+def update_direction(
+    before: Tensor, after: Tensor, lr: float | Tensor, weight_decay: float = 0.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The update direction ``u = (θ_before·(1 − lr·λ) − θ_after) / lr`` as a matrix.
 
     Parameters
@@ -107,8 +108,11 @@ def update_direction(before: Tensor, after: Tensor, lr: float | Tensor, weight_d
     decayed = before.detach()
     decay = 1 - lr * float(weight_decay)
     if decay != 1:
-        decayed = decayed.mul(decay) if decayed.dtype in (torch.float32, torch.float64) else \
-            decayed.to(torch.float32).mul(decay)
+        decayed = (
+            decayed.mul(decay)
+            if decayed.dtype in (torch.float32, torch.float64)
+            else decayed.to(torch.float32).mul(decay)
+        )
     diff = decayed.to(dtype) - after.detach().to(dtype)
     return _matrix(diff, dtype) / lr
 
@@ -329,7 +333,7 @@ def parameter_metrics(
     def attempt(names: str | tuple[str, ...], fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except Exception as error:  # noqa: BLE001 - reported through on_error
+        except Exception as error:
             if on_error is None:
                 raise
             for name in (names,) if isinstance(names, str) else names:
@@ -339,8 +343,7 @@ def parameter_metrics(
     with torch.no_grad():
         u = update_direction(before, after, lr, weight_decay, dtype)
         lr_value = _scalar(lr)
-        sv = attempt(("orthogonality", "sv_min", "sv_max", "step_norm", "effective_step"),
-                     lambda: singular_values(u))
+        sv = attempt(("orthogonality", "sv_min", "sv_max", "step_norm", "effective_step"), lambda: singular_values(u))
         out["update_rms"] = lr_value * float(torch.linalg.vector_norm(u.double())) / math.sqrt(max(u.numel(), 1))
         if sv is not None:
             top = float(sv[0]) if sv.numel() else 0.0
@@ -359,13 +362,16 @@ def parameter_metrics(
             if value is not None:
                 out["alignment_grad"] = value
         if map_input is not None:
-            value = attempt("map_error", lambda: map_error(u, _matrix(map_input, dtype), map_scale,
-                                                           method=polar_method))
+            value = attempt(
+                "map_error", lambda: map_error(u, _matrix(map_input, dtype), map_scale, method=polar_method)
+            )
             if value is not None:
                 out["map_error"] = value
         if probes and M is None:
-            for name in ("whatif_tiling_loss" if "tiling" in probes else None,
-                         "whatif_muon2_cond" if "muon2" in probes else None):
+            for name in (
+                "whatif_tiling_loss" if "tiling" in probes else None,
+                "whatif_muon2_cond" if "muon2" in probes else None,
+            ):
                 if name:
                     attempt(name, lambda: _missing("no momentum to probe"))
             return out
@@ -380,8 +386,9 @@ def parameter_metrics(
             if second_moment is None:
                 attempt("whatif_muon2_cond", lambda: _missing("no second moment to precondition with"))
             else:
-                value = attempt("whatif_muon2_cond",
-                                lambda: preconditioning_condition(M, second_moment, second_moment_eps))
+                value = attempt(
+                    "whatif_muon2_cond", lambda: preconditioning_condition(M, second_moment, second_moment_eps)
+                )
                 if value is not None:
                     out["whatif_muon2_cond"] = value
     return out

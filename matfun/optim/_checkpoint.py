@@ -33,7 +33,9 @@ def loaded_state(opt: MatrixOptimizer, state_dict: dict[str, Any]) -> tuple[list
         n = len(saved_groups) if isinstance(saved_groups, (list, tuple)) else type(saved_groups).__name__
         raise ValueError(f"{where}: the state dict has {n} param groups, this optimizer has {len(opt.param_groups)}")
     if not isinstance(state_dict["state"], dict):
-        raise ValueError(f"{where}: 'state' must be a dict (parameter id -> state), got {type(state_dict['state']).__name__}")
+        raise ValueError(
+            f"{where}: 'state' must be a dict (parameter id -> state), got {type(state_dict['state']).__name__}"
+        )
     groups = []
     for gi, (group, saved) in enumerate(zip(opt.param_groups, saved_groups)):
         groups.append(_loaded_group(opt, where, gi, group, saved))
@@ -79,8 +81,10 @@ def _loaded_group(opt: MatrixOptimizer, where: str, gi: int, group: dict, saved:
     names = saved.get("param_names", group.get("param_names"))
     if names is not None:
         if not isinstance(names, (list, tuple)) or len(names) != len(group["params"]):
-            raise ValueError(f"{where}: param group {gi} of the state dict has 'param_names' that do not list "
-                             f"one name per parameter ({len(group['params'])})")
+            raise ValueError(
+                f"{where}: param group {gi} of the state dict has 'param_names' that do not list "
+                f"one name per parameter ({len(group['params'])})"
+            )
         ours = group.get("param_names")
         if ours is not None and list(ours) != list(names):
             j = next(j for j, (a, b) in enumerate(zip(ours, names)) if a != b)

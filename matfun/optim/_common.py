@@ -13,7 +13,6 @@ import numbers
 from typing import Any
 
 import numpy as np
-
 import torch
 from torch import Tensor
 
@@ -221,5 +220,3 @@ def host_values(scalars: list[Tensor]) -> list[float]:
         for k, v in zip(ks, stacked.cpu().tolist()):
             values[k] = v
     return values
-
-

@@ -30,7 +30,14 @@ from torch import Tensor
 from ..sharding import Communication, Unit, plan_owners, plan_tiles, run_units
 
 __all__ = [
-    "all_reduce_sum", "by_shape", "check_placement", "is_sharded", "like", "local", "reduce_flags", "run_sharded",
+    "all_reduce_sum",
+    "by_shape",
+    "check_placement",
+    "is_sharded",
+    "like",
+    "local",
+    "reduce_flags",
+    "run_sharded",
 ]
 
 
@@ -75,7 +82,11 @@ def like(values: Tensor, reference: Tensor) -> Tensor:
 
     shape = reference.shape if values.ndim == reference.ndim else reference.shape[: values.ndim]
     return DTensor.from_local(
-        values, reference.device_mesh, reference.placements, run_check=False, shape=shape,
+        values,
+        reference.device_mesh,
+        reference.placements,
+        run_check=False,
+        shape=shape,
         stride=torch.empty(shape, device="meta").stride(),
     )
 
@@ -131,7 +142,10 @@ def run_sharded(
     else:
         units = plan_tiles(shapes, [min(int(t), H) for t, (H, _) in zip(tile_rows, shapes)], world)
     outs, comm = run_units(
-        [d.to_local() for d in directions], shapes, units, lambda _units, mats: compute(mats) if mats else [],
+        [d.to_local() for d in directions],
+        shapes,
+        units,
+        lambda _units, mats: compute(mats) if mats else [],
         group=mesh.get_group(),
     )
     return [like(o, d) for o, d in zip(outs, directions)], comm

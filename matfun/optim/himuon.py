@@ -21,8 +21,8 @@ from torch import Tensor
 import matfun
 
 from ._base import MatrixOptimizer, ParamStep
-from ._sharded import is_sharded, run_sharded
 from ._common import JORDAN, default_precision, pick_alias, resolve_coefficients
+from ._sharded import is_sharded, run_sharded
 from ._tiles import Tile, check_tile_spec, check_tiling, effective_tile, resolve_tile, tile_plan
 from .muon import check_common
 

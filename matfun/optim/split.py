@@ -93,6 +93,8 @@ def _head(model: nn.Module, head: str | nn.Module | None) -> nn.Module | None:
     if isinstance(head, str):
         modules = dict(model.named_modules())
         if head not in modules:
-            raise ValueError(f"head={head!r} names no submodule of the model; its first submodules: {list(modules)[:20]}")
+            raise ValueError(
+                f"head={head!r} names no submodule of the model; its first submodules: {list(modules)[:20]}"
+            )
         return modules[head]
     raise TypeError(f'head must be "last", a submodule name, a torch.nn.Module or None, got {type(head).__name__}')

@@ -39,25 +39,25 @@ from .orthogonalizer import (
 )
 
 __all__ = [
-    "BatteryTimeout",
     "BF16_COEFFICIENT_TOL",
     "CHECK_NAMES",
     "DEFAULT_TIMEOUT",
-    "TargetError",
-    "TargetProcessError",
-    "CheckResult",
-    "PROFILES",
-    "Report",
-    "Thresholds",
-    "assert_orthogonalizer",
-    "check_orthogonalizer",
     "LR_RULES",
     "OPTIMIZER_CHECK_NAMES",
-    "assert_optimizer",
-    "check_optimizer",
-    "check_sharded_optimizer",
-    "assert_sharded_optimizer",
+    "PROFILES",
+    "BatteryTimeout",
+    "CheckResult",
+    "Report",
     "ShardedReport",
+    "TargetError",
+    "TargetProcessError",
+    "Thresholds",
+    "assert_optimizer",
+    "assert_orthogonalizer",
+    "assert_sharded_optimizer",
+    "check_optimizer",
+    "check_orthogonalizer",
+    "check_sharded_optimizer",
 ]
 
 

@@ -21,7 +21,8 @@ import queue
 import signal
 import threading
 import time
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -113,8 +114,9 @@ class ThreadCaller(DirectCaller):
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
         device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
-        self._thread = threading.Thread(target=self._work, args=(grad, threads, device), daemon=True,
-                                        name="matfun.testing call")
+        self._thread = threading.Thread(
+            target=self._work, args=(grad, threads, device), daemon=True, name="matfun.testing call"
+        )
         self._thread.start()
 
     def _work(self, grad: bool, threads: int, device: int | None) -> None:
@@ -186,7 +188,8 @@ class ProcessCaller:
         ctx = _context()
         self._conn, child_end = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
-            target=serve, args=(child_end, target, backend, dtype, device, torch.get_num_threads()),
+            target=serve,
+            args=(child_end, target, backend, dtype, device, torch.get_num_threads()),
             name="matfun.testing target",
         )
         self._proc.start()
@@ -220,11 +223,14 @@ class ProcessCaller:
         code = self._proc.exitcode
         self.close()
         if code is None:
-            raise TargetProcessError(f"{self.target}: the target process closed its pipe while {what}; "
-                                     "the battery did not complete")
+            raise TargetProcessError(
+                f"{self.target}: the target process closed its pipe while {what}; the battery did not complete"
+            )
         hint = " (sys.exit()/os._exit() in the target?)" if code in (0, 1) else ""
-        raise TargetProcessError(f"{self.target}: the target process ended with exit code {code} "
-                                 f"while {what}{hint}; the battery did not complete")
+        raise TargetProcessError(
+            f"{self.target}: the target process ended with exit code {code} "
+            f"while {what}{hint}; the battery did not complete"
+        )
 
     def _recv(self, what: str, limit: int) -> bytes:
         self._wait(what)
@@ -238,8 +244,10 @@ class ProcessCaller:
         try:
             header = json.loads(raw.decode("utf-8"))
             if not isinstance(header, dict) or header.get("pid") != self._proc.pid:
-                raise ValueError(f"reply from pid {header.get('pid') if isinstance(header, dict) else '?'}, "
-                                 f"not the target process {self._proc.pid} (did the target fork?)")
+                raise ValueError(
+                    f"reply from pid {header.get('pid') if isinstance(header, dict) else '?'}, "
+                    f"not the target process {self._proc.pid} (did the target fork?)"
+                )
         except ValueError as exc:
             self.close()
             raise TargetProcessError(f"{self.target}: malformed reply while {what}: {exc}") from None
@@ -338,8 +346,11 @@ def _serve(conn: Any, target: str, backend: str, dtype: str, device: str, thread
         env = _Env(None, backend, dtype, device)
         fn = _resolve_target(target)
     except BaseException as exc:  # noqa: BLE001 - sys.exit() at import is a bad target too
-        message = exc.args[0] if isinstance(exc, TargetError) else (
-            f"importing module {target.split(':')[0]!r} failed: {type(exc).__name__}: {exc}")
+        message = (
+            exc.args[0]
+            if isinstance(exc, TargetError)
+            else (f"importing module {target.split(':')[0]!r} failed: {type(exc).__name__}: {exc}")
+        )
         send({"op": "target_error", "message": " ".join(str(message).split())})
         os._exit(0)
     send({"op": "ready"})
@@ -362,16 +373,35 @@ def _serve(conn: Any, target: str, backend: str, dtype: str, device: str, thread
             continue
         library, out_dtype, out_device = _lib_dtype_device(out)
         is_array = isinstance(out, (torch.Tensor, np.ndarray))
-        description = {"library": library, "dtype": out_dtype, "device": out_device,
-                       "shape": [int(d) for d in out.shape] if is_array else []}
+        description = {
+            "library": library,
+            "dtype": out_dtype,
+            "device": out_device,
+            "shape": [int(d) for d in out.shape] if is_array else [],
+        }
         try:
             values = _f64(out)
         except Exception as exc:  # noqa: BLE001 - not an array of numbers
-            send({"op": "result", "id": request["id"], "error": None,
-                  "output": {**description, "has_values": False, "values_error": str(exc)}}, after)
+            send(
+                {
+                    "op": "result",
+                    "id": request["id"],
+                    "error": None,
+                    "output": {**description, "has_values": False, "values_error": str(exc)},
+                },
+                after,
+            )
             continue
-        send({"op": "result", "id": request["id"], "error": None,
-              "output": {**description, "shape": list(values.shape), "has_values": True}}, after, values)
+        send(
+            {
+                "op": "result",
+                "id": request["id"],
+                "error": None,
+                "output": {**description, "shape": list(values.shape), "has_values": True},
+            },
+            after,
+            values,
+        )
 
 
 def _resolve_target(target: str) -> Callable[..., Any]:

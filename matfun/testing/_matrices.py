@@ -10,8 +10,6 @@ import math
 import numpy as np
 
 
-
-
 def _haar(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     """``n×k`` matrix with Haar-distributed orthonormal columns."""
     Q, R = np.linalg.qr(rng.standard_normal((n, k)))
@@ -23,7 +21,7 @@ def _haar_blocks(rng: np.random.Generator, n: int, block: int) -> np.ndarray:
     Q = np.zeros((n, n))
     for start in range(0, n, block):
         k = min(block, n - start)
-        Q[start:start + k, start:start + k] = _haar(rng, k, k)
+        Q[start : start + k, start : start + k] = _haar(rng, k, k)
     return Q
 
 

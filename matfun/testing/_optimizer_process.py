@@ -29,22 +29,25 @@ def check_optimizer_isolated(target: str, *, timeout: float, **options: Any) -> 
 
     ctx = _context()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_serve, args=(child, target, options, torch.get_num_threads()),
-                       name="matfun.testing optimizer target")
+    proc = ctx.Process(
+        target=_serve, args=(child, target, options, torch.get_num_threads()), name="matfun.testing optimizer target"
+    )
     proc.start()
     child.close()
     try:
         ready = multiprocessing.connection.wait([parent, proc.sentinel], timeout)
         if not ready:
-            raise BatteryTimeout(f"the optimizer battery did not finish within {timeout:g} s; "
-                                 "the target process was killed")
+            raise BatteryTimeout(
+                f"the optimizer battery did not finish within {timeout:g} s; the target process was killed"
+            )
         try:
             reply = json.loads(parent.recv_bytes(_MAX_REPLY).decode())
         except (EOFError, OSError, ValueError):
             proc.join(2.0)
             hint = " (sys.exit()/os._exit() in the target?)" if proc.exitcode in (0, 1) else ""
-            raise TargetProcessError(f"{target}: the target process ended with exit code {proc.exitcode} "
-                                     f"before the battery completed{hint}") from None
+            raise TargetProcessError(
+                f"{target}: the target process ended with exit code {proc.exitcode} before the battery completed{hint}"
+            ) from None
     finally:
         kill_process_tree(proc)
     kind = reply.get("kind")
@@ -54,8 +57,10 @@ def check_optimizer_isolated(target: str, *, timeout: float, **options: Any) -> 
         raise ValueError(str(reply.get("message"))[:500])
     if kind != "report":
         raise TargetProcessError(f"{target}: malformed reply from the target process ({kind!r})")
-    checks = [CheckResult(**{k: c[k] for k in ("name", "passed", "value", "threshold", "detail", "comparison",
-                                               "skipped")}) for c in reply["checks"]]
+    checks = [
+        CheckResult(**{k: c[k] for k in ("name", "passed", "value", "threshold", "detail", "comparison", "skipped")})
+        for c in reply["checks"]
+    ]
     return Report(checks, target=str(reply["target"]), settings=dict(reply["settings"]), title=str(reply["title"]))
 
 
@@ -75,8 +80,15 @@ def _serve(conn: Any, target: str, options: dict[str, Any], threads: int) -> Non
 
         torch.set_num_threads(threads)
         report = check_optimizer(target, timeout=None, **options)
-        send({"kind": "report", "target": report.target, "settings": report.settings, "title": report.title,
-              "checks": [_plain(c) for c in report.checks]})
+        send(
+            {
+                "kind": "report",
+                "target": report.target,
+                "settings": report.settings,
+                "title": report.title,
+                "checks": [_plain(c) for c in report.checks],
+            }
+        )
     except TargetError as exc:
         send({"kind": "target_error", "message": " ".join(str(exc).split())})
     except (ValueError, TypeError) as exc:
@@ -91,5 +103,12 @@ def _plain(c: CheckResult) -> dict[str, Any]:
     def number(v: Any) -> Any:
         return v if v is None or isinstance(v, (bool, int, str)) else float(v)
 
-    return {"name": c.name, "passed": bool(c.passed), "value": number(c.value), "threshold": number(c.threshold),
-            "detail": c.detail, "comparison": c.comparison, "skipped": bool(c.skipped)}
+    return {
+        "name": c.name,
+        "passed": bool(c.passed),
+        "value": number(c.value),
+        "threshold": number(c.threshold),
+        "detail": c.detail,
+        "comparison": c.comparison,
+        "skipped": bool(c.skipped),
+    }

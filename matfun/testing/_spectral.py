@@ -109,8 +109,9 @@ class _Block:
         self.rows, self.cols, self.U, self.sigma, self.V = rows, cols, U, sigma, V
 
 
-def _probe(rng: np.random.Generator, shape: tuple[int, int], tile: tuple[int, int],
-           rank_fraction: float = 1.0) -> tuple[np.ndarray, list[_Block]]:
+def _probe(
+    rng: np.random.Generator, shape: tuple[int, int], tile: tuple[int, int], rank_fraction: float = 1.0
+) -> tuple[np.ndarray, list[_Block]]:
     """A matrix whose every tile has a known SVD (geometric spectrum, random scale).
 
     ``rank_fraction < 1`` keeps only the top ``ceil(fraction·r)`` singular values
@@ -126,7 +127,7 @@ def _probe(rng: np.random.Generator, shape: tuple[int, int], tile: tuple[int, in
             r = min(h, w)
             U, V = _haar(rng, h, r), _haar(rng, w, r)
             sigma = np.geomspace(1.0, 1.0 / KAPPA, r) * 10.0 ** rng.uniform(-1, 1)
-            sigma[max(1, math.ceil(rank_fraction * r)):] = 0.0
+            sigma[max(1, math.ceil(rank_fraction * r)) :] = 0.0
             G[rows, cols] = (U * sigma) @ V.T
             blocks.append(_Block(rows, cols, U, sigma, V))
     return G, blocks
@@ -145,8 +146,14 @@ def _call(env: _Env, G: np.ndarray) -> np.ndarray | str:
     return X
 
 
-def direction_gain(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[int, int], seed: int,
-                   band: tuple[float, float, float], leakage_tol: float) -> CheckResult:
+def direction_gain(
+    env: _Env,
+    shapes: Sequence[tuple[int, int]],
+    tile: tuple[int, int],
+    seed: int,
+    band: tuple[float, float, float],
+    leakage_tol: float,
+) -> CheckResult:
     """The ``direction_gain`` check (see the module docstring)."""
     lo, hi, cut = band
     worst_gain: tuple[float, str] | None = None  # (distance outside the band, description)
@@ -172,8 +179,11 @@ def direction_gain(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[int
                 g = float(gains[j])
                 outside = max(lo - g, g - hi, 0.0)
                 if outside > 0 and (worst_gain is None or outside > worst_gain[0]):
-                    worst_gain = (outside, f"gain {_fmt(g)} of direction {j + 1}/{x.size} (x = {_fmt(x[j])}) "
-                                           f"on {_name(shape)}{_tile_name(b, shape)}")
+                    worst_gain = (
+                        outside,
+                        f"gain {_fmt(g)} of direction {j + 1}/{x.size} (x = {_fmt(x[j])}) "
+                        f"on {_name(shape)}{_tile_name(b, shape)}",
+                    )
         norm = np.linalg.norm(X)
         leak = float(np.linalg.norm(X - recon) / norm) if norm > 0 else math.inf
         if leak > worst_leak:
@@ -182,18 +192,37 @@ def direction_gain(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[int
     if bad:
         return CheckResult("direction_gain", False, math.nan, None, "; ".join(bad))
     if worst_gain is not None:
-        return CheckResult("direction_gain", False, worst_gain[0], 0,
-                           f"{worst_gain[1]} outside the band {band_text}", "<=")
+        return CheckResult(
+            "direction_gain", False, worst_gain[0], 0, f"{worst_gain[1]} outside the band {band_text}", "<="
+        )
     if worst_leak > leakage_tol:
-        return CheckResult("direction_gain", False, worst_leak, leakage_tol,
-                           f"output leaks off the input's singular pairs on {leak_where}", "<=")
+        return CheckResult(
+            "direction_gain",
+            False,
+            worst_leak,
+            leakage_tol,
+            f"output leaks off the input's singular pairs on {leak_where}",
+            "<=",
+        )
     note = "" if judged == total else f" ({judged} of {total} directions above the cut-off x >= {_fmt(cut)})"
-    return CheckResult("direction_gain", True, 0.0, 0,
-                       f"every gain in {band_text}, leakage {_fmt(worst_leak)} <= {_fmt(leakage_tol)}{note}", "<=")
+    return CheckResult(
+        "direction_gain",
+        True,
+        0.0,
+        0,
+        f"every gain in {band_text}, leakage {_fmt(worst_leak)} <= {_fmt(leakage_tol)}{note}",
+        "<=",
+    )
 
 
-def output_spectrum(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[int, int], seed: int,
-                    band: tuple[float, float, float], null_tol: float | None) -> CheckResult:
+def output_spectrum(
+    env: _Env,
+    shapes: Sequence[tuple[int, int]],
+    tile: tuple[int, int],
+    seed: int,
+    band: tuple[float, float, float],
+    null_tol: float | None,
+) -> CheckResult:
     """The ``output_spectrum`` check (see the module docstring)."""
     lo, hi, cut = band
     problems: list[tuple[float, float, str]] = []  # (value, threshold, detail)
@@ -218,26 +247,43 @@ def output_spectrum(env: _Env, shapes: Sequence[tuple[int, int]], tile: tuple[in
             where = f"{case}{_tile_name(b, shape)}"
             if live.size and (live.min() < lo or live.max() > hi):
                 out = max(lo - live.min(), live.max() - hi)
-                problems.append((out, 0, f"singular values [{_fmt(live.min())}, {_fmt(live.max())}] on {where} "
-                                      f"outside the band [{_fmt(lo)}, {_fmt(hi)}]"))
+                problems.append(
+                    (
+                        out,
+                        0,
+                        f"singular values [{_fmt(live.min())}, {_fmt(live.max())}] on {where} "
+                        f"outside the band [{_fmt(lo)}, {_fmt(hi)}]",
+                    )
+                )
             if null_tol is not None and fraction < 1 and rank < s.size:
                 top = max(float(s[0]), np.finfo(float).tiny)
                 null = float(s[rank:].max()) / top
                 worst_null = max(worst_null, null)
                 if null > null_tol:
-                    problems.append((null, null_tol, f"null-space singular value {_fmt(null)} x max on {where} "
-                                           f"(> {_fmt(null_tol)}: the map fills the input's null space)"))
+                    problems.append(
+                        (
+                            null,
+                            null_tol,
+                            f"null-space singular value {_fmt(null)} x max on {where} "
+                            f"(> {_fmt(null_tol)}: the map fills the input's null space)",
+                        )
+                    )
     if problems:
         value, threshold, detail = max(problems, key=lambda p: p[0] - p[1])
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return CheckResult("output_spectrum", False, value, threshold, detail + more, "<=")
     null_text = f", null space <= {_fmt(worst_null)} x max" if null_tol is not None else ""
-    return CheckResult("output_spectrum", True, 0.0, 0,
-                       f"singular values in [{_fmt(lo)}, {_fmt(hi)}] on {len(shapes)} shapes{null_text}", "<=")
+    return CheckResult(
+        "output_spectrum",
+        True,
+        0.0,
+        0,
+        f"singular values in [{_fmt(lo)}, {_fmt(hi)}] on {len(shapes)} shapes{null_text}",
+        "<=",
+    )
 
 
 def _tile_name(b: _Block, shape: tuple[int, int]) -> str:
     if (b.rows.stop - b.rows.start, b.cols.stop - b.cols.start) == shape:
         return ""
     return f" tile [{b.rows.start}:{b.rows.stop}, {b.cols.start}:{b.cols.stop}]"
-

@@ -129,17 +129,31 @@ import torch
 
 from . import _spectral
 from ._isolation import DEFAULT_TIMEOUT, BatteryTimeout, TargetError, check_timeout, split_target
-from ._matrices import _haar, _rng, _with_spectrum
+from ._matrices import _rng, _with_spectrum
 from ._optimizer_driver import Driver, Observed, Run
 from ._report import CheckResult, Report, _fmt
 
 __all__ = ["LR_RULES", "OPTIMIZER_CHECK_NAMES", "assert_optimizer", "check_optimizer"]
 
 OPTIMIZER_CHECK_NAMES = (
-    "shapes", "orthogonalised", "momentum", "step_scale", "weight_decay", "gradient_unchanged", "grad_none",
-    "nonfinite_gradient", "deterministic", "checkpoint_resume", "tensor_lr", "bfloat16",
-    "reference_params", "reference_scale", "reference_direction", "reference_weight_decay",
-    "reference_momentum", "reference_state",
+    "shapes",
+    "orthogonalised",
+    "momentum",
+    "step_scale",
+    "weight_decay",
+    "gradient_unchanged",
+    "grad_none",
+    "nonfinite_gradient",
+    "deterministic",
+    "checkpoint_resume",
+    "tensor_lr",
+    "bfloat16",
+    "reference_params",
+    "reference_scale",
+    "reference_direction",
+    "reference_weight_decay",
+    "reference_momentum",
+    "reference_state",
 )
 
 #: the learning-rate rules Muon implementations use, as factor(A, B) of the (flattened) A×B matrix
@@ -151,7 +165,12 @@ LR_RULES: dict[str, Callable[[int, int], float]] = {
 }
 
 SHAPES: dict[str, tuple[int, ...]] = {
-    "square": (32, 32), "wide": (16, 48), "tall": (48, 16), "row": (1, 32), "column": (32, 1), "conv": (8, 4, 3, 3),
+    "square": (32, 32),
+    "wide": (16, 48),
+    "tall": (48, 16),
+    "row": (1, 32),
+    "column": (32, 1),
+    "conv": (8, 4, 3, 3),
 }
 GAIN_BAND = (0.5, 1.5)
 GAIN_RATIO = GAIN_BAND[1] / GAIN_BAND[0]
@@ -184,7 +203,7 @@ def _balanced(rng: np.random.Generator, n: int, block: int) -> np.ndarray:
     h = np.empty(n)
     for start in range(0, n, block):
         k = min(block, n - start)
-        h[start:start + k] = rng.permutation(np.repeat((1.0, -1.0), (k + 1) // 2))[:k]
+        h[start : start + k] = rng.permutation(np.repeat((1.0, -1.0), (k + 1) // 2))[:k]
     return h
 
 
@@ -204,8 +223,18 @@ def _rel(a: np.ndarray, b: np.ndarray, scale: float | None = None) -> float:
 class _Battery:
     """The probes: each runs fresh optimizers and keeps its measurements for the reference comparison."""
 
-    def __init__(self, driver: Driver, *, seed: int, dtype: torch.dtype, lr: float | None, momentum: float | None,
-                 lr_rule: Any, tile: tuple[int, int] | None, preconditioned: bool):
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        seed: int,
+        dtype: torch.dtype,
+        lr: float | None,
+        momentum: float | None,
+        lr_rule: Any,
+        tile: tuple[int, int] | None,
+        preconditioned: bool,
+    ):
         self.driver, self.seed, self.dtype = driver, seed, dtype
         self.lr_option, self.momentum_option = lr, momentum
         self.lr_rule, self.tile, self.preconditioned = lr_rule, tile, preconditioned
@@ -267,7 +296,9 @@ class _Battery:
             if err:
                 bad.append(f"{kind} {'x'.join(map(str, shape))}: {err}")
             elif tuple(p.shape) != shape or p.dtype != self.dtype or not np.all(np.isfinite(obs.params[0])):
-                bad.append(f"{kind}: parameter became {tuple(p.shape)} {p.dtype}, finite={np.all(np.isfinite(obs.params[0]))}")
+                bad.append(
+                    f"{kind}: parameter became {tuple(p.shape)} {p.dtype}, finite={np.all(np.isfinite(obs.params[0]))}"
+                )
             else:
                 self.accepted[kind] = None
                 continue
@@ -293,8 +324,13 @@ class _Battery:
             D = -_flat(obs.params[0])
             self.measured.setdefault("update", {})[kind] = D
             if not np.all(np.isfinite(D)) or not np.any(D):
-                return CheckResult("orthogonalised", False, math.nan, GAIN_RATIO,
-                                   f"{kind}: the update is {'zero' if np.all(np.isfinite(D)) else 'not finite'}")
+                return CheckResult(
+                    "orthogonalised",
+                    False,
+                    math.nan,
+                    GAIN_RATIO,
+                    f"{kind}: the update is {'zero' if np.all(np.isfinite(D)) else 'not finite'}",
+                )
             if self.preconditioned:
                 s = np.linalg.svd(D, compute_uv=False)
                 ratio, what = float(s.max() / s.min()) if s.min() > 0 else math.inf, "singular values"
@@ -309,29 +345,43 @@ class _Battery:
                 what = "gains along the gradient's singular directions"
                 leak = float(np.linalg.norm(D - recon) / np.linalg.norm(D))
                 if leak > LEAKAGE_TOL:
-                    return CheckResult("orthogonalised", False, leak, LEAKAGE_TOL,
-                                       f"{kind}: the update leaks off the gradient's singular pairs "
-                                       f"({_fmt(leak)}): it is not a spectral map of the momentum")
+                    return CheckResult(
+                        "orthogonalised",
+                        False,
+                        leak,
+                        LEAKAGE_TOL,
+                        f"{kind}: the update leaks off the gradient's singular pairs "
+                        f"({_fmt(leak)}): it is not a spectral map of the momentum",
+                    )
                 leak_worst = max(leak_worst, leak)
                 if g.min() <= 0:
-                    return CheckResult("orthogonalised", False, math.inf, GAIN_RATIO,
-                                       f"{kind}: a singular direction moves the wrong way (gain {_fmt(g.min())})")
+                    return CheckResult(
+                        "orthogonalised",
+                        False,
+                        math.inf,
+                        GAIN_RATIO,
+                        f"{kind}: a singular direction moves the wrong way (gain {_fmt(g.min())})",
+                    )
             if ratio > worst:
                 worst, worst_where = ratio, f"{kind} ({what} span {_fmt(ratio)}x)"
         if not kinds:
             return CheckResult("orthogonalised", False, math.nan, GAIN_RATIO, "no accepted matrix shape to probe")
         ok = worst <= GAIN_RATIO
-        detail = (f"worst {worst_where}" if ok else
-                  f"{worst_where}: the update keeps the gradient's spectrum (kappa = {_spectral.KAPPA:g}), "
-                  "not orthogonalised") + ("" if self.preconditioned else f"; leakage <= {_fmt(leak_worst)}")
+        detail = (
+            f"worst {worst_where}"
+            if ok
+            else f"{worst_where}: the update keeps the gradient's spectrum (kappa = {_spectral.KAPPA:g}), "
+            "not orthogonalised"
+        ) + ("" if self.preconditioned else f"; leakage <= {_fmt(leak_worst)}")
         return CheckResult("orthogonalised", ok, worst, GAIN_RATIO, detail)
 
     def weight_decay(self) -> CheckResult:
         results, bad = [], []
         for i, kind in enumerate(self.kinds("square", "tall")):
             shape = SHAPES[kind]
-            theta0 = _with_spectrum(self.rng(2, i), (shape[0], shape[1]),
-                                    np.geomspace(1.0, 1.0 / _spectral.KAPPA, min(shape)))
+            theta0 = _with_spectrum(
+                self.rng(2, i), (shape[0], shape[1]), np.geomspace(1.0, 1.0 / _spectral.KAPPA, min(shape))
+            )
             run = self.build([theta0])
             if isinstance(run, str):
                 return CheckResult("weight_decay", False, math.nan, None, f"{kind}: {run}")
@@ -341,9 +391,14 @@ class _Battery:
                 return CheckResult("weight_decay", False, math.nan, None, f"{kind}, zero gradient: {err}")
             theta1 = obs.params[0]
             if not np.all(np.isfinite(theta1)):
-                return CheckResult("weight_decay", False, math.inf, None,
-                                   f"{kind}: a zero gradient from a fresh state gives non-finite parameters "
-                                   "(0/0 in the map's normalisation?)")
+                return CheckResult(
+                    "weight_decay",
+                    False,
+                    math.inf,
+                    None,
+                    f"{kind}: a zero gradient from a fresh state gives non-finite parameters "
+                    "(0/0 in the map's normalisation?)",
+                )
             delta = theta1 - theta0
             lr, lam = self.lr_of(obs), obs.groups[0].get("weight_decay")
             lam = float(lam) if isinstance(lam, (int, float)) and not isinstance(lam, bool) else None
@@ -357,21 +412,30 @@ class _Battery:
             resid = float(np.linalg.norm(delta - k * theta0) / np.linalg.norm(delta))
             if resid > 0.1:
                 self.decay[kind] = None
-                return CheckResult("weight_decay", False, resid, 0.1,
-                                   f"{kind}: coupled: a zero gradient moved theta by something that is not a multiple "
-                                   f"of theta (residual {_fmt(resid)}): the decay goes through the map; decoupled "
-                                   "decay is theta <- theta(1 - lr*lambda)")
+                return CheckResult(
+                    "weight_decay",
+                    False,
+                    resid,
+                    0.1,
+                    f"{kind}: coupled: a zero gradient moved theta by something that is not a multiple "
+                    f"of theta (residual {_fmt(resid)}): the decay goes through the map; decoupled "
+                    "decay is theta <- theta(1 - lr*lambda)",
+                )
             self.decay[kind] = 1.0 + k
             if lr is not None and lam is not None:
                 want = -lr * lam
                 if abs(k - want) > 0.01 * abs(want) + 1e-6:
-                    bad.append(f"{kind}: decay factor {_fmt(1 + k)}, but 1 - lr*lambda = {_fmt(1 + want)} "
-                               f"(lr {lr:g}, weight_decay {lam:g})")
+                    bad.append(
+                        f"{kind}: decay factor {_fmt(1 + k)}, but 1 - lr*lambda = {_fmt(1 + want)} "
+                        f"(lr {lr:g}, weight_decay {lam:g})"
+                    )
             results.append(f"{kind}: decoupled, theta x {1 + k:.6g}")
         factors = [v for v in self.decay.values() if v is not None]
         if len(factors) > 1 and max(factors) - min(factors) > 1e-6 + 0.01 * (1 - min(factors)):
-            bad.append(f"the decay factor depends on the shape ({', '.join(f'{k} {_fmt(v)}' for k, v in self.decay.items())})"
-                       ": decay with the shape-adjusted lr?")
+            bad.append(
+                f"the decay factor depends on the shape ({', '.join(f'{k} {_fmt(v)}' for k, v in self.decay.items())})"
+                ": decay with the shape-adjusted lr?"
+            )
         if bad:
             return CheckResult("weight_decay", False, len(bad), 0, "; ".join(bad))
         return CheckResult("weight_decay", True, 0, 0, "; ".join(results) or "no shape to probe")
@@ -382,8 +446,14 @@ class _Battery:
             return CheckResult(name, True, None, None, "skipped: 32x32 not accepted", skipped=True)
         block = self.tile[0] if self.tile is not None else 32
         if block % 2 or block < 2:
-            return CheckResult(name, True, None, None, f"skipped: tile rows of {block} hold no orthogonal pair of "
-                               "probe directions", skipped=True)
+            return CheckResult(
+                name,
+                True,
+                None,
+                None,
+                f"skipped: tile rows of {block} hold no orthogonal pair of probe directions",
+                skipped=True,
+            )
         rng = self.rng(3)
         u, v = _signs(rng, 32), _signs(rng, 32)
         P, Q = np.outer(u, v), np.outer(u * _balanced(rng, 32, block), v)  # u ⊥ u' in every tile row
@@ -412,29 +482,47 @@ class _Battery:
         group = obs.groups[0]
         declared = self.momentum_option
         if declared is None:
-            declared = group.get("momentum", (group.get("betas") or (None,))[0] if isinstance(group.get("betas"), (tuple, list)) else None)
+            declared = group.get(
+                "momentum",
+                (group.get("betas") or (None,))[0] if isinstance(group.get("betas"), (tuple, list)) else None,
+            )
         declared = float(declared) if isinstance(declared, (int, float)) and not isinstance(declared, bool) else None
         if norms[0, 1] <= 1e-6 * max(norms[0, 0], 1e-300):
             if declared == 0:
                 return CheckResult(name, True, 0.0, None, "no momentum (the group declares momentum 0)")
-            return CheckResult(name, False, 0.0, None,
-                               "the update vanishes with the gradient: it is built from the raw gradient, not the "
-                               f"momentum{f' (the group declares momentum {declared:g})' if declared else ''}")
+            return CheckResult(
+                name,
+                False,
+                0.0,
+                None,
+                "the update vanishes with the gradient: it is built from the raw gradient, not the "
+                f"momentum{f' (the group declares momentum {declared:g})' if declared else ''}",
+            )
         q = [a / b for a, b in scales]
         spread = (rho[1, 1] / rho[0, 1]) / (q[1] / q[0]) if rho[0, 1] not in (0, math.inf) else math.inf
         if not (np.isfinite(spread) and spread > 0 and abs(math.log(spread)) < math.log(math.sqrt(2))):
-            return CheckResult(name, False, float(spread), 1.0,
-                               f"the update mixes past and new gradients in the ratio {_fmt(rho[0, 1])} for "
-                               f"a/b = 1 and {_fmt(rho[1, 1])} for a/b = 2: the momentum is not what is "
-                               "orthogonalised (each gradient is orthogonalised, then averaged?)")
+            return CheckResult(
+                name,
+                False,
+                float(spread),
+                1.0,
+                f"the update mixes past and new gradients in the ratio {_fmt(rho[0, 1])} for "
+                f"a/b = 1 and {_fmt(rho[1, 1])} for a/b = 2: the momentum is not what is "
+                "orthogonalised (each gradient is orthogonalised, then averaged?)",
+            )
         mu = float(rho[0, 1])  # a/b = 1: rho3 = mu
         steps_ratio = float(rho[0, 1] / rho[0, 0]) if rho[0, 0] else math.inf
         forms = {"plain": 1.0, "nesterov": (1 + mu) / mu if mu > 0 else math.inf}
         form = min(forms, key=lambda f: abs(math.log(steps_ratio / forms[f])) if forms[f] < math.inf else math.inf)
         if not np.isfinite(steps_ratio) or abs(math.log(steps_ratio / forms[form])) > math.log(1.2):
-            return CheckResult(name, False, steps_ratio, None,
-                               f"momentum form not recognised: rho3/rho2 = {_fmt(steps_ratio)} (plain 1, Nesterov "
-                               f"{_fmt(forms['nesterov'])} for mu = {_fmt(mu)})")
+            return CheckResult(
+                name,
+                False,
+                steps_ratio,
+                None,
+                f"momentum form not recognised: rho3/rho2 = {_fmt(steps_ratio)} (plain 1, Nesterov "
+                f"{_fmt(forms['nesterov'])} for mu = {_fmt(mu)})",
+            )
         kind = _buffer_form(states[0] if states else {}, scales[0][0] * P, mu)
         detail = f"momentum before the map, {form}, mu = {mu:.4g}{kind}"
         problems = []
@@ -464,8 +552,9 @@ class _Battery:
                 return CheckResult(name, False, math.nan, RULE_TOL, f"{kind}: {err}")
             lr = self.lr_of(obs)
             if lr is None:
-                return CheckResult(name, False, math.nan, RULE_TOL,
-                                   "no float lr in the param group: pass lr= to check the step size")
+                return CheckResult(
+                    name, False, math.nan, RULE_TOL, "no float lr in the param group: pass lr= to check the step size"
+                )
             s = float(np.mean([np.linalg.norm(_flat(p), 2) for p in obs.params])) / lr
             measured[kind] = s / math.sqrt(self.tiles(A, B)[0])
         self.measured["scale"] = measured
@@ -481,12 +570,18 @@ class _Battery:
         spread, gains = fits[best]
         gain = float(np.median(list(gains.values())))
         if spread <= RULE_TOL and GAIN_BAND[0] <= gain <= GAIN_BAND[1]:
-            return CheckResult(name, True, spread, RULE_TOL,
-                               f"lr rule {best!r}, gain {gain:.3g} at x = 1, on {', '.join(measured)}")
+            return CheckResult(
+                name, True, spread, RULE_TOL, f"lr rule {best!r}, gain {gain:.3g} at x = 1, on {', '.join(measured)}"
+            )
         if spread <= RULE_TOL:
-            return CheckResult(name, False, gain, None,
-                               f"lr rule {best!r} explains the shapes, but every step is {gain:.3g}x lr*rule "
-                               f"(an orthogonaliser's gain lies in [{GAIN_BAND[0]}, {GAIN_BAND[1]}])")
+            return CheckResult(
+                name,
+                False,
+                gain,
+                None,
+                f"lr rule {best!r} explains the shapes, but every step is {gain:.3g}x lr*rule "
+                f"(an orthogonaliser's gain lies in [{GAIN_BAND[0]}, {GAIN_BAND[1]}])",
+            )
         off = sorted(gains, key=lambda k: abs(math.log(gains[k] / gain)), reverse=True)
         worst = ", ".join(f"{k} {'x'.join(map(str, SHAPES[k]))} {gains[k] / gain:.3g}x" for k in off[:2])
         which = f"the declared rule {best!r}" if self.lr_rule is not None else f"any known rule (closest {best!r})"
@@ -494,9 +589,15 @@ class _Battery:
 
     def gradient_unchanged(self) -> CheckResult:
         bad = self.grad_changes
-        return CheckResult("gradient_unchanged", not bad, len(bad), 0,
-                           f"step() modified p.grad in place: {bad[0]}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
-                           if bad else "p.grad unchanged by every step")
+        return CheckResult(
+            "gradient_unchanged",
+            not bad,
+            len(bad),
+            0,
+            f"step() modified p.grad in place: {bad[0]}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
+            if bad
+            else "p.grad unchanged by every step",
+        )
 
     def grad_none(self) -> CheckResult:
         rng = self.rng(5)
@@ -509,8 +610,13 @@ class _Battery:
         if err:
             return CheckResult("grad_none", False, math.nan, 0, f"a parameter without grad: {err}")
         changed = not np.array_equal(obs.params[1], before[1])
-        return CheckResult("grad_none", not changed, int(changed), 0,
-                           "a parameter with grad None was changed" if changed else "grad None: left unchanged")
+        return CheckResult(
+            "grad_none",
+            not changed,
+            int(changed),
+            0,
+            "a parameter with grad None was changed" if changed else "grad None: left unchanged",
+        )
 
     def nonfinite(self) -> CheckResult:
         name = "nonfinite_gradient"
@@ -541,28 +647,51 @@ class _Battery:
             if err:
                 changed = _changes(before, got)
                 if changed:
-                    return CheckResult(name, False, len(changed), 0,
-                                       f"half-applied step: {err.split(':')[0]} on a {what} gradient after changing "
-                                       + ", ".join(changed[:3]))
+                    return CheckResult(
+                        name,
+                        False,
+                        len(changed),
+                        0,
+                        f"half-applied step: {err.split(':')[0]} on a {what} gradient after changing "
+                        + ", ".join(changed[:3]),
+                    )
                 outcomes.append(f"{what}: raises before anything changes")
                 continue
             others = _changes(_select(ref, [0]), _select(got, [0]))
             if others:
-                return CheckResult(name, False, len(others), 0,
-                                   f"a {what} gradient on parameter 1 changed parameter 0's step "
-                                   f"({', '.join(others[:3])}): it leaked into another parameter")
+                return CheckResult(
+                    name,
+                    False,
+                    len(others),
+                    0,
+                    f"a {what} gradient on parameter 1 changed parameter 0's step "
+                    f"({', '.join(others[:3])}): it leaked into another parameter",
+                )
             p0, p0_before = got.params[1], before.params[1]
             if np.array_equal(p0, p0_before):
                 outcomes.append(f"{what}: skips the parameter")
             elif not np.all(np.isfinite(p0)):
                 outcomes.append(f"{what}: propagates into that parameter only")
             else:
-                return CheckResult(name, False, 1, 0, f"the parameter with a {what} gradient took a finite step: "
-                                   "the non-finite gradient was silently replaced")
+                return CheckResult(
+                    name,
+                    False,
+                    1,
+                    0,
+                    f"the parameter with a {what} gradient took a finite step: "
+                    "the non-finite gradient was silently replaced",
+                )
         return CheckResult(name, True, 0, 0, "; ".join(outcomes))
 
-    def stream(self, dtype: torch.dtype | None = None, *, zero_init: bool = False, norm: float | None = None,
-               tensor_lr: bool = False, resume_after: int | None = None) -> Observed | str:
+    def stream(
+        self,
+        dtype: torch.dtype | None = None,
+        *,
+        zero_init: bool = False,
+        norm: float | None = None,
+        tensor_lr: bool = False,
+        resume_after: int | None = None,
+    ) -> Observed | str:
         """The 3-step stream on square/wide/tall parameters: the final observation, or what failed."""
         kinds = self.kinds("square", "wide", "tall") or ["square"]
         rng = self.rng(7)
@@ -599,29 +728,42 @@ class _Battery:
             return CheckResult("deterministic", False, math.nan, 0, str(a if isinstance(a, str) else b))
         self.measured["stream"] = a
         diff = [i for i in range(len(a.params)) if not np.array_equal(a.params[i], b.params[i], equal_nan=True)]
-        return CheckResult("deterministic", not diff, len(diff), 0,
-                           f"two runs of one stream differ on parameter(s) {diff}" if diff else
-                           f"{STREAM_STEPS}-step runs identical")
+        return CheckResult(
+            "deterministic",
+            not diff,
+            len(diff),
+            0,
+            f"two runs of one stream differ on parameter(s) {diff}" if diff else f"{STREAM_STEPS}-step runs identical",
+        )
 
     def checkpoint_resume(self) -> CheckResult:
         base, resumed = self.measured.get("stream") or self.stream(), self.stream(resume_after=1)
         if isinstance(base, str) or isinstance(resumed, str):
             return CheckResult("checkpoint_resume", False, math.nan, 0, str(base if isinstance(base, str) else resumed))
         diff = _changes(base, resumed)
-        return CheckResult("checkpoint_resume", not diff, len(diff), 0,
-                           f"resumed run differs: {', '.join(diff[:3])}" if diff else
-                           "state_dict() after step 1 resumes steps 2-3 bit for bit")
+        return CheckResult(
+            "checkpoint_resume",
+            not diff,
+            len(diff),
+            0,
+            f"resumed run differs: {', '.join(diff[:3])}"
+            if diff
+            else "state_dict() after step 1 resumes steps 2-3 bit for bit",
+        )
 
     def tensor_lr(self) -> CheckResult:
         base, got = self.measured.get("stream") or self.stream(), self.stream(tensor_lr=True)
         if isinstance(base, str):
             return CheckResult("tensor_lr", False, math.nan, ULPS, f"float lr: {base}")
         if isinstance(got, str):
-            return CheckResult("tensor_lr", True, None, ULPS, f"skipped: a tensor lr is not accepted ({got})",
-                               skipped=True)
+            return CheckResult(
+                "tensor_lr", True, None, ULPS, f"skipped: a tensor lr is not accepted ({got})", skipped=True
+            )
         eps = float(torch.finfo(self.dtype).eps)
-        worst = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b) * eps, np.finfo(float).tiny)))
-                    for a, b in zip(got.params, base.params))
+        worst = max(
+            float(np.max(np.abs(a - b) / np.maximum(np.abs(b) * eps, np.finfo(float).tiny)))
+            for a, b in zip(got.params, base.params)
+        )
         return CheckResult("tensor_lr", worst <= ULPS, worst, ULPS, f"tensor lr vs float lr: {_fmt(worst)} ulps")
 
     def bfloat16(self) -> CheckResult:
@@ -636,9 +778,14 @@ class _Battery:
             for key in sorted(set(sa) & set(sb)):
                 r = _rel(sa[key], sb[key])
                 if r > BF16_STATE_TOL:
-                    return CheckResult(name, False, r, BF16_STATE_TOL,
-                                       f"state {key!r} of parameter {i} differs from the float32 run by {_fmt(r)} "
-                                       "(modified in place by the map?)")
+                    return CheckResult(
+                        name,
+                        False,
+                        r,
+                        BF16_STATE_TOL,
+                        f"state {key!r} of parameter {i} differs from the float32 run by {_fmt(r)} "
+                        "(modified in place by the map?)",
+                    )
         worst, where = 0.0, ""
         for i, (a, b) in enumerate(zip(b16.params, f32.params)):
             r = _rel(a, b)
@@ -667,8 +814,12 @@ def _buffer_form(state: dict[str, np.ndarray], g1: np.ndarray, mu: float) -> str
 
 
 def _select(obs: Observed, idx: list[int]) -> Observed:
-    return Observed([obs.params[i] for i in idx], [obs.grads[i] for i in idx], [obs.state[i] for i in idx],
-                    [obs.groups[i] for i in idx])
+    return Observed(
+        [obs.params[i] for i in idx],
+        [obs.grads[i] for i in idx],
+        [obs.state[i] for i in idx],
+        [obs.groups[i] for i in idx],
+    )
 
 
 def _changes(a: Observed, b: Observed) -> list[str]:
@@ -689,7 +840,9 @@ def _rules(lr_rule: Any) -> dict[str, Callable[[int, int], float]]:
         return LR_RULES
     if isinstance(lr_rule, str):
         if lr_rule not in LR_RULES:
-            raise ValueError(f"unknown lr_rule {lr_rule!r}; choose one of {sorted(LR_RULES)} or pass a callable (A, B) -> factor")
+            raise ValueError(
+                f"unknown lr_rule {lr_rule!r}; choose one of {sorted(LR_RULES)} or pass a callable (A, B) -> factor"
+            )
         return {lr_rule: LR_RULES[lr_rule]}
     if callable(lr_rule):
         return {getattr(lr_rule, "__name__", "declared"): lr_rule}
@@ -711,9 +864,16 @@ def _compare(name: str, mine: Any, theirs: Any, tol: float, what: str) -> CheckR
         if not bad:
             return CheckResult(name, True, errs[k], tol, f"{what}: worst {k} differs by {_fmt(errs[k])}{note}")
         good = [str(key) for key in keys if errs[key] <= tol]
-        return CheckResult(name, False, errs[k], tol,
-                           f"{what} differ on " + ", ".join(f"{key} ({_fmt(errs[key])})" for key in bad[:4])
-                           + (f"; agree on {', '.join(good)}" if good else "") + note)
+        return CheckResult(
+            name,
+            False,
+            errs[k],
+            tol,
+            f"{what} differ on "
+            + ", ".join(f"{key} ({_fmt(errs[key])})" for key in bad[:4])
+            + (f"; agree on {', '.join(good)}" if good else "")
+            + note,
+        )
     err = _rel(np.asarray(mine, float), np.asarray(theirs, float))
     return CheckResult(name, err <= tol, err, tol, f"{what} differ by {_fmt(err)}")
 
@@ -802,8 +962,9 @@ def check_optimizer(
 
         tile = check_tile(tile)
     for label, value in (("lr", lr), ("momentum", momentum)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+        ):
             raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
     if seed is None:
         seed = secrets.randbelow(2**31)
@@ -819,9 +980,18 @@ def check_optimizer(
         settings["preconditioned"] = True
     if ref is not None:
         settings["reference"] = ref[1]
+
     def battery(target: Callable[[list[torch.nn.Parameter]], Any], label: str) -> _Battery:
-        return _Battery(Driver(target, label), seed=int(seed), dtype=torch.float32, lr=lr, momentum=momentum,
-                        lr_rule=lr_rule, tile=tile, preconditioned=preconditioned)
+        return _Battery(
+            Driver(target, label),
+            seed=int(seed),
+            dtype=torch.float32,
+            lr=lr,
+            momentum=momentum,
+            lr_rule=lr_rule,
+            tile=tile,
+            preconditioned=preconditioned,
+        )
 
     def body() -> Report:
         report = Report(target=name, settings=settings, title="optimizer check")
@@ -836,10 +1006,16 @@ def check_optimizer(
 
 def _run_checks(b: _Battery, report: Report, skip: Sequence[str], bf16: bool) -> _Battery:
     order: list[tuple[str, Callable[[], CheckResult]]] = [
-        ("shapes", b.shapes), ("weight_decay", b.weight_decay), ("orthogonalised", b.orthogonalised),
-        ("momentum", b.momentum), ("step_scale", b.step_scale), ("grad_none", b.grad_none),
-        ("nonfinite_gradient", b.nonfinite), ("deterministic", b.deterministic),
-        ("checkpoint_resume", b.checkpoint_resume), ("tensor_lr", b.tensor_lr),
+        ("shapes", b.shapes),
+        ("weight_decay", b.weight_decay),
+        ("orthogonalised", b.orthogonalised),
+        ("momentum", b.momentum),
+        ("step_scale", b.step_scale),
+        ("grad_none", b.grad_none),
+        ("nonfinite_gradient", b.nonfinite),
+        ("deterministic", b.deterministic),
+        ("checkpoint_resume", b.checkpoint_resume),
+        ("tensor_lr", b.tensor_lr),
     ]
     if bf16:
         order.append(("bfloat16", b.bfloat16))
@@ -865,12 +1041,22 @@ def _reference_rows(mine: _Battery, theirs: _Battery, report: Report, skip: Sequ
     a, b = mine.measured, theirs.measured
     stream = (a.get("stream"), b.get("stream"))
     rows = [
-        _compare("reference_params", stream[0] and dict(enumerate(stream[0].params)),
-                 stream[1] and dict(enumerate(stream[1].params)), rtol, "parameters after the stream"),
+        _compare(
+            "reference_params",
+            stream[0] and dict(enumerate(stream[0].params)),
+            stream[1] and dict(enumerate(stream[1].params)),
+            rtol,
+            "parameters after the stream",
+        ),
         _compare("reference_scale", a.get("scale"), b.get("scale"), max(rtol, 1e-3), "step size per shape"),
         _compare("reference_direction", a.get("update"), b.get("update"), rtol, "one-step update per shape"),
-        _compare("reference_weight_decay", _decay(mine), _decay(theirs), max(rtol, 1e-6),
-                 "decay factor per shape (inf: coupled on one side)"),
+        _compare(
+            "reference_weight_decay",
+            _decay(mine),
+            _decay(theirs),
+            max(rtol, 1e-6),
+            "decay factor per shape (inf: coupled on one side)",
+        ),
         _compare("reference_momentum", a.get("momentum"), b.get("momentum"), max(rtol, 1e-3), "momentum ratios"),
         _compare("reference_state", _state_by_key(stream[0]), _state_by_key(stream[1]), rtol, "state tensors"),
     ]
@@ -898,7 +1084,7 @@ def _factory(target: Any, what: str) -> tuple[Callable[[list[torch.nn.Parameter]
             return _resolve_target(target), target
         except TargetError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - the target's import raised (SystemExit included)
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             raise TargetError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from None
@@ -925,8 +1111,9 @@ def _with_deadline(body: Callable[[], Report], timeout: float | None) -> Report:
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise BatteryTimeout(f"the optimizer battery did not finish within {timeout:g} s "
-                             "(the call is abandoned in a daemon thread)")
+        raise BatteryTimeout(
+            f"the optimizer battery did not finish within {timeout:g} s (the call is abandoned in a daemon thread)"
+        )
     if "error" in box:
         raise box["error"]
     return box["report"]

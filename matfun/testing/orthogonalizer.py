@@ -241,26 +241,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..newton_schulz import newton_schulz
+from ..polar import Polar, polar
+from ..schedules import SCHEDULES, Schedule, check_steps, get_schedule, transfer_function
+from ..tiling import Tiled, check_tile, tiled_newton_schulz
+from . import _spectral
+from ._env import _Env, _f64, _lib_dtype_device, _norm_device
 from ._isolation import (
     DEFAULT_TIMEOUT,
     BatteryTimeout,
     DirectCaller,
     ProcessCaller,
-    TargetError,
     TargetProcessError,
     ThreadCaller,
     check_timeout,
     split_target,
 )
-from ..newton_schulz import newton_schulz
-from ..polar import Polar, polar
-from ..schedules import SCHEDULES, Schedule, check_steps, get_schedule, transfer_function
-from ..tiling import Tiled, check_tile, tiled_newton_schulz
-from ._env import _Env, _f64, _lib_dtype_device, _norm_device
-from . import _spectral
 from ._matrices import (
     _cos,
-    draw_shapes,
     _gaussian,
     _geometric,
     _haar,
@@ -270,6 +268,7 @@ from ._matrices import (
     _rank_deficient,
     _relerr,
     _rng,
+    draw_shapes,
 )
 from ._report import CheckResult, Report, _fmt, _Worst
 
@@ -295,8 +294,9 @@ class Thresholds:
 
 
 PROFILES: dict[str, Thresholds] = {
-    "fp32": Thresholds(min_alignment=0.85, scale_tol=1e-3, equivariance_tol=1e-3, schedule_tol=1e-3,
-                       coefficient_tol=1e-4),
+    "fp32": Thresholds(
+        min_alignment=0.85, scale_tol=1e-3, equivariance_tol=1e-3, schedule_tol=1e-3, coefficient_tol=1e-4
+    ),
     "bf16": Thresholds(min_alignment=0.85, scale_tol=1e-1, equivariance_tol=1e-1, schedule_tol=1e-1),
 }
 
@@ -460,9 +460,13 @@ def check_orthogonalizer(
             defaults.equivariance_tol if equivariance_tol is None else _number("equivariance_tol", equivariance_tol)
         ),
         schedule_tol=defaults.schedule_tol if schedule_tol is None else _number("schedule_tol", schedule_tol),
-        coefficient_tol=_number("coefficient_tol", coefficient_tol) if coefficient_tol is not None else (
-            defaults.coefficient_tol if defaults.coefficient_tol is not None
-            else BF16_COEFFICIENT_TOL.get(schedule or "", max(BF16_COEFFICIENT_TOL.values()))),
+        coefficient_tol=_number("coefficient_tol", coefficient_tol)
+        if coefficient_tol is not None
+        else (
+            defaults.coefficient_tol
+            if defaults.coefficient_tol is not None
+            else BF16_COEFFICIENT_TOL.get(schedule or "", max(BF16_COEFFICIENT_TOL.values()))
+        ),
     )
     _check_thresholds(thr)
     band = _checked_band(gain_band, schedule, steps, precision_profile)
@@ -475,9 +479,21 @@ def check_orthogonalizer(
         env.caller = DirectCaller(fn) if timeout is None else ThreadCaller(fn, timeout)
     try:
         with np.errstate(all="ignore"):  # the battery's own sums of wild outputs; fn keeps the caller's state
-            report = _battery(env, fn, thr, precision_profile=precision_profile, schedule=schedule, steps=steps,
-                              schedule_precision=schedule_precision, seed=seed, shapes=shapes, scales=scales,
-                              skip=skip, tile=tile, band=band)
+            report = _battery(
+                env,
+                fn,
+                thr,
+                precision_profile=precision_profile,
+                schedule=schedule,
+                steps=steps,
+                schedule_precision=schedule_precision,
+                seed=seed,
+                shapes=shapes,
+                scales=scales,
+                skip=skip,
+                tile=tile,
+                band=band,
+            )
         if isinstance(env.caller, ProcessCaller):
             env.caller.finish()
     finally:
@@ -549,9 +565,22 @@ def _check_thresholds(thr: Thresholds) -> None:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, schedule: str | None, steps: int,
-             schedule_precision: str | None, seed: int, shapes: list[tuple[int, int]], scales: Sequence[float],
-             skip: Sequence[str], tile: tuple[int, int] | None, band: tuple[float, float, float]) -> Report:
+def _battery(
+    env: _Env,
+    fn: Any,
+    thr: Thresholds,
+    *,
+    precision_profile: str,
+    schedule: str | None,
+    steps: int,
+    schedule_precision: str | None,
+    seed: int,
+    shapes: list[tuple[int, int]],
+    scales: Sequence[float],
+    skip: Sequence[str],
+    tile: tuple[int, int] | None,
+    band: tuple[float, float, float],
+) -> Report:
     backend, dtype, device = env.backend, env.dtype, env.device
     tiled = tile is not None
     if tile is None:  # a whole-matrix map: the tile is at least the largest shape
@@ -564,17 +593,25 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
         if tiled:
             return tiled_newton_schulz(G, tile, steps, schedule, precision=schedule_precision)
         return newton_schulz(G, steps, schedule, precision=schedule_precision)
+
     wide = next((s for s in shapes if s[0] < s[1]), shapes[0])
     tall = next((s for s in shapes if s[0] > s[1]), (wide[1], wide[0]))
 
-    settings = {"backend": backend, "dtype": dtype, "device": device, "profile": precision_profile,
-                "seed": seed, "shapes": " ".join(map(_name, shapes))}
+    settings = {
+        "backend": backend,
+        "dtype": dtype,
+        "device": device,
+        "profile": precision_profile,
+        "seed": seed,
+        "shapes": " ".join(map(_name, shapes)),
+    }
     if tiled:
         settings["tile"] = f"{tile[0]}x{tile[1]}"
     if schedule is not None:
         settings.update(schedule=schedule, steps=steps)
-    report = Report(target=fn if isinstance(fn, str) else getattr(fn, "__qualname__", None) or repr(fn),
-                    settings=settings)
+    report = Report(
+        target=fn if isinstance(fn, str) else getattr(fn, "__qualname__", None) or repr(fn), settings=settings
+    )
 
     def run(name: str, check: Callable[[], CheckResult]) -> None:
         if name in skip:
@@ -584,7 +621,9 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
         except (BatteryTimeout, TargetProcessError):
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a weird output object
-            report.checks.append(CheckResult(name, False, math.nan, None, f"check errored: {type(exc).__name__}: {exc}"))
+            report.checks.append(
+                CheckResult(name, False, math.nan, None, f"check errored: {type(exc).__name__}: {exc}")
+            )
 
     # ---- shape / dtype / device / input_unchanged -------------------------
     basic: dict[str, list[str]] = {"shape": [], "dtype": [], "device": [], "input_unchanged": []}
@@ -608,14 +647,22 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
             basic["device"].append(f"{case}: {lib} on {odev} (want {want_lib} on {device})")
         if not np.array_equal(env.input_after(G), before):
             basic["input_unchanged"].append(f"{case}: input modified in place")
-    what = {"shape": "shape follows input", "dtype": f"dtype {dtype}", "device": f"{want_lib} on {device}",
-            "input_unchanged": "input left unchanged"}
+    what = {
+        "shape": "shape follows input",
+        "dtype": f"dtype {dtype}",
+        "device": f"{want_lib} on {device}",
+        "input_unchanged": "input left unchanged",
+    }
     for name, bad in basic.items():
+
         def make(name=name, bad=bad) -> CheckResult:
             if raised:
-                return CheckResult(name, False, len(raised), 0, raised[0] + (f" (+{len(raised) - 1} more)" if len(raised) > 1 else ""))
+                return CheckResult(
+                    name, False, len(raised), 0, raised[0] + (f" (+{len(raised) - 1} more)" if len(raised) > 1 else "")
+                )
             detail = "; ".join(bad) if bad else f"{what[name]} on {', '.join(map(_name, shapes))}"
             return CheckResult(name, not bad, len(bad), 0, detail)
+
         run(name, make)
 
     # ---- zero --------------------------------------------------------------
@@ -770,7 +817,9 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
             if precision_profile == "fp32":
                 schedule_precision = "float64" if dtype == "float64" else "float32"
             else:
-                schedule_precision = "bfloat16" if (backend == "torch" and env.tdevice.type == "cuda") else "bfloat16-emulated"
+                schedule_precision = (
+                    "bfloat16" if (backend == "torch" and env.tdevice.type == "cuda") else "bfloat16-emulated"
+                )
 
         def agreement() -> CheckResult:
             w = _Worst("schedule_agreement", thr.schedule_tol)
@@ -796,9 +845,14 @@ def _battery(env: _Env, fn: Any, thr: Thresholds, *, precision_profile: str, sch
                 return CheckResult("schedule_agreement", False, math.nan, thr.coefficient_tol, fit)
             detail = f"{result.detail}; coefficient fit {_fmt(fit)} (<= {_fmt(thr.coefficient_tol)})"
             if thr.coefficient_tol is not None and fit > thr.coefficient_tol:
-                return CheckResult("schedule_agreement", False, fit, thr.coefficient_tol,
-                                   f"transfer function deviates from {schedule}'s like a coefficient error: "
-                                   f"fit {_fmt(fit)} on {_PROBES} probes {_name(fit_shape)}")
+                return CheckResult(
+                    "schedule_agreement",
+                    False,
+                    fit,
+                    thr.coefficient_tol,
+                    f"transfer function deviates from {schedule}'s like a coefficient error: "
+                    f"fit {_fmt(fit)} on {_PROBES} probes {_name(fit_shape)}",
+                )
             return CheckResult("schedule_agreement", True, result.value, result.threshold, detail)
 
         run("schedule_agreement", agreement)
@@ -828,11 +882,13 @@ def _sensitivities(sigma: np.ndarray, steps: int, schedule: str) -> tuple[np.nda
         for j in range(3):
             plus, minus = variant(k, j, h), variant(k, j, -h)
             columns.append((transfer_function(sigma, steps, plus) - transfer_function(sigma, steps, minus)) / (2 * h))
-    columns.append((transfer_function(sigma * (1 + h), steps, sched) - transfer_function(sigma * (1 - h), steps, sched)) / (2 * h))
+    columns.append(
+        (transfer_function(sigma * (1 + h), steps, sched) - transfer_function(sigma * (1 - h), steps, sched)) / (2 * h)
+    )
     return base, np.stack(columns, axis=1)
 
 
-def _coefficient_fit(env: "_Env", schedule: str, steps: int, shape: tuple[int, int], seed: int) -> float | str:
+def _coefficient_fit(env: _Env, schedule: str, steps: int, shape: tuple[int, int], seed: int) -> float | str:
     """How much of ``fn``'s transfer function looks like a coefficient error.
 
     ``fn`` runs on :data:`_PROBES` matrices ``U diag(σ) Vᵀ`` sharing one known
@@ -876,4 +932,3 @@ def assert_orthogonalizer(fn: Callable[[Any], Any], **kwargs: Any) -> Report:
     if not report.passed:
         raise AssertionError("orthogonaliser failed " + ", ".join(report.failed_names) + "\n" + report.table())
     return report
-

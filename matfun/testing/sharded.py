@@ -85,8 +85,11 @@ __all__ = ["TOL_FACTOR", "ShardedReport", "assert_sharded_optimizer", "check_sha
 TOL_FACTOR = 1000.0
 _HALF = (torch.bfloat16, torch.float16)
 _DTYPE_NAMES = {
-    "float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
-    "bfloat16-emulated": torch.bfloat16, "float16": torch.float16,
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bfloat16-emulated": torch.bfloat16,
+    "float16": torch.float16,
 }
 
 
@@ -352,8 +355,10 @@ def _state_mismatches(states: list[dict[str, Any]]) -> list[str]:
         have = [r for r, st in enumerate(states) if key in st]
         missing = [r for r in range(len(states)) if r not in have]
         if missing:
-            out.append(f"{key} missing on rank{'s' if len(missing) > 1 else ''} "
-                       f"{', '.join(map(str, missing))} (present on {', '.join(map(str, have))})")
+            out.append(
+                f"{key} missing on rank{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(str, missing))} (present on {', '.join(map(str, have))})"
+            )
             continue
         first = have[0]
         for r in have[1:]:
@@ -366,6 +371,7 @@ def _state_mismatches(states: list[dict[str, Any]]) -> list[str]:
 
 def _worst(errors: list[tuple[str, float, float]]) -> tuple[str, float, float]:
     """The ``(name, error, limit)`` furthest over (or nearest to) its limit; NaN first."""
+
     def badness(item):
         _, err, lim = item
         if not math.isfinite(err):
@@ -490,7 +496,9 @@ def check_sharded_optimizer(
     batch = _integer("batch", batch, 1)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0 and math.isfinite(tol)):
+    if tol is not None and not (
+        isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0 and math.isfinite(tol)
+    ):
         raise ValueError(f"tol must be a finite number >= 0 or None, got {tol!r}")
     check_timeout(timeout)
     compute = _as_float_dtype(compute_dtype)
@@ -525,10 +533,15 @@ def check_sharded_optimizer(
         settings["tol"] = tol
     report = ShardedReport(target=f"{getattr(optimizer_fn, '__qualname__', optimizer_fn)!s}", settings=settings)
     if all(torch.equal(p, ref_initial[n]) for n, p in ref.items()):
-        report.checks.append(CheckResult(
-            "params_match_reference", False, None, None,
-            "the reference run changed no parameter (lr=0? no gradient?): there is nothing to compare",
-        ))
+        report.checks.append(
+            CheckResult(
+                "params_match_reference",
+                False,
+                None,
+                None,
+                "the reference run changed no parameter (lr=0? no gradient?): there is nothing to compare",
+            )
+        )
         return report
     try:
         runs = run_distributed(
@@ -541,18 +554,25 @@ def check_sharded_optimizer(
         detail = " ".join(lines[:1] + error[-1:] + others)  # the exception's own line, not just "raised:"
         report.checks.append(CheckResult("ranks_complete", False, None, None, detail))
         return report
-    report.checks.append(CheckResult("ranks_complete", True, world_size, world_size, f"{world_size} ranks × {steps} steps", ">="))
+    report.checks.append(
+        CheckResult("ranks_complete", True, world_size, world_size, f"{world_size} ranks × {steps} steps", ">=")
+    )
     report.bytes_per_step = [r["comm"] for r in runs]
 
     initial = runs[0]["initial"]
     changed = [n for n in ref_initial if n not in initial or not _same_tensor(initial[n], ref_initial[n])]
     changed += [n for n in initial if n not in ref_initial]
     if changed:  # the comparison below would blame the optimizer for model_fn's randomness
-        report.checks.append(CheckResult(
-            "params_match_reference", False, None, None,
-            f"model_fn() gave other initial weights in the sharded run than in the reference ({changed[0]!r}): "
-            "it must return the same weights on every call (seed its initialisation)",
-        ))
+        report.checks.append(
+            CheckResult(
+                "params_match_reference",
+                False,
+                None,
+                None,
+                f"model_fn() gave other initial weights in the sharded run than in the reference ({changed[0]!r}): "
+                "it must return the same weights on every call (seed its initialisation)",
+            )
+        )
         return report
     errors = [(n, _relative_error(runs[0]["params"][n], p_ref), limits[n][0]) for n, p_ref in ref.items()]
     worst_name, worst, limit = _worst(errors)
@@ -582,10 +602,14 @@ def check_sharded_optimizer(
     bad = [r for r, ls in enumerate(losses) if ls != losses[0] or not all(map(math.isfinite, ls))]
     report.checks.append(
         CheckResult(
-            "ranks_agree", finite and agree, len(bad), 0,
-            f"ranks {bad} differ from rank 0 or are not finite" if bad else
-            ("a single rank, finite " if world_size == 1 else "") +
-            f"losses {', '.join(f'{v:.4g}' for v in losses[0])} (reference {', '.join(f'{v:.4g}' for v in ref_losses)})",
+            "ranks_agree",
+            finite and agree,
+            len(bad),
+            0,
+            f"ranks {bad} differ from rank 0 or are not finite"
+            if bad
+            else ("a single rank, finite " if world_size == 1 else "")
+            + f"losses {', '.join(f'{v:.4g}' for v in losses[0])} (reference {', '.join(f'{v:.4g}' for v in ref_losses)})",
         )
     )
     return report
