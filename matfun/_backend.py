@@ -271,7 +271,7 @@ def max_exponent(G: Any) -> Any:
     Shape ``(..., 1, 1)``, an integer array of ``G``'s library.
     """
     xp = array_api_compat.array_namespace(G)
-    amax = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True) if _size(G) else xp.zeros(G.shape[:-2] + (1, 1))
+    amax = xp.max(xp.abs(G), axis=(-2, -1), keepdims=True) if _size(G) else xp.zeros((*G.shape[:-2], 1, 1))
     return (torch.frexp if is_torch(amax) else np.frexp)(amax)[1]
 
 

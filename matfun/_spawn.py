@@ -108,7 +108,9 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
                             rank, status, value = out.get(timeout=2.0)
                         except queue_module.Empty:
                             codes = {r: procs[r].exitcode for r in dead}
-                            raise DistributedRunError(f"ranks {dead} exited without a result (exit codes {codes})")
+                            raise DistributedRunError(
+                                f"ranks {dead} exited without a result (exit codes {codes})"
+                            ) from None
                     else:
                         continue
                 if status == "error":

@@ -316,6 +316,6 @@ def newton_schulz(
     if max(H, W) <= fused_max_side(X, precision):
         return fused_tiles(X, (H, W), steps, factor, precision)
     out = None
-    for out in newton_schulz_iterates(X, steps, factor, precision):
+    for out in newton_schulz_iterates(X, steps, factor, precision):  # noqa: B007 - keeps the last
         pass
     return out

@@ -62,7 +62,7 @@ class Map(ABC):
     def _compute_final(self, X: Any, precision: B.Precision) -> Any:
         """The last iterate of :meth:`_compute_iterates` (maps may bound memory here)."""
         out = None
-        for out in self._compute_iterates(X, precision):
+        for out in self._compute_iterates(X, precision):  # noqa: B007 - keeps the last iterate
             pass
         return out
 

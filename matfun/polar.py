@@ -18,8 +18,9 @@ also quoted by ``numpy.linalg.matrix_rank``); :func:`polar` documents the
 trade-off with measured numbers.
 
 Every matrix is scaled by the power of two that brings its largest absolute entry
-into ``[0.5, 1)`` before the SVD (exact), so inputs anywhere in the finite range of their dtype (1e308 or subnormal in float64,
-3e38 or 1e-45 in float32) give the same factor as inputs of size 1.
+into ``[0.5, 1)`` before the SVD (exact), so inputs anywhere in the finite range of their
+dtype (1e308 or subnormal in float64, 3e38 or 1e-45 in float32) give the same factor as
+inputs of size 1.
 
 References
 ----------

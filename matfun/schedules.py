@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +126,7 @@ SCHEDULES: dict[str, Schedule] = {
     ),
 }
 
-ScheduleLike = Union[str, Schedule, Sequence[Sequence[float]]]
+ScheduleLike = str | Schedule | Sequence[Sequence[float]]
 
 
 def get_schedule(coefficients: ScheduleLike) -> Schedule:

@@ -25,7 +25,7 @@ memory-bounded chunking and tile-size schedules.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -35,7 +35,7 @@ from .base import Map, Wrapper, batch_size, check_shape
 from .newton_schulz import NewtonSchulz
 from .schedules import ScheduleLike
 
-TileLike = Union[int, Sequence[int]]
+TileLike = int | Sequence[int]
 
 #: default working-memory budget per chunk on CPU: chunks this size stay in cache
 #: and run ~2× faster than one huge batch (``benchmarks/bench_tiled.py``).
@@ -80,16 +80,16 @@ def split_group(X: Any, group: tuple) -> Any:
     block = X[..., rs, cs]
     lead = tuple(block.shape[:-2])
     xp = B.namespace(X)
-    tiles = xp.reshape(block, lead + (nr, th, nc, tw))
+    tiles = xp.reshape(block, (*lead, nr, th, nc, tw))
     return xp.moveaxis(tiles, -3, -2)
 
 
 def merge_group(tiles: Any, group: tuple) -> Any:
     """Inverse of :func:`split_group`: the block ``(..., nr·th, nc·tw)``."""
-    rs, cs, nr, nc, th, tw = group
+    _, _, nr, nc, th, tw = group
     xp = B.namespace(tiles)
     lead = tuple(tiles.shape[:-4])
-    return xp.reshape(xp.moveaxis(tiles, -2, -3), lead + (nr * th, nc * tw))
+    return xp.reshape(xp.moveaxis(tiles, -2, -3), (*lead, nr * th, nc * tw))
 
 
 def assemble(blocks: list[Any], groups: list[tuple]) -> Any:
@@ -178,7 +178,7 @@ class Tiled(Wrapper):
         return max(1, budget // working_bytes_per_tile(*flat.shape[-2:], itemsize))
 
     def _chunks(self, tiles: Any) -> list[Any]:
-        flat = B.namespace(tiles).reshape(tiles, (batch_size(tuple(tiles.shape)),) + tuple(tiles.shape[-2:]))
+        flat = B.namespace(tiles).reshape(tiles, (batch_size(tuple(tiles.shape)), *tuple(tiles.shape[-2:])))
         per_chunk = self._tiles_per_chunk(flat)
         return [flat[a : a + per_chunk] for a in range(0, flat.shape[0], per_chunk)]
 
@@ -390,7 +390,7 @@ def tiled_newton_schulz_many(
             pieces = []
             for j, a, b in chunk:
                 if j not in flat:
-                    flat[j] = xp.reshape(parts[j], (counts[j],) + tuple(parts[j].shape[-2:]))
+                    flat[j] = xp.reshape(parts[j], (counts[j], *tuple(parts[j].shape[-2:])))
                 pieces.append(flat[j][a:b])
                 if b == counts[j]:
                     del flat[j]
@@ -404,7 +404,7 @@ def tiled_newton_schulz_many(
             results[i, k] = xp.reshape(flat, p.shape)
     # 3. reassemble every matrix.
     outputs = []
-    for index, (G, (X, prec, groups, tiles)) in enumerate(zip(matrices, prepared)):
+    for index, (G, (X, prec, groups, _tiles)) in enumerate(zip(matrices, prepared)):
         if not groups:
             outputs.append(B.from_compute(inner._compute_final(X, prec), G))
             continue

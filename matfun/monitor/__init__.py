@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import math
 import os
 import re
 import warnings

@@ -20,7 +20,6 @@ from torch.optim import Optimizer
 
 from ..sharding import Communication
 from ._checkpoint import loaded_state
-from ._sharded import check_placement, is_sharded, local, reduce_flags
 from ._common import (
     adjust_lr,
     as_matrix,
@@ -32,6 +31,7 @@ from ._common import (
     statistics_dtype,
     to_scalar,
 )
+from ._sharded import check_placement, is_sharded, local, reduce_flags
 
 
 @dataclass

@@ -74,7 +74,7 @@ def check_foreign_keys(group: dict[str, Any], defaults: dict[str, Any], opt_name
         )
 
 
-def check_adjust_lr_fn(fn: Any, allowed: tuple = (None,) + ADJUST_LR_FNS) -> None:
+def check_adjust_lr_fn(fn: Any, allowed: tuple = (None, *ADJUST_LR_FNS)) -> None:
     if fn not in allowed:
         raise ValueError(f"Adjust learning rate function {fn!r} is not supported; choose one of {allowed}")
 

@@ -6,6 +6,7 @@ A specification is ``None`` (full matrices), ``T`` or ``(Th, Tw)``, a callable
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import matfun
@@ -44,7 +45,7 @@ def check_tile_spec(spec: Any) -> None:
             starts.append(start)
         if starts[0] != 0:
             raise ValueError(f"a tile schedule must start at step 0, got {list(spec)!r}")
-        if any(b <= a for a, b in zip(starts, starts[1:])):
+        if any(b <= a for a, b in itertools.pairwise(starts)):
             raise ValueError(f"tile schedule start steps must increase strictly, got {starts}")
         return
     _check_tile_value(spec)

@@ -114,7 +114,9 @@ class HiMuon(MatrixOptimizer):
       ``"step_count"`` (saved by ``state_dict``); groups added later inherit
       the current count.
     * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
-      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; whole tile rows are orthogonalised where they lie (no communication when every shard holds whole tile rows; only the rows of cut tiles move otherwise), whole matrices by one owner each.
+      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; whole tile rows
+      are orthogonalised where they lie (no communication when every shard holds whole tile
+      rows; only the rows of cut tiles move otherwise), whole matrices by one owner each.
       The update equals the single-device one (``tests/test_sharding.py``);
       ``last_step_communication`` holds the bytes the last step moved
       (:class:`matfun.sharding.Communication`).  Other placements (tensor
@@ -201,7 +203,9 @@ class HiMuon(MatrixOptimizer):
             jobs.setdefault(key, []).append(item)
         for (tile, steps, schedule, precision, budget, sharded), members in jobs.items():
 
-            def run(mats: list[Tensor], tile=tile) -> list[Tensor]:
+            def run(
+                mats: list[Tensor], tile=tile, steps=steps, schedule=schedule, precision=precision, budget=budget
+            ) -> list[Tensor]:
                 if tile is None:  # full matrices: a tile as large as every matrix
                     tile = (max(m.shape[0] for m in mats), max(m.shape[1] for m in mats))
                 return matfun.tiled_newton_schulz_many(

@@ -23,7 +23,6 @@ from torch import Tensor
 
 from ..newton_schulz import NewtonSchulz
 from ._base import MatrixOptimizer, ParamStep
-from ._sharded import by_shape, is_sharded, run_sharded
 from ._common import (
     JORDAN,
     check_adjust_lr_fn,
@@ -38,6 +37,7 @@ from ._common import (
     pick_alias,
     resolve_coefficients,
 )
+from ._sharded import by_shape, is_sharded, run_sharded
 
 __all__ = ["Muon"]
 

@@ -18,7 +18,6 @@ from torch import Tensor
 import matfun
 
 from ._base import MatrixOptimizer, ParamStep
-from ._sharded import all_reduce_sum, by_shape, is_sharded, like, local, run_sharded
 from ._common import (
     JORDAN,
     as_matrix,
@@ -30,6 +29,7 @@ from ._common import (
     pick_alias,
     resolve_coefficients,
 )
+from ._sharded import all_reduce_sum, by_shape, is_sharded, like, local, run_sharded
 from ._tiles import Tile, check_tiling, resolve_tile, tile_plan
 from .muon import check_common
 

@@ -170,7 +170,7 @@ def _context() -> Any:
         from multiprocessing import forkserver
 
         preload = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", None) or [])
-        ctx.set_forkserver_preload(list(dict.fromkeys(preload + ["matfun.testing"])))
+        ctx.set_forkserver_preload(list(dict.fromkeys([*preload, "matfun.testing"])))
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -420,7 +420,7 @@ def _resolve_target(target: str) -> Callable[..., Any]:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            where = ".".join([module_name] + parts[:i])
+            where = ".".join([module_name, *parts[:i]])
             raise TargetError(f"{where!r} has no attribute {part!r}") from None
     if not callable(obj):
         raise TargetError(f"{target!r} is not callable (it is a {type(obj).__name__})")

@@ -59,8 +59,8 @@ Checks (``Report.checks``, in this order; names are stable)
     precision (``"float32"`` for the fp32 profile; ``"bfloat16-emulated"`` on CPU
     and ``"bfloat16"`` on CUDA for the bf16 profile) on the Gaussian matrices and
     the κ = 10 one (well conditioned, so that bf16 rounding noise, which NS
-    amplifies on tiny singular values, does not mask coefficient errors).  Catches a wrong coefficient, a wrong step count, a wrong
-    normalisation.
+    amplifies on tiny singular values, does not mask coefficient errors).  Catches a
+    wrong coefficient, a wrong step count, a wrong normalisation.
 
 ``schedule_agreement`` also runs a *coefficient fit*: ``fn`` is applied to 8 (32×48)
 matrices ``U diag(σ) Vᵀ`` sharing one known spectrum; ``d_i`` = mean of
@@ -418,7 +418,8 @@ def check_orthogonalizer(
         Bad arguments (unknown profile, schedule, backend, dtype, device, tile,
         timeout, steps, seed), and settings under which the report could not
         fail: ``min_alignment`` outside (0, 1], a tolerance that is negative or
-        not finite, a scale of 1, or a ``skip`` that leaves no check.  Errors raised *by fn* never propagate: they fail the check.
+        not finite, a scale of 1, or a ``skip`` that leaves no check.  Errors raised
+        *by fn* never propagate: they fail the check.
     TargetError
         A ``"module:function"`` target that cannot be imported (or raises at
         import) or is not callable (a ``ValueError``).

@@ -609,7 +609,8 @@ def check_sharded_optimizer(
             f"ranks {bad} differ from rank 0 or are not finite"
             if bad
             else ("a single rank, finite " if world_size == 1 else "")
-            + f"losses {', '.join(f'{v:.4g}' for v in losses[0])} (reference {', '.join(f'{v:.4g}' for v in ref_losses)})",
+            + f"losses {', '.join(f'{v:.4g}' for v in losses[0])} "
+            f"(reference {', '.join(f'{v:.4g}' for v in ref_losses)})",
         )
     )
     return report
