@@ -31,6 +31,7 @@ version = release
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx.ext.intersphinx",
@@ -42,10 +43,12 @@ extensions = [
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
-templates_path: list[str] = []
+templates_path = ["_templates"]
 
 # ---------------------------------------------------------------- autodoc / numpydoc
 autodoc_member_order = "bysource"
+autosummary_generate = True           # one page per public name: docs/api/generated/ (not tracked)
+autosummary_imported_members = True
 autodoc_typehints = "none"            # the numpydoc "Parameters" sections say the types
 autodoc_default_options = {"show-inheritance": True}
 numpydoc_show_class_members = False   # members are listed by autodoc, not by autosummary tables
@@ -86,10 +89,12 @@ suppress_warnings = ["intersphinx.external"]
 html_theme = "pydata_sphinx_theme"
 html_title = f"matfun {release}"
 html_static_path = ["_static"]
+html_css_files = ["matfun.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    "secondary_sidebar_items": ["page-toc"],   # not on the one-object API pages (their template)
+    "header_links_before_dropdown": 3,
     "footer_start": ["copyright"],
     "footer_end": [],
 }
