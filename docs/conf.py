@@ -10,6 +10,7 @@ short probe reaches them, and the build never fails without them.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -81,9 +82,20 @@ if os.environ.get("MATFUN_DOCS_OFFLINE"):
 else:
     intersphinx_mapping = {name: (url, None) for name, url in _INVENTORIES.items() if _reachable(url)}
 intersphinx_timeout = 5
-# an inventory that was reachable at the probe but fails to download later is a warning in Sphinx;
-# it must not fail a -W build
-suppress_warnings = ["intersphinx.external"]
+
+
+class _InventoryUnreachable(logging.Filter):
+    """An inventory that answered the probe but then fails to download is an (untyped) warning in
+    Sphinx, which -W would turn into a failed build: say it on stderr and build without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "failed to reach any of the inventories" in str(record.msg):
+            print("intersphinx: inventories unreachable, building without them", file=sys.stderr)
+            return False
+        return True
+
+
+logging.getLogger("sphinx.sphinx.ext.intersphinx").addFilter(_InventoryUnreachable())  # intersphinx._shared.LOGGER
 
 # ---------------------------------------------------------------- HTML
 html_theme = "pydata_sphinx_theme"
