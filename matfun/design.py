@@ -73,7 +73,9 @@ _NARROW_RATIO = 1 - 1e-3
 class DesignedSchedule(Schedule):
     """A :class:`Schedule` built by :func:`design_schedule`, with its guarantees.
 
-    Attributes (in addition to :class:`Schedule`'s)
+    The attributes below are in addition to :class:`Schedule`'s.
+
+    Attributes
     ----------
     lower, upper : float
         The design interval ``[ℓ, u]`` of the normalised singular values
