@@ -145,6 +145,8 @@ import torch
 
 import matfun
 import matfun.optim
+from matfun.monitor import _optimizers as monitor_optimizers
+from matfun.monitor import metrics as monitor_metrics
 
 from .. import plotting
 from ..corpus import load_corpus, split, unigram_entropy
@@ -471,49 +473,22 @@ def _group_of(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
     return next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
 
 
-def _momentum_of(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor | None:
-    """The matrix the optimizer's update is built from (after its step): Nesterov momentum or exp_avg."""
-    state, group = optimizer.state.get(p, {}), _group_of(optimizer, p)
-    buf = state.get("momentum_buffer")
-    if buf is not None and p.grad is not None and group.get("nesterov", False):
-        return p.grad.lerp(buf, group["momentum"])
-    return buf if buf is not None else state.get("exp_avg")
-
-
-def _ns_input(optimizer: torch.optim.Optimizer, p: torch.Tensor, M: torch.Tensor) -> torch.Tensor | None:
-    """What the Newton–Schulz map was applied to: ``M`` (Muon, HiMuon), ``M ⊘ (√V + ε)`` (Muon²), else None."""
-    if isinstance(optimizer, matfun.optim.Muon2):
-        group, state = _group_of(optimizer, p), optimizer.state[p]
-        moment = matfun.SecondMoment(beta2=group["beta2"], eps=group["eps"], factorized=group["factorized"])
-        moment.shape = tuple(M.shape)
-        if moment.factorized:
-            moment.row, moment.col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-        else:
-            moment.full = state["exp_avg_sq"]
-        return moment.precondition(M)
-    if isinstance(optimizer, (matfun.optim.Muon, matfun.optim.HiMuon)):
-        return M
-    return None
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    denom = float(torch.linalg.norm(a) * torch.linalg.norm(b))
-    return float((a * b).sum()) / denom if denom > 0 else math.nan
-
-
 def _alignment(before: list[torch.Tensor], hidden: list[torch.Tensor], optimizer) -> dict[str, float]:
     """Over the hidden matrices: mean and minimum of ``cos(−ΔW, polar(M))`` and the mean of
-    ``cos(−ΔW, polar(NS input))`` (float64, exact polar factor by SVD); NaN where unknown."""
+    ``cos(−ΔW, polar(map input))``, measured by :mod:`matfun.monitor` (the update direction with
+    decoupled weight decay separated out, float64); NaN where unknown."""
     to_momentum, to_input = [], []
     for w0, p in zip(before, hidden):
-        M = _momentum_of(optimizer, p)
-        step = (w0 - p.detach()).double().cpu()
-        if M is None:
+        group = _group_of(optimizer, p)
+        M = monitor_optimizers.update_momentum(optimizer, p, group)
+        lr = monitor_optimizers.lr_of(group)
+        if M is None or not lr:
             return {"alignment": math.nan, "alignment_min": math.nan, "alignment_ns": math.nan}
-        M = M.detach().double().cpu().reshape(step.shape)
-        to_momentum.append(_cos(step, matfun.polar(M)))
-        X = _ns_input(optimizer, p, M)
-        to_input.append(math.nan if X is None else _cos(step, matfun.polar(X)))
+        decay = monitor_optimizers.decoupled_decay(optimizer, group, None)
+        u = monitor_metrics.update_direction(w0, p, lr, decay, dtype=torch.float64)
+        to_momentum.append(monitor_metrics.alignment(u, M.double()))
+        X = monitor_optimizers.map_input(optimizer, p, group)
+        to_input.append(math.nan if X is None else monitor_metrics.alignment(u, X.double()))
     return {"alignment": float(np.mean(to_momentum)), "alignment_min": float(np.min(to_momentum)),
             "alignment_ns": float(np.mean(to_input))}
 

@@ -94,11 +94,11 @@ def map_input(optimizer: torch.optim.Optimizer, p: Tensor, group: dict[str, Any]
     if not (isinstance(optimizer, classes) or (muon is not None and isinstance(optimizer, muon))):
         return None
     state = optimizer.state.get(p, {})
-    buf = state.get("momentum_buffer")
-    if not isinstance(buf, Tensor) or p.grad is None:
+    if not isinstance(state.get("momentum_buffer"), Tensor) or p.grad is None:
         return None
-    buf = buf.detach()
-    X = p.grad.detach().to(buf.dtype).lerp(buf, group["momentum"]) if group.get("nesterov", False) else buf
+    X = update_momentum(optimizer, p, group)
+    if X is None:
+        return None
     X = _flat(X)
     if isinstance(optimizer, classes[2]):  # Muon²
         V = second_moment_of(optimizer, p)
@@ -106,6 +106,21 @@ def map_input(optimizer: torch.optim.Optimizer, p: Tensor, group: dict[str, Any]
             return None
         return preconditioned(X, V, group["eps"])
     return X
+
+
+def update_momentum(optimizer: torch.optim.Optimizer, p: Tensor, group: dict[str, Any]) -> Tensor | None:
+    """After the step: the momentum the update is built from — ``g.lerp(B, μ)`` for Nesterov
+    (torch.optim.Muon's and matfun's convention), the ``momentum_buffer`` ``B`` otherwise, Adam's
+    ``exp_avg``; None when the state holds neither."""
+    state = optimizer.state.get(p, {})
+    buf = state.get("momentum_buffer")
+    if isinstance(buf, Tensor):
+        buf = buf.detach()
+        if group.get("nesterov", False) and p.grad is not None:
+            return p.grad.detach().to(buf.dtype).lerp(buf, group["momentum"])
+        return buf
+    avg = state.get("exp_avg")
+    return avg.detach() if isinstance(avg, Tensor) else None
 
 
 def second_moment_of(optimizer: torch.optim.Optimizer, p: Tensor) -> Tensor | tuple[Tensor, Tensor] | None:
