@@ -41,6 +41,9 @@ from ._common import (
 
 __all__ = ["Muon"]
 
+#: matrices up to this many entries are stacked into one batched map call per shape
+BATCH_MAX_NUMEL = 1 << 18
+
 
 class Muon(MatrixOptimizer):
     r"""Muon: momentum, Newton–Schulz orthogonalisation, decoupled weight decay.
@@ -271,8 +274,10 @@ def orthogonalize(
             aug[H, W] = math.sqrt(max(1.0 - (n / eps) ** 2, 0.0))
             outs[k] = ns(aug, check_finite=False)[:H, :W]
         else:
-            # NS runs on the wide orientation: a tall matrix joins the batch of its transpose's shape
-            batches.setdefault((key, tuple(sorted(X.shape)), X.dtype, X.device), []).append(k)
+            # NS runs on the wide orientation: a tall matrix joins the batch of its transpose's shape;
+            # large matrices run alone (stacking them costs a copy and saves little)
+            shape = tuple(sorted(X.shape)) if X.numel() <= BATCH_MAX_NUMEL else ("alone", k)
+            batches.setdefault((key, shape, X.dtype, X.device), []).append(k)
     for (key, *_), ks in batches.items():
         if len(ks) == 1:
             outs[ks[0]] = maps[key](mats[ks[0]], check_finite=False)

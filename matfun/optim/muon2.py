@@ -35,7 +35,7 @@ from ._common import (
     resolve_coefficients,
 )
 from ._tiles import Tile, check_tiling, resolve_tile, tile_plan
-from .muon import check_common
+from .muon import BATCH_MAX_NUMEL, check_common
 
 __all__ = ["Muon2"]
 
@@ -265,7 +265,7 @@ class Muon2(MatrixOptimizer):
             group = item.group
             prec = default_precision(group["precision"], item.direction.device)
             key = (group["ns_steps"], resolve_coefficients(group["ns_coefficients"]), prec)
-            shape = tuple(sorted(item.direction.shape))
+            shape = tuple(sorted(item.direction.shape)) if item.direction.numel() <= BATCH_MAX_NUMEL else id(item)
             batches.setdefault((key, group["eps"], shape, item.direction.dtype, item.direction.device), []).append(item)
         for (key, eps, *_), members in batches.items():
             ns = self._maps.get(key) or self._maps.setdefault(key, matfun.NewtonSchulz(*key))
