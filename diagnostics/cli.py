@@ -48,6 +48,7 @@ import dataclasses
 import sys
 import tempfile
 import textwrap
+import time
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -347,6 +348,8 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
     _check_output_dirs([m.NAME for m in modules], results_dir, figures_dir, args.replot)
     progress = False if args.no_progress else None
     total_computed = total_cached = total_figures = 0
+    seconds: list[tuple[str, float]] = []
+    start = time.perf_counter()
     for module in modules:
         try:
             result = runner.run_module(
@@ -372,7 +375,8 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         except SystemExit as exc:  # user code (a plug-in, a corpus hook) ended the run: a failure, not success
             raise UsageError(f"{module.NAME}: user code called sys.exit({exc.code!r}) during the run; "
                              "the run did not finish (finished cells are cached)") from None
-        print(result.summary())
+        print(result.summary(), flush=True)
+        seconds.append((module.NAME, result.seconds))
         total_computed += result.computed
         total_cached += result.cached
         total_figures += len(result.figures)
@@ -380,9 +384,11 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         for note in sorted(p.notes):
             print(f"note: plug-in {p.name!r}: {note}")
     if len(modules) > 1:
+        print("time per experiment: " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds))
         print(
             f"all: {len(modules)} experiment(s), {total_computed} cell(s) computed, {total_cached} cached; "
-            f"results in {results_dir}, {total_figures} figure file(s) in {figures_dir}"
+            f"results in {results_dir}, {total_figures} figure file(s) in {figures_dir} "
+            f"({time.perf_counter() - start:.0f} s)"
         )
     return 0
 

@@ -25,9 +25,9 @@ Reference quantities
     :func:`information_loss`) run on the input as given (library, device,
     precision).
 Rank cut-off
-    ``rtol=None`` means ``max(H, W)·eps`` with ``eps`` the machine epsilon of
-    ``G``'s dtype (float64 → 2.2e-16; float32, float16 and bfloat16 → 1.2e-7,
-    the precision the maps compute those in).  So a rank-deficient float32
+    ``rtol=None`` means :func:`matfun.polar`'s default ``u·√(H + W + 1)``, with
+    ``u`` half the machine epsilon of the coarser of ``G``'s dtype and the precision
+    the maps compute it in (float64 for float64, else float32).  So a rank-deficient float32
     ``G`` has the range one expects, not the float32 rounding noise.  Pass
     ``rtol`` explicitly for low-precision rank-deficient inputs.
 Return values
@@ -71,6 +71,7 @@ import numpy as np
 
 import matfun
 from matfun import _backend as _bk
+from matfun.polar import default_rtol
 
 __all__ = [
     "Reference",
@@ -112,6 +113,13 @@ def _to_float64(A: Any, name: str) -> np.ndarray:
 
 def _default_eps(A: Any) -> float:
     return _EPS64 if _bk.dtype_name(A) == "float64" else _EPS32
+
+
+def _default_rtol(H: int, W: int, A: Any) -> float:
+    """:func:`matfun.polar`'s default cut-off ``u·√(H + W + 1)`` (:func:`matfun.polar.default_rtol`),
+    for a map computing in float64 (float64 input) or float32 (any other), on ``A``'s dtype."""
+    kind = _bk.dtype_name(A)
+    return default_rtol(H, W, "float64" if kind == "float64" else "float32", kind)
 
 
 def _out(a: Any) -> Any:
@@ -240,8 +248,8 @@ def reference(G: Any, rtol: float | None = None) -> Reference:
         numpy array or torch tensor; a :class:`Reference` is returned unchanged
         (when ``rtol`` is None or matches).
     rtol : float, optional
-        Relative rank cut-off; default ``max(H, W)·eps(G.dtype)`` (float32 eps
-        for float32 and lower precisions).
+        Relative rank cut-off; default :func:`matfun.polar`'s ``u·√(H + W + 1)``
+        (``u`` half the machine epsilon of ``G``'s dtype, at least float32's).
     """
     if isinstance(G, Reference):
         if rtol is not None and rtol != G.rtol:
@@ -252,7 +260,7 @@ def reference(G: Any, rtol: float | None = None) -> Reference:
     if H == 0 or W == 0:
         raise ValueError(f"G must have non-empty matrices, got shape {tuple(G64.shape)}")
     if rtol is None:
-        rtol = max(H, W) * _default_eps(G)
+        rtol = _default_rtol(H, W, G)
     elif not (0 <= rtol < 1):
         raise ValueError(f"rtol must lie in [0, 1), got {rtol!r}")
     U, S, Vh = np.linalg.svd(G64, full_matrices=False)

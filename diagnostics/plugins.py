@@ -10,6 +10,9 @@ What a plug-in may declare (attributes on the callable; all optional)
 ----------------------------------------------------------------------
 ``array_library``
     ``"numpy"`` (default) or ``"torch"``: the library of the arrays it receives.
+    Undeclared, a map that fails on numpy arrays but works on torch tensors (as
+    ``validate`` and ``assert_orthogonalizer`` feed it) is detected by the probe
+    and fed torch tensors (a note says so), so one map works in every instrument.
     A :class:`matfun.Map` receives whatever the experiment has (both work).
 ``batched``
     ``True`` if it accepts a batch ``(..., H, W)``; by default a plug-in is
@@ -334,6 +337,8 @@ class Plugin:
         self.has_iterates = callable(getattr(target, "iterates", None))
         library = self._declared(target, "array_library", None)
         self.library = library or ("any" if self._is_map(target) else "numpy")
+        #: whether the library was declared (else :meth:`check` may detect torch)
+        self.library_declared = library is not None or self._is_map(target)
         if self.library not in (*LIBRARIES, "any"):
             raise PluginError(f"plug-in {name!r} ({self.spec}): array_library must be 'numpy' or 'torch', "
                               f"got {self.library!r}")
@@ -506,8 +511,31 @@ class Plugin:
             raise self.error(f"flops({tuple(shape)}) raised {_raised(exc)}") from None
 
     def check(self) -> None:
-        """Probe the map on a seeded float64 ``24×40`` matrix; raise :class:`PluginError` if it breaks its contract."""
+        """Probe the map on a seeded float64 ``24×40`` matrix; raise :class:`PluginError` if it breaks its contract.
+
+        A map that declares no ``array_library`` is fed numpy arrays; when that fails and
+        torch tensors work (a map written for ``validate``, ``2-D tensor -> 2-D tensor``),
+        it is fed torch tensors from then on, with a note.  When both fail, the message
+        says how to declare the library.
+        """
         G = np.random.default_rng(0).standard_normal(PROBE_SHAPE)
+        try:
+            self._probe(G)
+        except PluginError as numpy_error:
+            if self.library_declared or self.library != "numpy":
+                raise
+            self.library = "torch"
+            try:
+                self._probe(G)
+            except PluginError:
+                self.library = "numpy"
+                raise PluginError(f"{numpy_error} (it was fed numpy arrays, then torch tensors; declare "
+                                  "the library it takes with fn.array_library = 'numpy' or 'torch')",
+                                  plugin=self.name) from None
+            self.notes.add("failed on numpy arrays and works on torch tensors: fed torch tensors "
+                           "(declare fn.array_library = 'torch' to say so)")
+
+    def _probe(self, G: Any) -> None:
         if self.has_iterates:
             self.curve(G, 10**9)
         self.final(G, 5)

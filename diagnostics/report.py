@@ -54,13 +54,23 @@ def run(args: argparse.Namespace) -> int:
     from .report_card import build_report
 
     check_device(args.device)
+    created: list[Path] = []  # directories this run made: removed again when the card fails
     try:
         plugin = plugins.load(args.target, args.name)
+        plugin.check()  # a broken map fails before any directory is made
         out = Path(args.out) if args.out else Path("report") / plugin.name
+        created = [d for d in (out, *out.parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
         card = build_report(plugin, out, quick=args.quick, device=args.device, force=args.force)
-    except plugins.PluginError as exc:
-        raise UsageError(str(exc)) from None
+    except BaseException as exc:
+        for d in created:  # deepest first; only directories left empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, plugins.PluginError):
+            raise UsageError(str(exc)) from None
+        raise
     print(f"report card for {plugin.name}: {out / 'report.html'} and {out / 'report.pdf'}")
     for sentence in card.verdict:
         print("  " + sentence)

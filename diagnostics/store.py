@@ -129,9 +129,11 @@ class RunResult:
             if self.figures
             else "no figures"
         )
+        tables = sorted(Path(self.figures_dir).glob("*.md")) if self.figures and self.figures_dir else []
+        tables_note = f"; table(s) {', '.join(str(t) for t in tables)}" if tables else ""
         return (
             f"{self.name}: {n} cell(s), {self.computed} computed, {self.cached} cached{bad}; "
-            f"{len(self.frame)} rows -> {self.results_path}; {figs} ({self.seconds:.1f} s)"
+            f"{len(self.frame)} rows -> {self.results_path}; {figs}{tables_note} ({self.seconds:.1f} s)"
         )
 
 
@@ -517,7 +519,8 @@ def run_experiment(
             unit="cell",
             disable=(not sys.stderr.isatty()) if progress is None else (not progress),
             file=sys.stderr,
-            leave=False,
+            leave=True,  # the finished bar stays: a short run is seen, also under tmux/screen
+            mininterval=0.5,
             dynamic_ncols=True,
         )
         try:

@@ -498,3 +498,40 @@ def test_override_values_parse_by_field_type():
     for bad in (("n", "1.5"), ("flag", "maybe"), ("shape", "8"), ("lrs", "adamw")):
         with pytest.raises(overrides.OverrideError, match="valid keys: n \\(int\\)"):
             overrides.apply(Config(), [bad])
+
+
+def _torch_only_ns5(G):
+    """A map written for ``validate``: 2-D tensor -> 2-D tensor (``.to`` fails on numpy)."""
+    import torch
+
+    X = G.to(torch.float32)
+    X = X / X.norm()
+    for _ in range(5):
+        A = X @ X.mT
+        X = 3.4445 * X + (-4.7750 * A + 2.0315 * A @ A) @ X
+    return X.to(G.dtype)
+
+
+def test_undeclared_torch_map_is_detected_and_fed_torch():
+    """The same function that passes ``validate`` works in ``--map``/``report``: the probe detects torch."""
+    import numpy as np
+
+    from diagnostics import plugins
+
+    [p] = plugins.collect({"t": _torch_only_ns5})
+    assert p.library == "torch"
+    assert any("torch tensors" in n for n in p.notes)
+    out = p(np.random.default_rng(0).standard_normal((8, 12)))
+    assert isinstance(out, np.ndarray) and out.shape == (8, 12)
+
+
+def test_map_failing_on_both_libraries_says_what_to_declare():
+    import pytest
+
+    from diagnostics import plugins
+
+    def broken(G):
+        return G.nope()
+
+    with pytest.raises(plugins.PluginError, match="array_library"):
+        plugins.collect({"b": broken})

@@ -131,6 +131,7 @@ def test_report_bad_plugin_is_one_line_exit_2(tiny, tmp_path, capsys, target, pr
     code, out, io = build(tmp_path, f"{tiny}:{target}", capsys)
     assert code == 2 and len(io.err.strip().splitlines()) == 1 and problem in io.err
     assert not (out / "report.html").exists()
+    assert not out.exists()  # a failed report leaves no empty output folder
 
 
 def test_declared_tile_is_read_from_the_map_or_from_what_its_factory_builds():

@@ -10,6 +10,7 @@ error leaves the optimizer and the parameters bit-identical to before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,8 @@ class ParamStep:
     lr_shape: tuple[int, int] = (0, 0)
     #: subclass data (Muon²: the second moment)
     extra: Any = None
+    #: ``‖direction‖_F`` once computed (a finiteness probe, and the ``eps`` floor's norm)
+    direction_norm: Tensor | None = None
     #: the commit's scalars: ``θ ← decay·θ − step_size·update`` (checked finite in the plan)
     decay: float = 1.0
     step_size: float = 0.0
@@ -72,6 +75,14 @@ class MatrixOptimizer(Optimizer):
     _filled_from_defaults: tuple[str, ...] = ()
 
     # -- construction ------------------------------------------------------------------
+
+    @property
+    def _maps(self) -> dict:
+        """Map objects reused across steps, keyed by their configuration (built on first use)."""
+        maps = self.__dict__.get("_map_cache")
+        if maps is None:
+            maps = self.__dict__["_map_cache"] = {}
+        return maps
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; a group that fails validation is not added.
@@ -283,9 +294,40 @@ class MatrixOptimizer(Optimizer):
         """0-d device tensors the subclass needs on the host, fetched with the finiteness flags."""
         return []
 
+    def _finite_probes(self, item: ParamStep) -> list[Tensor]:
+        """0-d tensors that are finite whenever the gradient and the new statistics of ``item`` are.
+
+        ``‖U‖_F`` of the direction ``U = g.lerp(B', μ)`` (or ``B'``) covers the gradient and
+        the new momentum ``B' = B.lerp(g, 1 − μ)``: with ``B`` finite (every committed or loaded
+        state is) and ``1 − μ > 0``, a NaN/Inf in ``g`` or ``B'`` reaches ``U``.  Every other new
+        statistic adds the sum of its entries.  A probe may also be non-finite for finite
+        inputs (a norm or sum that overflows): :meth:`_check_finite` then checks exactly.
+        """
+        norm = item.direction_norm
+        if norm is None:
+            norm = item.direction_norm = torch.linalg.vector_norm(item.direction)
+        return [norm] + [v.sum() for k, v in item.new_state.items() if k != "momentum_buffer"]
+
     def _check_finite(self, items: list[ParamStep]) -> list[float]:
         """Raise on the first NaN/Inf gradient or statistic; return the host values of
-        :meth:`_sync_extras`.  Flags and extras travel together: one synchronisation per device."""
+        :meth:`_sync_extras`.  Flags and extras travel together: one synchronisation per device.
+
+        Unsharded steps fetch a few 0-d probes per parameter (:meth:`_finite_probes`) with the
+        extras; only when a probe is not finite are the tensors checked entry by entry (which
+        raises naming the parameter, or finds that the probe merely overflowed).
+        """
+        if not any(is_sharded(item.param) for item in items):
+            probes = [t for item in items if item.group["check_finite"] for t in self._finite_probes(item)]
+            extras = self._sync_extras(items)
+            values = host_values(probes + list(extras))
+            if all(math.isfinite(v) for v in values[: len(probes)]):
+                return values[len(probes) :]
+            self._check_finite_exactly(items)
+            return values[len(probes) :]
+        return self._check_finite_exactly(items)
+
+    def _check_finite_exactly(self, items: list[ParamStep]) -> list[float]:
+        """:meth:`_check_finite` entry by entry (one ``isfinite`` flag per tensor)."""
         checks = []
         for item in items:
             if item.group["check_finite"]:

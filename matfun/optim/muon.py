@@ -41,6 +41,9 @@ from ._sharded import by_shape, is_sharded, run_sharded
 
 __all__ = ["Muon"]
 
+#: matrices up to this many entries are stacked into one batched map call per shape
+BATCH_MAX_NUMEL = 1 << 18
+
 
 class Muon(MatrixOptimizer):
     r"""Muon: momentum, Newton–Schulz orthogonalisation, decoupled weight decay.
@@ -185,11 +188,13 @@ class Muon(MatrixOptimizer):
     def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
         """‖U‖_F of each direction of a group with an ``eps`` floor (fetched with the finiteness
         flags, in the same host synchronisation)."""
-        return [
-            torch.linalg.vector_norm(item.direction)
-            for item in items
-            if item.group["eps"] > 0 and not is_sharded(item.direction)
-        ]
+        norms = []
+        for item in items:
+            if item.group["eps"] > 0 and not is_sharded(item.direction):
+                if item.direction_norm is None:
+                    item.direction_norm = torch.linalg.vector_norm(item.direction)
+                norms.append(item.direction_norm)
+        return norms
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
         norms = iter(extras)
@@ -215,9 +220,11 @@ class Muon(MatrixOptimizer):
                 outs, comm = run_sharded([item.direction for item in members], [None] * len(members), owned)
                 self._communication += comm
             else:
-                outs = run(
+                outs = orthogonalize(
                     [item.direction for item in members],
+                    group["ns_steps"], group["ns_coefficients"], group["precision"], group["eps"],
                     [next(norms) if group["eps"] > 0 else math.inf for _ in members],
+                    maps=self._maps,
                 )
             for item, out in zip(members, outs):
                 item.update = out
@@ -241,17 +248,23 @@ def orthogonalize(
     precision: str | None,
     eps: float,
     norms: list[float],
+    maps: dict | None = None,
 ) -> list[Tensor]:
     """``NS_K(U / max(‖U‖_F, eps))`` for each matrix, through :class:`matfun.NewtonSchulz`.
 
-    ``norms``: the host values of ``‖U‖_F`` (only compared with ``eps``).
+    ``norms``: the host values of ``‖U‖_F`` (only compared with ``eps``).  Matrices of
+    equal shape, dtype and device above the floor go through one batched call (the map
+    normalises each matrix of a batch by its own norm).  ``maps`` caches the map objects
+    across calls (keyed by steps, schedule and precision).
     """
     schedule = resolve_coefficients(coefficients)
-    maps: dict[str, NewtonSchulz] = {}
-    outs = []
-    for X, n in zip(mats, norms):
+    maps = {} if maps is None else maps
+    outs: list[Tensor | None] = [None] * len(mats)
+    batches: dict[tuple, list[int]] = {}
+    for k, (X, n) in enumerate(zip(mats, norms)):
         prec = default_precision(precision, X.device)
-        ns = maps.get(prec) or maps.setdefault(prec, NewtonSchulz(steps, schedule, prec))
+        key = (steps, schedule, prec)
+        ns = maps.get(key) or maps.setdefault(key, NewtonSchulz(steps, schedule, prec))
         if 0 < n < eps:
             # [[U, 0], [0, √(eps² − ‖U‖²)]] divided by eps (the map is scale invariant): every
             # entry stays finite whatever eps is (eps² overflows for eps above ~1e154)
@@ -259,8 +272,19 @@ def orthogonalize(
             aug = X.new_zeros((H + 1, W + 1))
             aug[:H, :W] = X / eps
             aug[H, W] = math.sqrt(max(1.0 - (n / eps) ** 2, 0.0))
-            outs.append(ns(aug, check_finite=False)[:H, :W])
+            outs[k] = ns(aug, check_finite=False)[:H, :W]
         else:
-            outs.append(ns(X, check_finite=False))
-    return outs
+            # NS runs on the wide orientation: a tall matrix joins the batch of its transpose's shape;
+            # large matrices run alone (stacking them costs a copy and saves little)
+            shape = tuple(sorted(X.shape)) if X.numel() <= BATCH_MAX_NUMEL else ("alone", k)
+            batches.setdefault((key, shape, X.dtype, X.device), []).append(k)
+    for (key, *_), ks in batches.items():
+        if len(ks) == 1:
+            outs[ks[0]] = maps[key](mats[ks[0]], check_finite=False)
+            continue
+        tall = [mats[k].shape[0] > mats[k].shape[1] for k in ks]
+        stacked = torch.stack([mats[k].mT if t else mats[k] for k, t in zip(ks, tall)])
+        for k, t, out in zip(ks, tall, maps[key](stacked, check_finite=False).unbind(0)):
+            outs[k] = out.mT if t else out
+    return outs  # type: ignore[return-value]
 

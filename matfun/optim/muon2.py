@@ -15,7 +15,11 @@ from typing import Any
 
 from torch import Tensor
 
+import torch
+
 import matfun
+from matfun import _backend as B
+from matfun.precondition import _quotient64
 
 from ._base import MatrixOptimizer, ParamStep
 from ._common import (
@@ -31,7 +35,7 @@ from ._common import (
 )
 from ._sharded import all_reduce_sum, by_shape, is_sharded, like, local, run_sharded
 from ._tiles import Tile, check_tiling, resolve_tile, tile_plan
-from .muon import check_common
+from .muon import BATCH_MAX_NUMEL, check_common
 
 __all__ = ["Muon2"]
 
@@ -226,8 +230,11 @@ class Muon2(MatrixOptimizer):
         sharded = [item for item in items if is_sharded(item.direction)]
         if sharded:
             self._orthogonalize_sharded(sharded)
+        # eps = 0 keeps the checked per-matrix path (a zero of V must raise, naming the parameter)
+        full = [item for item in items if item.tile is None and item.group["eps"] > 0 and not is_sharded(item.direction)]
+        self._orthogonalize_full(full)
         for item in items:
-            if is_sharded(item.direction):
+            if is_sharded(item.direction) or item.update is not None:
                 continue
             group = item.group
             try:
@@ -246,6 +253,31 @@ class Muon2(MatrixOptimizer):
                     f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
                 ) from error
 
+
+    def _orthogonalize_full(self, items: list[ParamStep]) -> None:
+        """Full (untiled) Newton–Schulz on ``M ⊘ (√V + ε)``: :class:`matfun.Preconditioned`'s
+        arithmetic, with the matrices of one shape (either orientation), dtype and configuration
+        stacked into one batched quotient and one batched map call.  ``V`` needs no check here:
+        it was checked finite with the gradients, and is non-negative by construction (a loaded
+        state is checked on loading)."""
+        batches: dict[tuple, list[ParamStep]] = {}
+        for item in items:
+            group = item.group
+            prec = default_precision(group["precision"], item.direction.device)
+            key = (group["ns_steps"], resolve_coefficients(group["ns_coefficients"]), prec)
+            shape = tuple(sorted(item.direction.shape)) if item.direction.numel() <= BATCH_MAX_NUMEL else id(item)
+            batches.setdefault((key, group["eps"], shape, item.direction.dtype, item.direction.device), []).append(item)
+        for (key, eps, *_), members in batches.items():
+            ns = self._maps.get(key) or self._maps.setdefault(key, matfun.NewtonSchulz(*key))
+            tall = [m.direction.shape[0] > m.direction.shape[1] for m in members]
+            M = torch.stack([m.direction.mT if t else m.direction for m, t in zip(members, tall)])
+            V = torch.stack([m.extra.V.mT if t else m.extra.V for m, t in zip(members, tall)])
+            X, precision = ns._prepare(M, False)
+            V = B.to_compute(V, B.Precision("float64", "float64", False), ns.prefers_torch)
+            Q = _quotient(X, V, eps).to(X.dtype)
+            out = B.from_compute(ns._compute_final(Q, precision), M)
+            for m, t, o in zip(members, tall, out.unbind(0)):
+                m.update = o.mT if t else o
 
     def _orthogonalize_sharded(self, items: list[ParamStep]) -> None:
         """Precondition each rank's rows, then Newton–Schulz through :mod:`matfun.sharding`
@@ -275,6 +307,19 @@ class Muon2(MatrixOptimizer):
             self._communication += comm
             for item, out in zip(members, outs):
                 item.update = out
+
+
+def _quotient(X: Tensor, V: Tensor, eps: float) -> Tensor:
+    """``X ⊘ (√V + ε)`` in float64, times a power of two per matrix that brings its largest entry
+    into ``[0.5, 1)``: :func:`matfun.precondition._quotient64`'s scaled form up to a power of two
+    per matrix (which the normalised map does not see), in fewer operations.  For float32 or
+    narrower ``X`` (and ``ε > 0``, which the caller ensures) the float64 quotient itself can neither overflow nor underflow
+    (``|X| ≤ 3.4e38``, ``√V + ε ≥ ε``); otherwise the exact scaled form is used."""
+    if X.dtype == torch.float64:
+        return _quotient64(X, V, eps, scaled=True)
+    Q = X.to(torch.float64) / (V.sqrt() + eps)
+    _, exponent = torch.frexp(Q.abs().amax(dim=(-2, -1), keepdim=True))
+    return torch.ldexp(Q, -exponent.to(torch.float64))
 
 
 #: state keys of the second moment, by ``factorized``
