@@ -616,7 +616,11 @@ def check_sharded_optimizer(
     return report
 
 
-def assert_sharded_optimizer(model_fn, optimizer_fn, **kwargs: Any) -> ShardedReport:
+def assert_sharded_optimizer(
+    model_fn: Callable[[], nn.Module],
+    optimizer_fn: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    **kwargs: Any,
+) -> ShardedReport:
     """:func:`check_sharded_optimizer`, raising ``AssertionError`` with the table on failure."""
     report = check_sharded_optimizer(model_fn, optimizer_fn, **kwargs)
     if not report.passed:
