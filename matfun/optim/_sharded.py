@@ -182,8 +182,8 @@ def by_shape(mats: Sequence[Tensor], fn: Callable[[Tensor], Tensor]) -> list[Ten
     groups: dict[tuple, list[int]] = {}
     for k, m in enumerate(mats):
         groups.setdefault((tuple(m.shape), m.dtype), []).append(k)
-    out: list[Tensor | None] = [None] * len(mats)
+    out: dict[int, Tensor] = {}
     for ks in groups.values():
         for k, o in zip(ks, fn(torch.stack([mats[k] for k in ks])).unbind(0)):
             out[k] = o
-    return out  # type: ignore[return-value]
+    return [out[k] for k in range(len(mats))]

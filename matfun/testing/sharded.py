@@ -372,7 +372,7 @@ def _state_mismatches(states: list[dict[str, Any]]) -> list[str]:
 def _worst(errors: list[tuple[str, float, float]]) -> tuple[str, float, float]:
     """The ``(name, error, limit)`` furthest over (or nearest to) its limit; NaN first."""
 
-    def badness(item):
+    def badness(item: tuple[str, float, float]) -> float:
         _, err, lim = item
         if not math.isfinite(err):
             return math.inf
