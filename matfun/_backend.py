@@ -374,9 +374,10 @@ def check_real(
 def _is_real_scalar(value: Any) -> bool:
     if isinstance(value, numbers.Real):
         return True
-    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
-        dtype = value.dtype
-        return (not dtype.is_complex and dtype != torch.bool) if is_torch(value) else dtype.kind in "iuf"
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        return not value.dtype.is_complex and value.dtype != torch.bool
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.dtype.kind in "iuf"
     return False
 
 

@@ -36,13 +36,15 @@ Hoemmen, Langou 2012 for the block-reflector form).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.linalg import blas, lapack
 
 from ._symmetric import fill_lower_from_upper
-from .qdwh import POLISH_TAYLOR, _extremes_of_r
+from .qdwh import POLISH_TAYLOR, _extremes_of_r, _Plan, _StepCounts
 
 #: smallest ``n = min(H, W)`` for which :mod:`matfun.qdwh` uses this path on the CPU.
 #: Measured by ``python -m benchmarks.bench_polar`` (its path comparison) on the
@@ -70,7 +72,16 @@ def applies(A: torch.Tensor) -> bool:
 class _Kernels:
     """The BLAS/LAPACK routines of one dtype (``d…`` or ``s…``)."""
 
-    def __init__(self, dtype: np.dtype):
+    tpqrt: Callable[..., Any]
+    tpmqrt: Callable[..., Any]
+    potrf: Callable[..., Any]
+    potrs: Callable[..., Any]
+    syrk: Callable[..., Any]
+    symm: Callable[..., Any]
+    trmm: Callable[..., Any]
+    axpy: Callable[..., Any]
+
+    def __init__(self, dtype: np.dtype) -> None:
         p = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}[np.dtype(dtype)]
         for name in ("tpqrt", "tpmqrt", "potrf", "potrs"):
             setattr(self, name, getattr(lapack, p + name))
@@ -78,7 +89,7 @@ class _Kernels:
             setattr(self, name, getattr(blas, p + name))
 
 
-def qdwh_matrix(A: torch.Tensor, plan) -> tuple[torch.Tensor | None, dict]:
+def qdwh_matrix(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor | None, _StepCounts]:
     """QDWH on one tall CPU matrix ``A`` (``m ≥ n``, float32/float64, entries at most 1 in size).
 
     Parameters
@@ -95,19 +106,19 @@ def qdwh_matrix(A: torch.Tensor, plan) -> tuple[torch.Tensor | None, dict]:
         ``qr``, ``cholesky``, ``polish`` and ``lower_bound``.
     """
     m, n = A.shape
-    counts = {"qr": 0, "cholesky": 0, "polish": 0, "lower_bound": math.nan}
+    counts: _StepCounts = {"qr": 0, "cholesky": 0, "polish": 0, "lower_bound": math.nan}
     qr, tau = torch.geqrf(A)
     R = qr[:n].triu()
     alpha = min(float(torch.linalg.matrix_norm(R)), math.sqrt(float(R.abs().sum(-2).amax() * R.abs().sum(-1).amax())))
     if not alpha > 0:
         return None, counts
     R /= alpha
-    sigma_min, sigma_max = _extremes_of_r(R[None])
-    if not bool(plan.full_rank(sigma_min, sigma_max)):
+    smallest, largest = _extremes_of_r(R[None])
+    if not bool(plan.full_rank(smallest, largest)):
         return None, counts
-    tighter = float(plan.scale(sigma_max))
+    tighter = float(plan.scale(largest))
     R /= tighter
-    sigma_min = float(sigma_min) / tighter
+    sigma_min = float(smallest) / tighter
     ell = counts["lower_bound"] = min(sigma_min, 1.0)
     w = _Workspace(R.numpy().T)  # Fortran-ordered Xᵀ (R is ours: no copy); X = R is upper triangular
     triangular = True

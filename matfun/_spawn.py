@@ -42,8 +42,8 @@ def _child(fn: Callable, rank: int, world: int, store_path: str, timeout: float 
 
     torch.set_num_threads(1)
     try:
-        limit = {} if timeout is None else {"timeout": timedelta(seconds=timeout)}  # None: torch's default
-        dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, **limit)
+        limit = None if timeout is None else timedelta(seconds=timeout)  # None: torch's default
+        dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world, timeout=limit)
         try:
             result = fn(rank, world, *args)
         finally:

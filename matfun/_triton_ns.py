@@ -318,4 +318,5 @@ def newton_schulz(
     out = None
     for out in newton_schulz_iterates(X, steps, factor, precision):  # noqa: B007 - keeps the last
         pass
+    assert out is not None  # the iterates start with the normalised input: there is always one
     return out

@@ -84,15 +84,15 @@ class Wrapper(Map):
     inner: Map
 
     @property
-    def precision(self) -> str | None:  # type: ignore[override]
+    def precision(self) -> str | None:  # type: ignore[override]  # read-only property over a Map class attribute
         return self.inner.precision
 
     @property
-    def prefers_torch(self) -> bool:  # type: ignore[override]
+    def prefers_torch(self) -> bool:  # type: ignore[override]  # read-only property over a Map class attribute
         return self.inner.prefers_torch
 
     @property
-    def scale_invariant(self) -> bool:  # type: ignore[override]
+    def scale_invariant(self) -> bool:  # type: ignore[override]  # read-only property over a Map class attribute
         return self.inner.scale_invariant
 
     def _resolve_precision(self, G: Any) -> B.Precision:

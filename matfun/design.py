@@ -213,6 +213,12 @@ def safety_for_precision(precision: str) -> float:
         raise ValueError(f"unknown precision {precision!r}; choose one of {tuple(PRECISION_SAFETY)}") from None
 
 
+def _triple(c: np.ndarray) -> tuple[float, float, float]:
+    """Odd-polynomial coefficients ``(a, b[, c])`` as an ``(a, b, c)`` triple of floats (``c = 0`` for degree 3)."""
+    a, b, c5 = (float(v) for v in np.pad(c, (0, 3 - len(c))))
+    return a, b, c5
+
+
 def design_schedule(
     lower: float,
     upper: float = 1.0,
@@ -333,7 +339,7 @@ def design_schedule(
     label = name or f"designed (l={lower:g}, K={steps}, deg {degree}{', mean' if objective != 'worst_case' else ''})"
     return DesignedSchedule(
         name=label,
-        coefficients=tuple(tuple(float(v) for v in np.pad(c, (0, 3 - len(c)))) for c in coefficients),
+        coefficients=tuple(_triple(c) for c in coefficients),
         normalization=1.0 + safety,
         lower=lower,
         upper=upper,

@@ -16,7 +16,7 @@ K. Jordan et al., *Muon: An optimizer for hidden layers in neural networks* (202
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -112,7 +112,7 @@ def normalize(X: Any, factor: float = 1.0) -> Any:
     return Y.to(X.dtype) if low_precision else Y
 
 
-def _torch_step(X: torch.Tensor, a: float, b: float, c: float, rnd) -> torch.Tensor:
+def _torch_step(X: torch.Tensor, a: float, b: float, c: float, rnd: Callable[[Any], Any]) -> torch.Tensor:
     """One NS step with torch's fused ``baddbmm`` (one rounding per fused product)."""
     shape = X.shape
     X = X.reshape(batch_size(shape), *shape[-2:])
@@ -125,7 +125,7 @@ def _torch_step(X: torch.Tensor, a: float, b: float, c: float, rnd) -> torch.Ten
     return X.reshape(shape)
 
 
-def _array_api_step(X: Any, a: float, b: float, c: float, rnd) -> Any:
+def _array_api_step(X: Any, a: float, b: float, c: float, rnd: Callable[[Any], Any]) -> Any:
     """One NS step in plain array-API operations (any array library)."""
     A = rnd(X @ X.mT)
     if c != 0:

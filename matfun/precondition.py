@@ -272,7 +272,7 @@ class Preconditioned(Wrapper):
         self.eps = _check_eps(default if eps is None else eps)
 
     @property
-    def scale_invariant(self) -> bool:  # type: ignore[override]
+    def scale_invariant(self) -> bool:  # type: ignore[override]  # read-only property over a Map class attribute
         return self.inner.scale_invariant
 
     def _prepare(self, G: Any, check_finite: bool, name: str = "M") -> tuple[Any, B.Precision]:

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -194,7 +194,8 @@ def qdwh_polar(
     if rtol is None:  # float16/bfloat16 data: the cut-off of their rounding level, as in matfun.polar
         from .polar import default_rtol  # polar imports this module
 
-        rtol = default_rtol(*G.shape[-2:], precision.dtype, B.dtype_name(G))
+        H, W = G.shape[-2:]
+        rtol = default_rtol(H, W, precision.dtype, B.dtype_name(G))
     X = B.to_compute(G, precision, prefer_torch=True)
     U, info = qdwh_compute(X, rtol, max_iter)
     out = B.from_compute(U, G)
@@ -221,6 +222,15 @@ def qdwh_compute(X: Any, rtol: float | None = None, max_iter: int = 20) -> tuple
     U, info = _qdwh_tall(A, rtol, max_iter, eps)
     U = U.reshape(*batch, max(H, W), min(H, W))
     return (U.mT if wide else U), info
+
+
+class _StepCounts(TypedDict):
+    """Steps one matrix took on the CPU path (:func:`matfun._qdwh_lapack.qdwh_matrix`), and its ``ℓ₀``."""
+
+    qr: int
+    cholesky: int
+    polish: int
+    lower_bound: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,26 +302,32 @@ def _qdwh_matrices(A: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, QDWHInfo
     """The CPU path (:mod:`matfun._qdwh_lapack`), one matrix at a time, each with its own ``ℓ₀``."""
     from . import _qdwh_lapack
 
-    fallback, runs, results = [], [], []
+    fallback: list[int] = []
+    runs: list[_StepCounts] = []
+    polar: dict[int, torch.Tensor] = {}
     for i in range(A.shape[0]):
         Ui, counts = _qdwh_lapack.qdwh_matrix(A[i], plan)
         if Ui is None:
             fallback.append(i)
+        else:
+            polar[i] = Ui
         if not math.isnan(counts["lower_bound"]):  # QDWH ran (converged or not), as in the batched info
             runs.append(counts)
-        results.append(Ui)
     if fallback:
         for i, Ui in zip(fallback, _svd_polar(A[fallback], plan.rtol)):
-            results[i] = Ui
+            polar[i] = Ui
+    results = [polar[i] for i in range(A.shape[0])]
     U = results[0][None] if len(results) == 1 else torch.stack(results)
-    steps = {key: max((c[key] for c in runs), default=0) for key in ("qr", "cholesky", "polish")}
+    qr = max((c["qr"] for c in runs), default=0)
+    cholesky = max((c["cholesky"] for c in runs), default=0)
+    polish = max((c["polish"] for c in runs), default=0)
     return U, QDWHInfo(
-        sum(steps.values()),
-        steps["qr"],
-        steps["cholesky"],
+        qr + cholesky + polish,
+        qr,
+        cholesky,
         min((c["lower_bound"] for c in runs), default=math.nan),
         tuple(fallback),
-        steps["polish"],
+        polish,
     )
 
 

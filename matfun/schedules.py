@@ -68,7 +68,11 @@ class Schedule:
         """The ``(a, b, c)`` of each of ``steps`` steps (the last entry repeats)."""
         steps = check_steps(steps)
         last = len(self.coefficients) - 1
-        return [tuple(map(float, self.coefficients[min(k, last)])) for k in range(steps)]
+        out: list[Coefficients] = []
+        for k in range(steps):
+            a, b, c = self.coefficients[min(k, last)]
+            out.append((float(a), float(b), float(c)))
+        return out
 
 
 def _coefficient_tuples(coefficients: Any) -> tuple[Coefficients, ...]:
@@ -85,14 +89,15 @@ def _coefficient_tuples(coefficients: Any) -> tuple[Coefficients, ...]:
     accepted = "a schedule name or a sequence of (a, b, c) tuples of real numbers"
     if isinstance(coefficients, (str, bytes)) or not hasattr(coefficients, "__iter__"):
         raise TypeError(f"coefficients must be {accepted}, got {coefficients!r}")
-    entries = []
+    entries: list[Coefficients] = []
     for k, abc in enumerate(coefficients):
         if isinstance(abc, (str, bytes)) or not hasattr(abc, "__iter__"):
             raise TypeError(f"coefficients must be {accepted}; entry {k} is {abc!r}")
         abc = tuple(abc)
         if len(abc) != 3:
             raise ValueError(f"each schedule entry must be 3 finite numbers (a, b, c); entry {k} is {abc!r}")
-        entries.append(tuple(B.check_real(v, f"coefficients[{k}][{j}]") for j, v in enumerate(abc)))
+        a, b, c = (B.check_real(v, f"coefficients[{k}][{j}]") for j, v in enumerate(abc))
+        entries.append((a, b, c))
         if not all(math.isfinite(v) for v in entries[-1]):
             raise ValueError(f"each schedule entry must be 3 finite numbers (a, b, c); entry {k} is {abc!r}")
     if not entries:
@@ -147,7 +152,7 @@ def get_schedule(coefficients: ScheduleLike) -> Schedule:
                 f"unknown schedule {coefficients!r}; valid names: {sorted(SCHEDULES)} "
                 "(or pass a sequence of (a, b, c) tuples)"
             ) from None
-    return Schedule("custom", coefficients)
+    return Schedule("custom", _coefficient_tuples(coefficients))
 
 
 def check_steps(steps: Any) -> int:

@@ -152,12 +152,13 @@ def plan_owners(
     cost = cost or (lambda shape: float(min(shape)) ** 2 * max(shape))
     load = [0.0] * world
     owners = [0] * len(shapes)
-    order = sorted(range(len(shapes)), key=lambda i: (-cost(tuple(shapes[i])), i))
+    plain = [(H, W) for H, W in shapes]  # cost sees plain tuples (not torch.Size or lists)
+    order = sorted(range(len(shapes)), key=lambda i: (-cost(plain[i]), i))
     for i in order:
-        parts = row_partition(shapes[i][0], world)
+        parts = row_partition(plain[i][0], world)
         r = min(range(world), key=lambda r: (load[r], -(parts[r][1] - parts[r][0]), r))
         owners[i] = r
-        load[r] += cost(tuple(shapes[i]))
+        load[r] += cost(plain[i])
     return [Unit(i, 0, H, owners[i]) for i, (H, _) in enumerate(shapes)]
 
 
@@ -185,7 +186,7 @@ def _exchange(
     dtype: torch.dtype,
     device: torch.device,
     world: int,
-    group,
+    group: dist.ProcessGroup | None,
 ) -> dict[int, Tensor]:
     """One ``all_to_all_single`` with split sizes: ``pieces[dst]`` go to ``dst``;
     returns the flat buffer each source sent."""
@@ -204,7 +205,7 @@ def run_units(
     units: Sequence[Unit],
     compute: Callable[[list[Unit], list[Tensor]], list[Tensor]],
     *,
-    group=None,
+    group: dist.ProcessGroup | None = None,
 ) -> tuple[list[Tensor], Communication]:
     """Run ``compute`` on every unit this rank owns; return the local output rows.
 
@@ -256,7 +257,12 @@ def run_units(
 
     device = local[0].device if local else torch.device("cpu")
 
-    def move(sender, receiver, payload, place) -> None:
+    def move(
+        sender: Callable[[_Transfer], int],
+        receiver: Callable[[_Transfer], int],
+        payload: Callable[[_Transfer], Tensor],
+        place: Callable[[_Transfer, Tensor], None],
+    ) -> None:
         """Each transfer's rows from ``sender(t)`` to ``receiver(t)``: one all_to_all per dtype."""
         for dtype in sorted({X.dtype for X in local}, key=str):
             mine = [t for t in transfers if local[units[t.unit].matrix].dtype == dtype]

@@ -33,7 +33,7 @@ from . import _backend as B
 from . import _triton_ns
 from .base import Map, Wrapper, batch_size, check_shape
 from .newton_schulz import NewtonSchulz
-from .schedules import ScheduleLike
+from .schedules import Coefficients, ScheduleLike
 
 TileLike = int | Sequence[int]
 
@@ -175,29 +175,31 @@ class Tiled(Wrapper):
         if budget is None:
             return 2**62  # unbounded: every tile in one batch
         # at least one tile per chunk, even when a single tile exceeds the budget
-        return max(1, budget // working_bytes_per_tile(*flat.shape[-2:], itemsize))
+        th, tw = flat.shape[-2:]
+        return max(1, budget // working_bytes_per_tile(th, tw, itemsize))
 
     def _chunks(self, tiles: Any) -> list[Any]:
         flat = B.namespace(tiles).reshape(tiles, (batch_size(tuple(tiles.shape)), *tuple(tiles.shape[-2:])))
         per_chunk = self._tiles_per_chunk(flat)
         return [flat[a : a + per_chunk] for a in range(0, flat.shape[0], per_chunk)]
 
-    def _fused_kernel_steps(self, X: Any, precision: B.Precision) -> list | None:
-        """The NS steps when Triton's fused tile kernel runs this map on ``X``, else ``None``."""
+    def _fused_kernel(self, X: Any, precision: B.Precision) -> tuple[NewtonSchulz, list[Coefficients]] | None:
+        """The inner Newton–Schulz map and its steps when Triton's fused tile kernel runs this
+        map on ``X``, else ``None``."""
         inner = self.inner
         if not isinstance(inner, NewtonSchulz) or not _triton_ns.use_triton(inner.backend, X, precision):
             return None
         tile_side = max(min(self.tile[0], X.shape[-2]), min(self.tile[1], X.shape[-1]))
-        return inner._step_coefficients if tile_side <= _triton_ns.fused_max_side(X, precision) else None
+        return (inner, inner._step_coefficients) if tile_side <= _triton_ns.fused_max_side(X, precision) else None
 
     def _compute_iterates(self, X: Any, precision: B.Precision) -> Iterator[Any]:
         if B._size(X) == 0:
             yield from self.inner._compute_iterates(X, precision)
             return
-        steps = self._fused_kernel_steps(X, precision)
-        if steps is not None:
-            factor = self.inner.schedule.normalization
-            yield from _triton_ns.fused_tiles_iterates(X, self.tile, steps, factor, precision)
+        fused = self._fused_kernel(X, precision)
+        if fused is not None:
+            ns, steps = fused
+            yield from _triton_ns.fused_tiles_iterates(X, self.tile, steps, ns.schedule.normalization, precision)
             return
         xp = B.namespace(X)
         groups = tile_groups(X.shape[-2], X.shape[-1], self.tile)
@@ -213,11 +215,12 @@ class Tiled(Wrapper):
     def _compute_final(self, X: Any, precision: B.Precision) -> Any:
         if B._size(X) == 0:
             return self.inner._compute_final(X, precision)
-        steps = self._fused_kernel_steps(X, precision)
-        if steps is not None:  # every tile, ragged ones included, in one launch
+        fused = self._fused_kernel(X, precision)
+        if fused is not None:  # every tile, ragged ones included, in one launch
+            ns, steps = fused
             return _triton_ns.guarded(
-                self.inner.backend,
-                lambda: _triton_ns.fused_tiles(X, self.tile, steps, self.inner.schedule.normalization, precision),
+                ns.backend,
+                lambda: _triton_ns.fused_tiles(X, self.tile, steps, ns.schedule.normalization, precision),
                 lambda: self._compute_tiles(X, precision),
             )
         return self._compute_tiles(X, precision)
@@ -366,7 +369,8 @@ def tiled_newton_schulz_many(
     tiled = Tiled(NewtonSchulz(steps, coefficients, precision, backend), tile, memory_budget)
     inner = tiled.inner
     # 1. split every matrix into its tile groups, remembering where each group goes.
-    prepared, buckets = [], {}
+    prepared = []
+    buckets: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
     for index, G in enumerate(matrices):
         X, prec = tiled._prepare(G, check_finite, name=f"matrices[{index}]")
         groups = tile_groups(X.shape[-2], X.shape[-1], tiled.tile) if B._size(X) else []

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from torch import Tensor
 
 from . import _optimizers as O
 from .metrics import METRICS, PROBES, MissingInput, parameter_metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["COLUMNS", "METRICS", "NONFINITE_GRAD", "NONFINITE_UPDATE", "Monitor", "parameter_metrics"]
 
@@ -417,12 +420,13 @@ class Monitor:
     def _pre(self, step: int) -> None:
         self._refresh()
         self._snap = {}
-        with_grad = [q for q in self._params if q.tensor.grad is not None]
+        with_grad = [(q, q.tensor.grad) for q in self._params if q.tensor.grad is not None]
         now = set()
-        for i in self._nonfinite([q.tensor.grad for q in with_grad]):
-            now.add(id(with_grad[i].tensor))
-            if id(with_grad[i].tensor) not in self._nonfinite_grad:  # newly non-finite
-                self._event(step, with_grad[i], "gradient", with_grad[i].tensor.grad)
+        for i in self._nonfinite([grad for _, grad in with_grad]):
+            q, grad = with_grad[i]
+            now.add(id(q.tensor))
+            if id(q.tensor) not in self._nonfinite_grad:  # newly non-finite
+                self._event(step, q, "gradient", grad)
         self._nonfinite_grad = now
         if not self._recording(step):
             return
@@ -589,7 +593,7 @@ class Monitor:
 
     # -- results ------------------------------------------------------------------------------------
 
-    def frame(self):
+    def frame(self) -> pd.DataFrame:
         """The records as a tidy ``pandas.DataFrame`` with columns ``step, param, metric, value``."""
         import pandas as pd
 

@@ -26,7 +26,7 @@ N. J. Higham, *Functions of Matrices*, SIAM (2008), ch. 8 (the polar decompositi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -131,7 +131,11 @@ def orthogonality(u: Tensor | None = None, *, sv: Tensor | None = None) -> float
     ``1/√r`` for a rank-one ``u``.  A square Gaussian matrix gives about ``8/(3π) ≈ 0.85``;
     SGD's low-rank momentum much less.  Give ``sv`` (the singular values) to skip the SVD.
     """
-    s = (singular_values(u) if sv is None else sv).double()
+    if sv is None:
+        if u is None:
+            raise TypeError("orthogonality needs the matrix u or its singular values sv")
+        sv = singular_values(u)
+    s = sv.double()
     fro = torch.linalg.vector_norm(s)
     if not float(fro) > 0:
         return math.nan
@@ -187,7 +191,7 @@ def map_error(u: Tensor, X: Tensor, scale: float = 1.0, *, method: str = "auto")
     return float(torch.linalg.vector_norm(u.double() / scale - P.double())) / denom
 
 
-def _tiles(H: int, W: int, tile: tuple[int, int]):
+def _tiles(H: int, W: int, tile: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
     th, tw = tile
     for i in range(0, H, th):
         for j in range(0, W, tw):
@@ -205,11 +209,12 @@ def tiling_loss(M: Tensor, tile: int | tuple[int, int], *, method: str = "auto")
     at the spectral-norm step size.
     """
     M = M.detach()
-    tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    if min(tile) < 1:
-        raise ValueError(f"tile must be positive, got {tile}")
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    if min(th, tw) < 1:
+        raise ValueError(f"tile must be positive, got {(th, tw)}")
     P = torch.zeros_like(M)
-    for rs, cs in _tiles(*M.shape, tile):
+    H, W = M.shape
+    for rs, cs in _tiles(H, W, (th, tw)):
         P[rs, cs] = _polar(M[rs, cs], method)
     nuclear = float(singular_values(M.double()).sum())
     spec = float(torch.linalg.matrix_norm(P.double(), 2))
@@ -259,7 +264,7 @@ def preconditioned(M: Tensor, V: Tensor | tuple[Tensor, Tensor], eps: float = 1e
     M = M.detach()
     moment = matfun.SecondMoment(eps=eps, factorized=isinstance(V, tuple))
     moment.shape = tuple(M.shape)
-    if moment.factorized:
+    if isinstance(V, tuple):  # factorized
         moment.row, moment.col = (v.detach().to(M.dtype).reshape(-1) for v in V)
     else:
         moment.full = V.detach().to(M.dtype).reshape(M.shape)
@@ -367,7 +372,9 @@ def parameter_metrics(
             )
             if value is not None:
                 out["map_error"] = value
-        if probes and M is None:
+        if not probes:
+            return out
+        if M is None:
             for name in (
                 "whatif_tiling_loss" if "tiling" in probes else None,
                 "whatif_muon2_cond" if "muon2" in probes else None,

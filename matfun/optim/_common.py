@@ -39,23 +39,32 @@ FOREIGN_KEYS = frozenset(
 # --------------------------------------------------------------------------- validation
 
 
+def _is_real(value: Any) -> bool:
+    """A real number, bools excluded.
+
+    (A plain ``bool`` result on purpose: narrowing ``value`` to ``numbers.Real`` would
+    leave the checks below without ``>=``, which typeshed does not declare on it.)
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_lr(lr: Any) -> None:
     if isinstance(lr, Tensor):
         if lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         lr = float(lr.detach())
-    if not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr >= 0.0 or not math.isfinite(lr):
+    if not _is_real(lr) or not lr >= 0.0 or not math.isfinite(lr):
         raise ValueError(f"Learning rate should be a finite number >= 0 but is: {lr!r}")
 
 
 def check_nonneg(name: str, value: Any) -> None:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0.0 or not math.isfinite(value):
+    if not _is_real(value) or not value >= 0.0 or not math.isfinite(value):
         raise ValueError(f"{name} should be a finite number >= 0 but is: {value!r}")
 
 
 def check_unit_interval(name: str, value: Any) -> None:
     """``value`` in ``[0, 1)`` (a momentum or EMA factor)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+    if not _is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} should be in [0, 1) but is: {value!r}")
 
 

@@ -21,13 +21,17 @@ meshes) are rejected, naming the parameter, before any state changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from ..sharding import Communication, Unit, plan_owners, plan_tiles, run_units
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor
 
 __all__ = [
     "all_reduce_sum",
@@ -41,7 +45,7 @@ __all__ = [
 ]
 
 
-def _dtensor_type():
+def _dtensor_type() -> type[DTensor] | None:
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed
@@ -49,10 +53,20 @@ def _dtensor_type():
     return DTensor
 
 
-def is_sharded(t: Any) -> bool:
+def is_sharded(t: Any) -> TypeGuard[DTensor]:
     """Whether ``t`` is a DTensor."""
     cls = _dtensor_type()
     return cls is not None and isinstance(t, cls)
+
+
+def _as_dtensor(t: Tensor) -> DTensor:
+    """``t``, which the caller knows is a DTensor, typed as one.
+
+    The optimizers hold sharded parameters as ``Tensor`` (what torch's ``Optimizer``
+    and ``nn.Parameter`` are typed as); the functions below that take such a
+    ``reference`` or ``directions`` are only called for DTensors.
+    """
+    return cast("DTensor", t)
 
 
 def check_placement(p: Tensor, name: str, optimizer: str) -> None:
@@ -80,19 +94,20 @@ def like(values: Tensor, reference: Tensor) -> Tensor:
     of length ``H`` for a 1-D ``values``."""
     from torch.distributed.tensor import DTensor
 
-    shape = reference.shape if values.ndim == reference.ndim else reference.shape[: values.ndim]
+    ref = _as_dtensor(reference)
+    shape = ref.shape if values.ndim == ref.ndim else ref.shape[: values.ndim]
     return DTensor.from_local(
         values,
-        reference.device_mesh,
-        reference.placements,
+        ref.device_mesh,
+        ref.placements,
         run_check=False,
         shape=shape,
         stride=torch.empty(shape, device="meta").stride(),
     )
 
 
-def _group(t: Tensor):
-    return t.device_mesh.get_group()
+def _group(t: Tensor) -> dist.ProcessGroup:
+    return _as_dtensor(t).device_mesh.get_group()
 
 
 def all_reduce_sum(values: Tensor, reference: Tensor) -> Tensor:
@@ -131,18 +146,23 @@ def run_sharded(
     """
     if not directions:
         return [], Communication()
-    mesh = directions[0].device_mesh
-    if any(d.device_mesh != mesh for d in directions):
+    dts = [_as_dtensor(d) for d in directions]
+    mesh: DeviceMesh = dts[0].device_mesh
+    if any(d.device_mesh != mesh for d in dts):
         raise ValueError("all sharded parameters of one step must live on the same device mesh")
-    shapes = [tuple(d.shape) for d in directions]
+    shapes = [_matrix_shape(d) for d in dts]
     world = mesh.size()
     units: list[Unit]
     if tile_rows[0] is None:
         units = plan_owners(shapes, world)
     else:
-        units = plan_tiles(shapes, [min(int(t), H) for t, (H, _) in zip(tile_rows, shapes)], world)
+        heights: list[int] = []
+        for t, (H, _) in zip(tile_rows, shapes):
+            assert t is not None  # all entries are ints or all are None (every caller repeats one value)
+            heights.append(min(int(t), H))
+        units = plan_tiles(shapes, heights, world)
     outs, comm = run_units(
-        [d.to_local() for d in directions],
+        [d.to_local() for d in dts],
         shapes,
         units,
         lambda _units, mats: compute(mats) if mats else [],
@@ -151,14 +171,19 @@ def run_sharded(
     return [like(o, d) for o, d in zip(outs, directions)], comm
 
 
+def _matrix_shape(t: Tensor) -> tuple[int, int]:
+    H, W = t.shape
+    return H, W
+
+
 def by_shape(mats: Sequence[Tensor], fn: Callable[[Tensor], Tensor]) -> list[Tensor]:
     """``fn`` on one stacked batch per (shape, dtype) — an owner's matrices of equal shape
     go through one batched call — and the results in the order of ``mats``."""
     groups: dict[tuple, list[int]] = {}
     for k, m in enumerate(mats):
         groups.setdefault((tuple(m.shape), m.dtype), []).append(k)
-    out: list[Tensor | None] = [None] * len(mats)
+    out: dict[int, Tensor] = {}
     for ks in groups.values():
         for k, o in zip(ks, fn(torch.stack([mats[k] for k in ks])).unbind(0)):
             out[k] = o
-    return out  # type: ignore[return-value]
+    return [out[k] for k in range(len(mats))]

@@ -196,7 +196,7 @@ class HiMuon(MatrixOptimizer):
                 item.tile,
                 group["ns_steps"],
                 resolve_coefficients(group["ns_coefficients"]),
-                default_precision(group["precision"], item.direction.device),
+                default_precision(group["precision"], _direction(item).device),
                 group["memory_budget"],
                 is_sharded(item.direction),
             )
@@ -214,13 +214,20 @@ class HiMuon(MatrixOptimizer):
 
             if sharded:  # whole tile rows where they lie; whole matrices with one owner each
                 outs, comm = run_sharded(
-                    [item.direction for item in members], [None if tile is None else tile[0]] * len(members), run
+                    [_direction(item) for item in members], [None if tile is None else tile[0]] * len(members), run
                 )
                 self._communication += comm
             else:
-                outs = run([item.direction for item in members])
+                outs = run([_direction(item) for item in members])
             for item, out in zip(members, outs):
                 item.update = out
+
+
+def _direction(item: ParamStep) -> Tensor:
+    """``item.direction``, which the first phase of the step (the momentum update) sets
+    for every item before :meth:`HiMuon._orthogonalize` runs."""
+    assert item.direction is not None  # set by MatrixOptimizer's momentum update before _orthogonalize
+    return item.direction
 
 
 def check_memory_budget(budget: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ class RemoteOutput:
 class _Env:
     """Converts float64 numpy matrices to the function's input type and calls it."""
 
-    def __init__(self, fn, backend, dtype, device):
+    def __init__(self, fn: Callable[..., Any] | None, backend: str, dtype: str, device: Any) -> None:
         self.fn = fn
         self.backend = backend
         self.dtype = dtype

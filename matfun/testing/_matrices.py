@@ -6,8 +6,12 @@ matfun must not import diagnostics: the batteries build their own matrices here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+
+#: a test-matrix family: ``make(rng, (H, W))`` draws one ``H × W`` float64 matrix
+_MatrixMaker = Callable[[np.random.Generator, tuple[int, int]], np.ndarray]
 
 
 def _haar(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -31,26 +35,26 @@ def _with_spectrum(rng: np.random.Generator, shape: tuple[int, int], sigma: np.n
     return (_haar(rng, H, r) * sigma) @ _haar(rng, W, r).T
 
 
-def _gaussian(rng, shape):
+def _gaussian(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return rng.standard_normal(shape)
 
 
-def _geometric(kappa: float):
-    def make(rng, shape):
+def _geometric(kappa: float) -> _MatrixMaker:
+    def make(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         r = min(shape)
         return _with_spectrum(rng, shape, np.geomspace(1.0, 1.0 / kappa, r))
 
     return make
 
 
-def _rank_deficient(rng, shape):
+def _rank_deficient(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     r = min(shape)
     sigma = np.zeros(r)
     sigma[: max(r // 2, 1)] = np.geomspace(1.0, 0.1, max(r // 2, 1))
     return _with_spectrum(rng, shape, sigma)
 
 
-def _low_rank_noise(rng, shape, rank: int = 4, noise: float = 0.05):
+def _low_rank_noise(rng: np.random.Generator, shape: tuple[int, int], rank: int = 4, noise: float = 0.05) -> np.ndarray:
     r = min(shape)
     k = min(rank, r)
     L = _haar(rng, shape[0], k) @ _haar(rng, shape[1], k).T

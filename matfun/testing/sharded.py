@@ -372,7 +372,7 @@ def _state_mismatches(states: list[dict[str, Any]]) -> list[str]:
 def _worst(errors: list[tuple[str, float, float]]) -> tuple[str, float, float]:
     """The ``(name, error, limit)`` furthest over (or nearest to) its limit; NaN first."""
 
-    def badness(item):
+    def badness(item: tuple[str, float, float]) -> float:
         _, err, lim = item
         if not math.isfinite(err):
             return math.inf
@@ -616,7 +616,11 @@ def check_sharded_optimizer(
     return report
 
 
-def assert_sharded_optimizer(model_fn, optimizer_fn, **kwargs: Any) -> ShardedReport:
+def assert_sharded_optimizer(
+    model_fn: Callable[[], nn.Module],
+    optimizer_fn: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    **kwargs: Any,
+) -> ShardedReport:
     """:func:`check_sharded_optimizer`, raising ``AssertionError`` with the table on failure."""
     report = check_sharded_optimizer(model_fn, optimizer_fn, **kwargs)
     if not report.passed:
