@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     print(schedule.python_tuples())
     for k, (lo, hi) in enumerate(schedule.bounds):
         print(f"# after {k} step(s): singular values in [{lo:.6g}, {hi:.6g}]")
+    twin = same_as_published(schedule, len(schedule.coefficients))
+    if twin:
+        print(f"# the same coefficients as the published {twin!r} schedule")
     if args.no_figure:
         return 0
     stem = Path(args.figure)
@@ -89,16 +92,55 @@ def _check_figure_stem(text: str) -> Path:
     return stem
 
 
-def draw(schedule, stem: Path) -> list[Path]:
-    """Transfer function of ``schedule`` and of the published schedules at the same K."""
+def same_as_published(schedule, steps: int, rtol: float = 1e-6) -> str | None:
+    """The published schedule whose ``steps`` coefficients and normalisation equal ``schedule``'s, if any."""
     import matfun
 
+    mine = np.asarray(schedule.steps(steps), dtype=float)
+    for name in PUBLISHED:
+        other = matfun.get_schedule(name)
+        theirs = np.asarray(other.steps(steps), dtype=float)
+        if np.isclose(other.normalization, schedule.normalization, rtol=rtol) and \
+                np.allclose(mine, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max()):
+            return name
+    return None
+
+
+def _envelope(sigma_edges: np.ndarray, steps: int, schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bin centres and the smallest / largest ``p_K`` in each log-σ bin (sampled 64 points a bin).
+
+    ``p_K`` swings faster than any plotted grid resolves near σ = 1 (Polar Express: about 125 swings
+    of ±0.14), so a curve sampled on a grid draws aliased scribble; the range per bin is what a reader
+    can check (for a slowly varying ``p_K`` both ends coincide and draw one line).
+    """
+    import matfun
+
+    inner = np.linspace(0.0, 1.0, 65)
+    logs = np.log(sigma_edges)
+    dense = np.exp(logs[:-1, None] + (logs[1:] - logs[:-1])[:, None] * inner[None, :])
+    p = np.asarray(matfun.transfer_function(dense.ravel(), steps, schedule)).reshape(dense.shape)
+    centres = np.sqrt(sigma_edges[:-1] * sigma_edges[1:])
+    return centres, p.min(axis=1), p.max(axis=1)
+
+
+def draw(schedule, stem: Path) -> list[Path]:
+    """Transfer function of ``schedule`` and of the published schedules at the same K.
+
+    (a) the range of ``p_K`` in each log-σ bin (30 a decade) (lines: its ends, light fill between them);
+    (b) the largest ``|1 − p_K|`` in each bin, on an axis cut below the design's own error
+    (a schedule that converges further, cubic NS near σ = 1, leaves the axis at the bottom).
+    A design whose coefficients equal a published schedule's says so in the legend.
+    """
     from . import plotting
 
     K = len(schedule.coefficients)
     # σ in the units of G/‖G‖_F; the design interval is [lower, upper]·normalization there
     lo, hi = schedule.lower * schedule.normalization, schedule.upper * schedule.normalization
-    sigma = np.geomspace(min(lo / 10, 1e-4), 1.0, 2000)
+    first = min(lo / 10, 1e-4)
+    edges = np.geomspace(first, 1.0, int(round(-np.log10(first) * 30)) + 1)  # 30 bins a decade
+    twin = same_as_published(schedule, K)
+    label = schedule.name + (f": the same coefficients as {plotting.schedule_label(twin)}" if twin else "")
+    worst_design = None
     with plotting.style():
         fig = plotting.figure("double", 2.8, ncols=2)
         ax_p, ax_e = fig.axes
@@ -106,21 +148,31 @@ def draw(schedule, stem: Path) -> list[Path]:
             published = isinstance(name, str)
             style = (dict(color=plotting.schedule_color(name), linewidth=1.0) if published
                      else dict(color="black", linewidth=1.3, linestyle=(0, (4, 2))))
-            p = matfun.transfer_function(sigma, K, name)
-            ax_p.plot(sigma, p, label=plotting.schedule_label(name) if published else schedule.name, **style)
-            ax_e.plot(sigma, np.maximum(np.abs(1 - p), 1e-17), **style)
+            x, p_lo, p_hi = _envelope(edges, K, name)
+            ax_p.plot(x, p_hi, label=plotting.schedule_label(name) if published else label, **style)
+            ax_p.plot(x, p_lo, **style)
+            ax_p.fill_between(x, p_lo, p_hi, color=style["color"], alpha=0.10 if published else 0.0, linewidth=0)
+            err = np.maximum(np.abs(1 - p_lo), np.abs(1 - p_hi))
+            ax_e.plot(x, err, **style)
+            if not published:
+                inside = (x >= lo) & (x <= hi)
+                worst_design = float(err[inside].min()) if inside.any() else float(err.min())
         for ax in fig.axes:
             ax.axvspan(lo, min(hi, 1.0), color="0.9", zorder=0)
             ax.set_xscale("log")
             ax.set_xlabel(r"$\sigma / \|G\|_F$")
         ax_p.axhline(1.0, color="0.5", linewidth=0.6, linestyle=":")
-        ax_p.set_ylabel(rf"$p_K(\sigma)$, $K = {K}$")
+        ax_p.set_ylim(-0.05, 1.35)  # outside the design interval p_K can grow like σ^(5^K): it leaves the axes
+        ax_p.set_ylabel(rf"range of $p_K(\sigma)$ per bin, $K = {K}$")
         ax_e.set_yscale("log")
-        ax_e.set_ylabel(r"$|1 - p_K(\sigma)|$")
+        bottom = 10.0 ** np.floor(np.log10(max(worst_design or 1e-6, 1e-15)) - 1)
+        ax_e.set_ylim(bottom, 2.0)
+        ax_e.set_ylabel(r"largest $|1 - p_K(\sigma)|$ per bin")
         ax_p.set_title("transfer function (design interval shaded)")
         ax_e.set_title("distance from the polar factor")
         plotting.panel_label(ax_p, "a")
         plotting.panel_label(ax_e, "b")
         handles, labels = ax_p.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside upper center", ncols=len(handles))
+        ncols = len(handles) if sum(map(len, labels)) < 80 else 3
+        fig.legend(handles, labels, loc="outside upper center", ncols=ncols)
         return plotting.save_figure(fig, stem)

@@ -45,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the map's name on the card (default: ATTR)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or cuda:N")
     parser.add_argument("--force", action="store_true", help="recompute every cell even if cached")
+    parser.add_argument("--schedule", default=None, metavar="NAME",
+                        help="the battery also checks agreement with this schedule of matfun.SCHEDULES (cubic, "
+                        "jordan, you, polar_express), as validate --schedule does")
+    parser.add_argument("--steps", type=_nonneg_int, default=5, metavar="K",
+                        help="steps of the --schedule reference (default 5)")
+
+
+def _nonneg_int(value: str) -> int:
+    from .validate import _nonneg_int as check
+
+    return check(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path("report") / plugin.name
         created = [d for d in (out, *out.parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
-        card = build_report(plugin, out, quick=args.quick, device=args.device, force=args.force)
+        if args.schedule is not None:
+            import matfun
+
+            if args.schedule not in matfun.SCHEDULES:
+                raise UsageError(f"--schedule {args.schedule!r} is not one of matfun.SCHEDULES "
+                                 f"({', '.join(sorted(matfun.SCHEDULES))})")
+        card = build_report(plugin, out, quick=args.quick, device=args.device, force=args.force,
+                            schedule=args.schedule, steps=args.steps)
     except BaseException as exc:
         for d in created:  # deepest first; only directories left empty
             try:

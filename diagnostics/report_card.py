@@ -66,7 +66,9 @@ def _configs(quick: bool) -> dict[str, Any]:
         "ns_convergence": {**common, "condition_numbers": KAPPAS, "tiles": (32,), "max_steps": 12},
         "precision": {**common, "condition_numbers": (10.0, 1e3), "max_steps": 12},
         "duality": {**common, "tiles": (32,), "max_steps": 12, "stream_steps": 50},
-        "scaling": {"ns": (128, 256, 512), "tiles": (64,), "warmup": 1, "repeats": 3, "min_time": 0.01,
+        # five sizes: the slopes are fitted on the top four (scaling.MIN_FIT_SIZES); with three every
+        # slope in the cost legend read "—"
+        "scaling": {"ns": (128, 192, 256, 384, 512), "tiles": (64,), "warmup": 1, "repeats": 3, "min_time": 0.01,
                     "steps": REPORT_STEPS} if quick else {"steps": REPORT_STEPS},
     }.items():
         module = get_experiment(name)
@@ -314,7 +316,7 @@ def _accuracy_figure(acc: pd.DataFrame, plugin: plugins.Plugin, k: float) -> byt
 # -------------------------------------------------------------------- build
 
 
-def _battery(plugin: plugins.Plugin, spectral: bool) -> Any:
+def _battery(plugin: plugins.Plugin, spectral: bool, schedule: str | None = None, steps: int = 5) -> Any:
     """The :mod:`matfun.testing` battery on the plug-in (torch float32 inputs through the adaptor)."""
     import torch
 
@@ -330,7 +332,8 @@ def _battery(plugin: plugins.Plugin, spectral: bool) -> Any:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # 48×32 matrices: extra threads only add synchronisation
     try:
-        report = check_orthogonalizer(fn, backend="torch", dtype="float32", **options)
+        report = check_orthogonalizer(fn, backend="torch", dtype="float32", schedule=schedule, steps=steps,
+                                      **options)
     finally:
         torch.set_num_threads(previous)
     report.target = plugin.spec
@@ -349,8 +352,11 @@ def _declared_tile(plugin: plugins.Plugin) -> Any:
 
 
 def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, device: str = "cpu",
-                 force: bool = False) -> Card:
+                 force: bool = False, schedule: str | None = None, steps: int = 5) -> Card:
     """Run the experiments and the battery for ``plugin``; write ``report.html`` and ``report.pdf``.
+
+    ``schedule`` / ``steps`` are passed to :func:`matfun.testing.check_orthogonalizer`: with a
+    schedule the battery also checks agreement with it, the same checks as ``validate --schedule``.
 
     Raises :class:`diagnostics.plugins.PluginError` when the plug-in breaks its contract.
     """
@@ -367,7 +373,7 @@ def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, d
             figures[name] = pngs[0]
     k = _plugin_k(plugin, frames["ns_convergence"])
     headline, facts = _headline(frames, plugin, k)
-    battery = _battery(plugin, facts["spectral"])
+    battery = _battery(plugin, facts["spectral"], schedule, steps)
     import torch
 
     card = Card(

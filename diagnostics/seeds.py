@@ -119,8 +119,29 @@ def merge_figures(figures: Sequence[Any], seeds: Sequence[int]) -> Any:
             f"over seeds; printed values: seed {seeds[0]}")
     if skipped:
         note += f"; panel(s) {' '.join(skipped)}: seed {seeds[0]} only (curves differ between seeds)"
-    base.text(0.995, 0.002, note, ha="right", va="bottom", fontsize=5.5, color="0.35")
+    _add_footer(base, note)
     return base
+
+
+#: Height (inches) added below a merged figure for its footnote, so it never overlaps an x-label.
+FOOTER_HEIGHT = 0.14
+
+
+def _add_footer(fig: Any, note: str) -> None:
+    """Grow ``fig`` by :data:`FOOTER_HEIGHT` at the bottom and write ``note`` there, outside every axes."""
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + FOOTER_HEIGHT)
+    share = FOOTER_HEIGHT / (height + FOOTER_HEIGHT)
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):
+        engine.set(rect=(0.0, share, 1.0, 1.0 - share))
+    else:  # a fixed layout: move every axes up into the old canvas
+        for ax in fig.axes:
+            x0, y0, w, h = ax.get_position().bounds
+            ax.set_position((x0, share + y0 * (1.0 - share), w, h * (1.0 - share)))
+    fig.text(0.995, share * 0.45, note, ha="right", va="center", fontsize=5.5, color="0.35")
 
 
 def plot_seeds(module: Any, frames: Sequence[pd.DataFrame], config: Any, out_dir: Path, seeds: Sequence[int]) -> list[Path]:

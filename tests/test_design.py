@@ -227,6 +227,7 @@ def test_cli_prints_tuples_and_draws(tmp_path, capsys):
     printed = eval("[" + "\n".join(tuples) + "]")  # noqa: S307 - our own output
     np.testing.assert_allclose(np.array(printed), np.array(PUBLISHED_PE), atol=1e-10)
     assert "1.02" in out  # the normalisation to use
+    assert "the same coefficients as the published 'polar_express' schedule" in out
     assert (tmp_path / "fig" / "ds.png").stat().st_size > 0 and (tmp_path / "fig" / "ds.pdf").exists()
 
 

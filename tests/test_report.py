@@ -31,6 +31,7 @@ def cubic(steps):
 
 
 tiled = matfun.Tiled(matfun.NewtonSchulz(5, "polar_express"), 8)
+cubic5 = cubic(5)  # the factory at the card's K, as a plain callable for validate
 
 
 def broken(G):
@@ -87,9 +88,9 @@ class Page(HTMLParser):
             self.verdict.append(data.strip())
 
 
-def build(tmp_path, target, capsys):
+def build(tmp_path, target, capsys, *options):
     out = tmp_path / "card"
-    code = cli.main(["report", target, "--quick", "--out", str(out)])
+    code = cli.main(["report", target, "--quick", "--out", str(out), *options])
     return code, out, capsys.readouterr()
 
 
@@ -145,3 +146,37 @@ def test_declared_tile_is_read_from_the_map_or_from_what_its_factory_builds():
     assert report_card._declared_tile(factory) == (4, 6)
     # a plain callable declares nothing: the card then skips orthogonal equivariance instead
     assert report_card._declared_tile(SimpleNamespace(target=lambda G: G, is_factory=False)) is None
+
+
+def test_report_schedule_option_runs_the_same_battery_as_validate(tiny, tmp_path, capsys, monkeypatch):
+    from matfun import testing
+
+    seen = []
+    real = testing.check_orthogonalizer
+
+    def spy(fn, **kwargs):
+        report = real(fn, **kwargs)
+        seen.append((kwargs, report))
+        return report
+
+    monkeypatch.setattr(testing, "check_orthogonalizer", spy)
+    code, out, io = build(tmp_path, f"{tiny}:cubic", capsys, "--schedule", "cubic", "--steps", "5")
+    assert code == 0, io.err
+    (kwargs, card_battery), = seen
+    assert kwargs["schedule"] == "cubic" and kwargs["steps"] == 5
+    page = Page()
+    page.feed((out / "report.html").read_text())
+    assert "schedule_agreement" in page.cells
+    # validate --schedule cubic --steps 5 on the same map: the same checks, as many as on the card
+    code = cli.main(["validate", f"{tiny}:cubic5", "--schedule", "cubic", "--steps", "5", "--seed", "0"])
+    assert code in (0, 1)
+    (_, validate_battery) = seen[-1]
+    names = lambda r: [c.name for c in r.checks]  # noqa: E731
+    assert sorted(names(card_battery)) == sorted(names(validate_battery))
+    assert set(names(card_battery)) <= set(page.cells)
+
+
+def test_report_unknown_schedule_is_one_line_exit_2(tiny, tmp_path, capsys):
+    code, out, io = build(tmp_path, f"{tiny}:cubic", capsys, "--schedule", "nope")
+    assert code == 2 and len(io.err.strip().splitlines()) == 1 and "nope" in io.err
+    assert not out.exists()

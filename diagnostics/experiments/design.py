@@ -252,10 +252,22 @@ def _drawn(values) -> np.ndarray:
     return np.where(np.isfinite(values), np.maximum(values, 1e-16), DIVERGED)
 
 
+#: Display names of the designs in (a) and (b).
+_LABELS = {"designed": "designed (worst case)", "designed_mean": "designed (mean alignment)"}
+#: (c)'s worst-case designs at three safety margins: colours and markers none of (a)/(b)'s legend uses.
+_SAFETY_STYLE = {"safety 0": ("#CC79A7", "x"), "float32 margin": ("0.15", "s"), "bf16 margin": ("0.55", "^")}
+
+
 def _color(name: str) -> str:
     if name.startswith("designed ("):
-        return {"safety 0": "#d62728", "float32 margin": "#ff7f0e", "bf16 margin": "#9467bd"}[name[10:-1]]
+        return _SAFETY_STYLE[name[10:-1]][0]
     return plotting.schedule_color(name)
+
+
+def _label(name: str) -> str:
+    if name.startswith("designed ("):
+        return "worst case, " + name[10:-1]
+    return _LABELS.get(name, plotting.schedule_label(name))
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
@@ -268,7 +280,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         for name, g in d.groupby("schedule", sort=False):
             g = g.sort_values("condition_number")
             ax_c.plot(g["condition_number"], _drawn(g["misalignment"]), marker="o", markersize=3,
-                      color=_color(name), label=plotting.schedule_label(name))
+                      color=_color(name), label=_label(name))
         ax_c.set_xscale("log")
         ax_c.set_xlabel(r"condition number $\kappa$")
         ax_c.set_ylabel(rf"$1 - \cos(X_K, P)$ at $K = {K}$")
@@ -279,7 +291,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         for name, g in d.groupby("schedule", sort=False):
             mean = [np.nanmean(_drawn(g[g["tile"] == t]["misalignment"])) for t in tiles]
             ax_m.plot(range(len(tiles)), mean, marker="o", markersize=3, color=_color(name),
-                      label=plotting.schedule_label(name))
+                      label=_label(name))
         ax_m.set_xticks(range(len(tiles)), ["full" if t == 0 else str(t) for t in tiles])
         ax_m.set_xlabel("tile size $T$")
         ax_m.set_ylabel(r"mean $1 - \cos(NS_{T,K}(M), P_T(M))$")
@@ -290,14 +302,15 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         d = frame[frame["part"] == "precision"]
         for (name, precision), g in d.groupby(["schedule", "precision"], sort=False):
             g = g.sort_values("step")
-            ax_p.plot(g["step"], _drawn(g["misalignment"]), color=_color(name),
+            marker = _SAFETY_STYLE[name[10:-1]][1] if name.startswith("designed (") else "o"
+            ax_p.plot(g["step"], _drawn(g["misalignment"]), color=_color(name), marker=marker, markersize=3,
                       linestyle="-" if precision == "bfloat16" else "--",
-                      label=plotting.schedule_label(name) if precision == "bfloat16" else None)
+                      label=_label(name) if precision == "bfloat16" else None)
         ax_p.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax_p.set_xlabel("step $k$ (solid bf16, dashed fp32)")
+        ax_p.set_xlabel("step $k$")
         ax_p.set_ylabel(r"$1 - \cos(X_k, P)$")
         ax_p.set_title(rf"safety, $\kappa = {config.precision_kappa:g}$")
-        ax_p.legend(fontsize=6)
+        ax_p.legend(fontsize=6, loc="lower left", title="solid bf16, dashed fp32", title_fontsize=6)
         for ax, letter in zip(fig.axes, "abc"):
             ax.set_yscale("log")
             plotting.panel_label(ax, letter)

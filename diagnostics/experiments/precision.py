@@ -186,7 +186,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                     line.set_linestyle(PRECISION_STYLES[precision])
             floor = precision_floor(d_k, "bfloat16")
             if np.isfinite(floor) and floor > 0:
-                ax.axhline(floor, color="0.45", linewidth=0.6, zorder=1)
+                # a broad translucent band, not a thin line: no legend entry (float64 is a solid line) looks like it
+                ax.axhline(floor, color="0.5", linewidth=4.0, alpha=0.3, zorder=0.8, solid_capstyle="butt")
                 ax.text(0.02, floor / 1.5, f"bf16 floor {floor:.1e}", transform=ax.get_yaxis_transform(),
                         ha="left", va="top", fontsize=6.5, color="0.25")
             ax.set_yscale("log")

@@ -328,7 +328,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                    **({"fontsize": 6, "labelspacing": 0.25} if names else {}))
         lax.text(0.0, 0.02,
                  f"{config.schedule} schedule, K = {config.steps}, float32 NS\n"
-                 f"coupled inputs {config.shape[0]}×{config.shape[1]},\nmean of {config.samples} seed(s); "
+                 f"coupled inputs {config.shape[0]}×{config.shape[1]} ("
+                 + ("1" if config.samples == 1 else f"mean of {config.samples}")
+                 + " per\ncoupling and seed); "
                  f"momenta after {config.stream_steps} steps",
                  transform=lax.transAxes, fontsize=6.5, color="0.35", va="bottom")
         stem = out_dir / "tile_sweep"

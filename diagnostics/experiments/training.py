@@ -456,6 +456,18 @@ def _lr_text(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def _fit_labels(fig, ax, labels) -> None:  # noqa: ANN001
+    """Widen ``ax``'s log x-axis on the right until every ``(text, x)`` label ends inside the axes."""
+    fig.draw_without_rendering()  # lay the figure out, so the axes and text extents are final
+    width = ax.get_window_extent().width
+    lo, hi = np.log10(ax.get_xlim())
+    need = hi
+    for text, x in labels:
+        share = min(text.get_window_extent().width / width + 0.03, 0.9)  # of the axes' width, with a margin
+        need = max(need, (np.log10(x) - share * lo) / (1 - share))
+    ax.set_xlim(10.0 ** lo, 10.0 ** need)
+
+
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     lrs = best_lrs(frame)
@@ -533,7 +545,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
 
         # (d) optimizer-step time on a log axis: median and IQR over every step of every run of the optimizer.
         ypos = np.arange(len(names))[::-1]
-        med, q25, q75 = [], [], []
+        med, q25, q75, labels = [], [], [], []
         for name in names:
             times = frame[(frame["optimizer"] == name) & (frame["step"] > 0)]["step_ms"].dropna().to_numpy(float)
             a, b, c = np.percentile(times, [25, 50, 75])
@@ -544,9 +556,10 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax_t.plot(m, y, marker=st["marker"], color=st["color"], markersize=5, linestyle="none")
             ms = f"{m:.2f} ms" if m < 1 else f"{m:.1f} ms"
             text = f"{ms} · loss {ratio[name].mean():.2f}×" if name in ratio else ms
-            ax_t.text(c * 1.25, y, text, va="center", ha="left", fontsize=6.5)
+            labels.append((ax_t.text(c * 1.25, y, text, va="center", ha="left", fontsize=6.5), c * 1.25))
         ax_t.set_xscale("log")
         ax_t.set_xlim(min(q25) / 2, max(q75) * 10)
+        _fit_labels(fig, ax_t, labels)
         ax_t.set_ylim(-0.6, len(names) - 0.4)
         ax_t.set_yticks(ypos, [optimizer_style(n, config)["label"] for n in names])
         ax_t.grid(axis="y", visible=False)

@@ -188,17 +188,20 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         at_k = builtin[builtin["steps"] == config.panel_steps]
         ax_p.axhline(1.0, color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, zorder=3)
         handles = []
-        for name in schedules:
+        for i, name in enumerate(schedules):
             d = at_k[at_k["schedule"] == name].sort_values("sigma")
             if d.empty:
                 continue
             color = plotting.schedule_color(name)
             # Thin: the tuned schedules swing faster than a pixel near σ = 1 and draw a band there.
             (h,) = ax_p.plot(d["sigma"], d["p"], color=color, linewidth=0.6, label=plotting.schedule_label(name))
-            ax_p.plot(d["sigma"], d["smoothed_fit"], color=color, linestyle=(0, (4, 2)), linewidth=1.3, zorder=4)
+            # Neighbours' fits dash into each other's gaps: two fits that coincide (Jordan's and You's
+            # ε̂ agree at K = 5) both stay visible instead of one hiding the other.
+            ax_p.plot(d["sigma"], d["smoothed_fit"], color=color, linestyle=(4 * (i % 2), (4, 4)), linewidth=1.3,
+                      zorder=4)
             handles.append(h)
         handles += [
-            Line2D([], [], color="0.3", linestyle=(0, (4, 2)), linewidth=1.3,
+            Line2D([], [], color="0.3", linestyle=(0, (4, 4)), linewidth=1.3,
                    label=r"best smoothed polar $\sigma/\sqrt{\sigma^2+\hat\varepsilon^2}$"),
             Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
         ]
@@ -252,7 +255,13 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                       transform=ax_e.transAxes, ha="left", va="bottom", fontsize=7, color="0.3")
         ax_e.set_yscale("log")
         ymax = float(frame["eps_hat"].max()) * 2.0
-        ax_e.set_ylim(floor / 4.0, ymax)
+        drawn = frame["eps_hat"].to_numpy(float)
+        drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+        # the shaded unresolved strip needs the floor in view; otherwise the axis ends just below the data
+        if frame["eps_resolved"].dropna().astype(bool).all() and drawn.size:
+            ax_e.set_ylim(float(drawn.min()) / 2.0, ymax)
+        else:
+            ax_e.set_ylim(floor / 4.0, ymax)
         ax_e.set_xlabel("Newton–Schulz steps $K$")
         ax_e.set_ylabel(r"fitted smoothing level $\hat\varepsilon$")
         ks = sorted(set(int(k) for k in levels["steps"]))
