@@ -59,6 +59,12 @@ class ParamStep:
     decay: float = 1.0
     step_size: float = 0.0
 
+    @property
+    def matrix(self) -> Tensor:
+        """``direction``, which the step's first phase (the momentum update) sets before any map runs."""
+        assert self.direction is not None, "direction read before the momentum update set it"
+        return self.direction
+
 
 class MatrixOptimizer(Optimizer):
     """Base of the matrix optimizers: validation, the two-phase step, checkpoint checks.
@@ -215,7 +221,8 @@ class MatrixOptimizer(Optimizer):
                 message = f"{self._name}: param group {gi}: {error}; nothing was updated in this step"
                 raise type(error)(message) from error
             except Exception as error:  # e.g. raised by a tile callable: keep its type
-                error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
+                if hasattr(error, "add_note"):  # Python >= 3.11
+                    error.add_note(f"{self._name}: in param group {gi}; nothing was updated in this step")
                 raise
             for j, p in enumerate(group["params"]):
                 if p.grad is not None and p.numel() > 0:  # an empty matrix has nothing to update
@@ -234,6 +241,7 @@ class MatrixOptimizer(Optimizer):
             p = item.param
             self.state[p] = item.new_state  # the whole state: keys of another configuration do not linger
             p.mul_(item.decay)  # decoupled weight decay
+            assert item.update is not None  # the plan computed every update before the commit
             p.add_(item.update.reshape(p.shape), alpha=-item.step_size)
         for group in self.param_groups:
             if "step_count" in group:
@@ -257,6 +265,7 @@ class MatrixOptimizer(Optimizer):
 
     def _checked_grad(self, p: Tensor, group: dict, gi: int, j: int) -> Tensor:
         g = p.grad
+        assert g is not None  # called for parameters with a gradient only
         if g.is_sparse:
             raise RuntimeError(f"{self._name} does not support sparse gradients ({param_name(group, gi, j)})")
         if torch.is_complex(g):
@@ -305,7 +314,7 @@ class MatrixOptimizer(Optimizer):
         """
         norm = item.direction_norm
         if norm is None:
-            norm = item.direction_norm = torch.linalg.vector_norm(item.direction)
+            norm = item.direction_norm = torch.linalg.vector_norm(item.matrix)
         return [norm] + [v.sum() for k, v in item.new_state.items() if k != "momentum_buffer"]
 
     def _check_finite(self, items: list[ParamStep]) -> list[float]:
@@ -328,7 +337,7 @@ class MatrixOptimizer(Optimizer):
 
     def _check_finite_exactly(self, items: list[ParamStep]) -> list[float]:
         """:meth:`_check_finite` entry by entry (one ``isfinite`` flag per tensor)."""
-        checks = []
+        checks: list[tuple[ParamStep, str | None, Tensor]] = []
         for item in items:
             if item.group["check_finite"]:
                 checks.append((item, None, item.grad))
@@ -349,9 +358,7 @@ class MatrixOptimizer(Optimizer):
                 what = f"the statistic {key!r} of parameter {item.name} would become NaN or Inf"
                 dtype = statistics_dtype(item.param.dtype)
                 hint = f"its {dtype} accumulator overflows: scale the loss or clip gradients"
-            raise ValueError(
-                f"{self._name}: {what}; no parameter or optimizer state was updated in this step ({hint})"
-            )
+            raise ValueError(f"{self._name}: {what}; no parameter or optimizer state was updated in this step ({hint})")
         return values[len(checks) :]
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:  # pragma: no cover

@@ -196,7 +196,7 @@ class HiMuon(MatrixOptimizer):
                 item.tile,
                 group["ns_steps"],
                 resolve_coefficients(group["ns_coefficients"]),
-                default_precision(group["precision"], _direction(item).device),
+                default_precision(group["precision"], item.matrix.device),
                 group["memory_budget"],
                 is_sharded(item.direction),
             )
@@ -214,20 +214,13 @@ class HiMuon(MatrixOptimizer):
 
             if sharded:  # whole tile rows where they lie; whole matrices with one owner each
                 outs, comm = run_sharded(
-                    [_direction(item) for item in members], [None if tile is None else tile[0]] * len(members), run
+                    [item.matrix for item in members], [None if tile is None else tile[0]] * len(members), run
                 )
                 self._communication += comm
             else:
-                outs = run([_direction(item) for item in members])
+                outs = run([item.matrix for item in members])
             for item, out in zip(members, outs):
                 item.update = out
-
-
-def _direction(item: ParamStep) -> Tensor:
-    """``item.direction``, which the first phase of the step (the momentum update) sets
-    for every item before :meth:`HiMuon._orthogonalize` runs."""
-    assert item.direction is not None  # set by MatrixOptimizer's momentum update before _orthogonalize
-    return item.direction
 
 
 def check_memory_budget(budget: Any) -> None:

@@ -129,7 +129,8 @@ class Muon(MatrixOptimizer):
       hyperparameters and state); ``precision`` and ``check_finite``, which
       torch's lack, take this optimizer's constructor values.
     * FSDP2: parameters sharded by ``torch.distributed.fsdp.fully_shard``
-      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; each matrix is orthogonalised by one owner rank, balanced by cost (gather, NS, scatter back).
+      (DTensor ``Shard(0)`` on a 1-D mesh) are supported on gloo and nccl; each matrix is
+      orthogonalised by one owner rank, balanced by cost (gather, NS, scatter back).
       The update equals the single-device one (``tests/test_sharding.py``);
       ``last_step_communication`` holds the bytes the last step moved
       (:class:`matfun.sharding.Communication`).  Other placements (tensor
@@ -190,9 +191,9 @@ class Muon(MatrixOptimizer):
         flags, in the same host synchronisation)."""
         norms = []
         for item in items:
-            if item.group["eps"] > 0 and not is_sharded(item.direction):
+            if item.group["eps"] > 0 and not is_sharded(item.matrix):
                 if item.direction_norm is None:
-                    item.direction_norm = torch.linalg.vector_norm(item.direction)
+                    item.direction_norm = torch.linalg.vector_norm(item.matrix)
                 norms.append(item.direction_norm)
         return norms
 
@@ -200,16 +201,16 @@ class Muon(MatrixOptimizer):
         norms = iter(extras)
         by_group: dict[tuple[int, bool], list[ParamStep]] = {}
         for item in items:
-            by_group.setdefault((id(item.group), is_sharded(item.direction)), []).append(item)
+            by_group.setdefault((id(item.group), is_sharded(item.matrix)), []).append(item)
         for (_, sharded), members in by_group.items():
             group = members[0].group
 
-            def run(mats: list[Tensor], norms: list[float]) -> list[Tensor]:
+            def run(mats: list[Tensor], norms: list[float], group: dict = group) -> list[Tensor]:
                 return orthogonalize(
                     mats, group["ns_steps"], group["ns_coefficients"], group["precision"], group["eps"], norms
                 )
 
-            def owned(mats: list[Tensor]) -> list[Tensor]:
+            def owned(mats: list[Tensor], group: dict = group, run=run) -> list[Tensor]:
                 """On the owner: whole matrices, batched by shape unless one needs the eps floor."""
                 norms = host_values([torch.linalg.vector_norm(m) for m in mats])
                 if any(0 < n < group["eps"] for n in norms):
@@ -217,12 +218,15 @@ class Muon(MatrixOptimizer):
                 return by_shape(mats, lambda X: run([X], [math.inf])[0])
 
             if sharded:  # one owner per matrix, balanced by cost
-                outs, comm = run_sharded([item.direction for item in members], [None] * len(members), owned)
+                outs, comm = run_sharded([item.matrix for item in members], [None] * len(members), owned)
                 self._communication += comm
             else:
                 outs = orthogonalize(
-                    [item.direction for item in members],
-                    group["ns_steps"], group["ns_coefficients"], group["precision"], group["eps"],
+                    [item.matrix for item in members],
+                    group["ns_steps"],
+                    group["ns_coefficients"],
+                    group["precision"],
+                    group["eps"],
                     [next(norms) if group["eps"] > 0 else math.inf for _ in members],
                     maps=self._maps,
                 )
@@ -287,4 +291,3 @@ def orthogonalize(
         for k, t, out in zip(ks, tall, maps[key](stacked, check_finite=False).unbind(0)):
             outs[k] = out.mT if t else out
     return outs  # type: ignore[return-value]
-

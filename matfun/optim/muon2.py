@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 import matfun
 from matfun import _backend as B
@@ -185,7 +184,9 @@ class Muon2(MatrixOptimizer):
         if len(forms) == 2:
             raise ValueError(f"the state of parameter {name} has both the full and the factorized second moment")
         if state and not forms:
-            raise ValueError(f"the state of parameter {name} lacks the second moment ({_MOMENT_KEYS[group['factorized']]})")
+            raise ValueError(
+                f"the state of parameter {name} lacks the second moment ({_MOMENT_KEYS[group['factorized']]})"
+            )
         for key in _MOMENT_KEYS[True] + _MOMENT_KEYS[False]:
             if key in state and bool((state[key] < 0).any()):
                 raise ValueError(f"state {key!r} of parameter {name} has negative entries (a second moment)")
@@ -201,8 +202,9 @@ class Muon2(MatrixOptimizer):
         sharded = is_sharded(item.param)
         # FSDP2 row shards: every statistic on this rank's rows; the column sums of G²
         # are summed over ranks (Muon²-F's column statistic is replicated)
-        G2 = as_matrix(local(item.grad).to(item.direction.dtype)).square()
+        G2 = as_matrix(local(item.grad).to(item.matrix.dtype)).square()
         keys = _MOMENT_KEYS[group["factorized"]]
+        fresh: tuple[Tensor, ...]
         if group["factorized"]:
             cols = G2.sum(-2)
             fresh = (G2.sum(-1), all_reduce_sum(cols, item.param) if sharded else cols)
@@ -227,32 +229,31 @@ class Muon2(MatrixOptimizer):
         item.tile, item.lr_shape = tile_plan(tile, item.lr_shape, group["small_matrix"])
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
-        sharded = [item for item in items if is_sharded(item.direction)]
+        sharded = [item for item in items if is_sharded(item.matrix)]
         if sharded:
             self._orthogonalize_sharded(sharded)
         # eps = 0 keeps the checked per-matrix path (a zero of V must raise, naming the parameter)
-        full = [item for item in items if item.tile is None and item.group["eps"] > 0 and not is_sharded(item.direction)]
+        full = [item for item in items if item.tile is None and item.group["eps"] > 0 and not is_sharded(item.matrix)]
         self._orthogonalize_full(full)
         for item in items:
-            if is_sharded(item.direction) or item.update is not None:
+            if is_sharded(item.matrix) or item.update is not None:
                 continue
             group = item.group
             try:
                 item.update = matfun.preconditioned_newton_schulz(
-                    item.direction,
+                    item.matrix,
                     item.extra,
                     group["eps"],
                     group["ns_steps"],
                     resolve_coefficients(group["ns_coefficients"]),
                     tile=item.tile,
-                    precision=default_precision(group["precision"], item.direction.device),
+                    precision=default_precision(group["precision"], item.matrix.device),
                     check_finite=False,
                 )
             except ValueError as error:
                 raise ValueError(
                     f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
                 ) from error
-
 
     def _orthogonalize_full(self, items: list[ParamStep]) -> None:
         """Full (untiled) Newton–Schulz on ``M ⊘ (√V + ε)``: :class:`matfun.Preconditioned`'s
@@ -263,14 +264,14 @@ class Muon2(MatrixOptimizer):
         batches: dict[tuple, list[ParamStep]] = {}
         for item in items:
             group = item.group
-            prec = default_precision(group["precision"], item.direction.device)
+            prec = default_precision(group["precision"], item.matrix.device)
             key = (group["ns_steps"], resolve_coefficients(group["ns_coefficients"]), prec)
-            shape = tuple(sorted(item.direction.shape)) if item.direction.numel() <= BATCH_MAX_NUMEL else id(item)
-            batches.setdefault((key, group["eps"], shape, item.direction.dtype, item.direction.device), []).append(item)
+            shape = tuple(sorted(item.matrix.shape)) if item.matrix.numel() <= BATCH_MAX_NUMEL else id(item)
+            batches.setdefault((key, group["eps"], shape, item.matrix.dtype, item.matrix.device), []).append(item)
         for (key, eps, *_), members in batches.items():
             ns = self._maps.get(key) or self._maps.setdefault(key, matfun.NewtonSchulz(*key))
-            tall = [m.direction.shape[0] > m.direction.shape[1] for m in members]
-            M = torch.stack([m.direction.mT if t else m.direction for m, t in zip(members, tall)])
+            tall = [m.matrix.shape[0] > m.matrix.shape[1] for m in members]
+            M = torch.stack([m.matrix.mT if t else m.matrix for m, t in zip(members, tall)])
             V = torch.stack([m.extra.V.mT if t else m.extra.V for m, t in zip(members, tall)])
             X, precision = ns._prepare(M, False)
             V = B.to_compute(V, B.Precision("float64", "float64", False), ns.prefers_torch)
@@ -285,22 +286,28 @@ class Muon2(MatrixOptimizer):
         jobs: dict[tuple, list[ParamStep]] = {}
         for item in items:
             group = item.group
-            key = (item.tile, group["ns_steps"], resolve_coefficients(group["ns_coefficients"]),
-                   default_precision(group["precision"], item.direction.device))
+            key = (
+                item.tile,
+                group["ns_steps"],
+                resolve_coefficients(group["ns_coefficients"]),
+                default_precision(group["precision"], item.matrix.device),
+            )
             jobs.setdefault(key, []).append(item)
         for (tile, steps, schedule, precision), members in jobs.items():
             directions = []
             for item in members:
                 try:
-                    directions.append(like(item.extra.precondition(local(item.direction)), item.direction))
+                    directions.append(like(item.extra.precondition(local(item.matrix)), item.matrix))
                 except ValueError as error:
                     raise ValueError(
                         f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
                     ) from error
 
-            def run(mats: list[Tensor], tile=tile) -> list[Tensor]:
+            def run(mats: list[Tensor], tile=tile, steps=steps, schedule=schedule, precision=precision) -> list[Tensor]:
                 if tile is None:  # on the owner: one batched call per shape
-                    return by_shape(mats, lambda X: matfun.newton_schulz(X, steps, schedule, precision, check_finite=False))
+                    return by_shape(
+                        mats, lambda X: matfun.newton_schulz(X, steps, schedule, precision, check_finite=False)
+                    )
                 return matfun.tiled_newton_schulz_many(mats, tile, steps, schedule, precision, check_finite=False)
 
             outs, comm = run_sharded(directions, [None if tile is None else tile[0]] * len(members), run)
@@ -313,8 +320,9 @@ def _quotient(X: Tensor, V: Tensor, eps: float) -> Tensor:
     """``X ⊘ (√V + ε)`` in float64, times a power of two per matrix that brings its largest entry
     into ``[0.5, 1)``: :func:`matfun.precondition._quotient64`'s scaled form up to a power of two
     per matrix (which the normalised map does not see), in fewer operations.  For float32 or
-    narrower ``X`` (and ``ε > 0``, which the caller ensures) the float64 quotient itself can neither overflow nor underflow
-    (``|X| ≤ 3.4e38``, ``√V + ε ≥ ε``); otherwise the exact scaled form is used."""
+    narrower ``X`` (and ``ε > 0``, which the caller ensures) the float64 quotient itself can
+    neither overflow nor underflow (``|X| ≤ 3.4e38``, ``√V + ε ≥ ε``); otherwise the exact
+    scaled form is used."""
     if X.dtype == torch.float64:
         return _quotient64(X, V, eps, scaled=True)
     Q = X.to(torch.float64) / (V.sqrt() + eps)
