@@ -50,7 +50,7 @@ def interleaved(
     samples: dict[str, list[float]] = {name: [] for name in sides}
     total = sum(caps.values()) + warmup * len(sides)
     with tqdm(total=total, desc=label, file=sys.stderr, leave=False) as bar:
-        for name, fn in sides.items():
+        for fn in sides.values():
             for _ in range(warmup):
                 fn()
                 sync()

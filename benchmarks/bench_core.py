@@ -70,13 +70,18 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rng = np.random.default_rng(0)
-    print(f"bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"{repeats} interleaved rounds (median ± half IQR); shared machine -> noisy timings")
+    print(
+        f"bench_core: torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+        f"{repeats} interleaved rounds (median ± half IQR); shared machine -> noisy timings"
+    )
     rows = []
 
     G = rng.standard_normal((n_polar, n_polar))
-    t = interleaved({"matfun.polar": lambda: matfun.polar(G), "scipy.linalg.polar": lambda: scipy.linalg.polar(G)},
-                    repeats, label="polar")
+    t = interleaved(
+        {"matfun.polar": lambda: matfun.polar(G), "scipy.linalg.polar": lambda: scipy.linalg.polar(G)},
+        repeats,
+        label="polar",
+    )
     rows.append((f"polar {n_polar}x{n_polar} float64", "matfun.polar", "scipy.linalg.polar", t, 1.0))
 
     X = torch.from_numpy(rng.standard_normal((n_ns, n_ns)).astype(np.float32)).to(device)
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
     print(f"\n{'case':36s} {'side':22s} {'time (median ± half IQR)':>26s}")
     for case, _, _, t, _ in rows:
         for side, sample in t.items():
-            print(f"{case:36s} {side:22s} {str(sample):>26s}")
+            print(f"{case:36s} {side:22s} {sample!s:>26s}")
     print()
     for case, ours, ref, t, target in rows:
         ratio = paired_ratio(t[ours], t[ref])
@@ -99,10 +104,14 @@ def main(argv=None) -> int:
         print(f"{verdict}: {case}: {ours}/{ref} = {ratio.median:.3f} ± {ratio.spread / 2:.3f} (target <= {target})")
     if syrk:
         ratio = paired_ratio(t["matfun NS"], t["matfun NS, bmm steps"])
-        print(f"INFO: syrk/symm steps vs bmm steps = {ratio.median:.3f} ± {ratio.spread / 2:.3f} (4 vs 6 product units: 0.67)")
+        print(
+            f"INFO: syrk/symm steps vs bmm steps = {ratio.median:.3f} ± {ratio.spread / 2:.3f} (4 vs 6 product units: 0.67)"
+        )
     else:
-        print(f"INFO: the syrk/symm step needs a CPU float32/float64 Gram side >= {_symmetric.MIN_GRAM_SIZE}; "
-              "not used in this configuration (target 1.0)")
+        print(
+            f"INFO: the syrk/symm step needs a CPU float32/float64 Gram side >= {_symmetric.MIN_GRAM_SIZE}; "
+            "not used in this configuration (target 1.0)"
+        )
     return 0
 
 

@@ -113,7 +113,9 @@ def _projection(n_gpus: list[int], tile: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from matfun._spawn import run_distributed
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="1 layer, world sizes 1 and 2, 3 repeats")
     parser.add_argument("--layers", type=int, help="GPT-2-small layers (default 2; 1 with --quick)")
     parser.add_argument("--worlds", help="comma-separated world sizes (default 1,2,4; 1,2 with --quick)")
@@ -129,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if layers < 1 or repeats < 1 or args.tile < 1 or min(worlds) < 1:
         parser.error("--layers, --repeats, --tile and world sizes must be >= 1")
     shapes = GPT2_SMALL * layers
-    print(f"{layers} GPT-2-small layer(s) ({len(shapes)} matrices), float32, 5 Jordan NS steps, "
-          f"{repeats} interleaved repeats, CPU gloo, torch {torch.__version__}", flush=True)
+    print(
+        f"{layers} GPT-2-small layer(s) ({len(shapes)} matrices), float32, 5 Jordan NS steps, "
+        f"{repeats} interleaved repeats, CPU gloo, torch {torch.__version__}",
+        flush=True,
+    )
     print(f"{'world':>5}  {'method':<18} {'step ms (median, min–max)':>28}  {'bytes sent / rank / step':>26}")
     for world in worlds:
         print(f"  running world size {world} …", file=sys.stderr, flush=True)
@@ -139,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             per_step = [max(r["times"][name][k] for r in runs) for k in range(repeats)]  # slowest rank
             med = statistics.median(per_step) * 1e3
             sent = statistics.mean(r["sent"][name] for r in runs)
-            print(f"{world:>5}  {name:<18} {med:>10.1f} ({min(per_step) * 1e3:.1f}–{max(per_step) * 1e3:.1f})"
-                  f"{'':>6}  {sent / 2**20:>20.2f} MiB")
+            print(
+                f"{world:>5}  {name:<18} {med:>10.1f} ({min(per_step) * 1e3:.1f}–{max(per_step) * 1e3:.1f})"
+                f"{'':>6}  {sent / 2**20:>20.2f} MiB"
+            )
     print(f"\nProjected bytes per GPU per step, all {GPT2_LAYERS} GPT-2-small layers, bf16 momenta:")
     print("\n".join(_projection([2, 8, 64, 512], args.tile)))
     return 0

@@ -84,7 +84,7 @@ def main() -> None:
     for side in (plain, watched):  # warm-up: one interval each
         side.train(args.every)
     times = {"plain": [], "monitored": []}
-    for r in range(args.rounds):
+    for _r in range(args.rounds):
         total = {"plain": 0.0, "monitored": 0.0}
         for k in range(args.every):  # the sides alternate step by step: A B, B A, ...
             order = [("plain", plain), ("monitored", watched)]
@@ -99,17 +99,26 @@ def main() -> None:
     rec = statistics.median(watched.recorded_s)
     opt_plain, opt_watched = statistics.median(plain.other_s), statistics.median(watched.other_s)
     amortised = (rec - opt_watched) / args.every + (opt_watched - opt_plain)
-    print(f"GPT {config.depth}x{config.width}, ctx {config.context}, batch {args.batch}, {args.threads} thread(s), "
-          f"every={args.every}, {args.rounds} interleaved rounds of {args.every} steps"
-          + (", probes on" if args.probes else "") + (", AdamW monitored too" if args.all else ""))
+    print(
+        f"GPT {config.depth}x{config.width}, ctx {config.context}, batch {args.batch}, {args.threads} thread(s), "
+        f"every={args.every}, {args.rounds} interleaved rounds of {args.every} steps"
+        + (", probes on" if args.probes else "")
+        + (", AdamW monitored too" if args.all else "")
+    )
     print(f"  plain      {1e3 * a:8.2f} ms/step (median over rounds)")
     print(f"  monitored  {1e3 * b:8.2f} ms/step")
-    print(f"  ratio of medians {b / a:.3f}; median of the per-round ratios {statistics.median(ratios):.3f} "
-          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
-    print(f"  optimizer.step() calls: plain {1e3 * opt_plain:.2f} ms, monitored unrecorded {1e3 * opt_watched:.2f} ms "
-          f"(the every-step non-finite checks), recorded {1e3 * rec:.1f} ms")
-    print(f"  direct estimate of the overhead: {1e3 * amortised:.3f} ms/step = {100 * amortised / a:.2f} % of the "
-          "plain step (recorded-step extra / every + per-step checks)")
+    print(
+        f"  ratio of medians {b / a:.3f}; median of the per-round ratios {statistics.median(ratios):.3f} "
+        f"(range {min(ratios):.3f}-{max(ratios):.3f})"
+    )
+    print(
+        f"  optimizer.step() calls: plain {1e3 * opt_plain:.2f} ms, monitored unrecorded {1e3 * opt_watched:.2f} ms "
+        f"(the every-step non-finite checks), recorded {1e3 * rec:.1f} ms"
+    )
+    print(
+        f"  direct estimate of the overhead: {1e3 * amortised:.3f} ms/step = {100 * amortised / a:.2f} % of the "
+        "plain step (recorded-step extra / every + per-step checks)"
+    )
     for m in watched.monitors:
         m.detach()
     if args.log:

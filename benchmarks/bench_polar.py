@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
@@ -35,9 +35,11 @@ import matfun
 from matfun import _qdwh_lapack
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int,
-                sync: Callable[[], object] | None = None) -> tuple[list[float], list[float]]:
+def interleaved(
+    a: Callable[[], object], b: Callable[[], object], repeats: int, sync: Callable[[], object] | None = None
+) -> tuple[list[float], list[float]]:
     """Times of ``a`` and ``b``, ``repeats`` each, alternating ABBA…; one untimed warm-up each."""
+
     def timed(fn):
         if sync:
             sync()
@@ -58,8 +60,10 @@ def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int,
 
 def report(case: str, names: tuple[str, str], ta: list[float], tb: list[float], target: str) -> float:
     ma, mb = statistics.median(ta), statistics.median(tb)
-    print(f"{case}: {names[0]} {ma:.4f} s [{min(ta):.4f}–{max(ta):.4f}]  "
-          f"{names[1]} {mb:.4f} s [{min(tb):.4f}–{max(tb):.4f}]  ratio {ma / mb:.3f} ({target})")
+    print(
+        f"{case}: {names[0]} {ma:.4f} s [{min(ta):.4f}–{max(ta):.4f}]  "
+        f"{names[1]} {mb:.4f} s [{min(tb):.4f}–{max(tb):.4f}]  ratio {ma / mb:.3f} ({target})"
+    )
     return ma / mb
 
 
@@ -70,22 +74,31 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="sizes of the CPU sweep")
     p.add_argument("--skip-sweep", action="store_true", help="no CPU size sweep")
     p.add_argument("--skip-headline", action="store_true", help="no scipy comparison (e.g. to rerun the sweep)")
-    p.add_argument("--path-sizes", type=int, nargs="+", default=None,
-                   help="sizes of the LAPACK-path vs batched-torch comparison (default 128 256 384 512 768)")
+    p.add_argument(
+        "--path-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sizes of the LAPACK-path vs batched-torch comparison (default 128 256 384 512 768)",
+    )
     p.add_argument("--skip-paths", action="store_true", help="no LAPACK-path vs batched-torch comparison")
     args = p.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     n_cpu, n_gpu = (512, 1024) if args.quick else (2048, 4096)
     sizes = args.sizes or ([64, 128, 256] if args.quick else [64, 128, 256, 512, 1024])
     rng = np.random.default_rng(0)
-    print(f"bench_polar: torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats} "
-          "(interleaved, median [min-max]); shared machine -> noisy timings")
+    print(
+        f"bench_polar: torch {torch.__version__}, {torch.get_num_threads()} threads, repeats {repeats} "
+        "(interleaved, median [min-max]); shared machine -> noisy timings"
+    )
 
     if not args.skip_headline:
         G = rng.standard_normal((n_cpu, n_cpu))
         _, info = matfun.qdwh_polar(G, return_info=True)
-        print(f"QDWH on {n_cpu}² Gaussian: {info.iterations} steps ({info.qr_iterations} QR, "
-              f"{info.cholesky_iterations} Cholesky), l0 = {info.lower_bound:.2e}")
+        print(
+            f"QDWH on {n_cpu}² Gaussian: {info.iterations} steps ({info.qr_iterations} QR, "
+            f"{info.cholesky_iterations} Cholesky), l0 = {info.lower_bound:.2e}"
+        )
         ta, tb = interleaved(lambda: matfun.polar(G, method="qdwh"), lambda: scipy.linalg.polar(G), repeats)
         report(f"cpu float64 {n_cpu}x{n_cpu}", ("qdwh", "scipy.linalg.polar"), ta, tb, "target <= 1.0")
 
@@ -93,8 +106,11 @@ def main(argv=None) -> int:
         for dtype in ("float64", "float32"):
             for n in sizes:
                 G = rng.standard_normal((n, n)).astype(dtype)
-                ta, tb = interleaved(lambda: matfun.polar(G, method="qdwh"), lambda: matfun.polar(G, method="svd"),
-                                     max(repeats, 5))
+                ta, tb = interleaved(
+                    lambda G=G: matfun.polar(G, method="qdwh"),
+                    lambda G=G: matfun.polar(G, method="svd"),
+                    max(repeats, 5),
+                )
                 report(f"cpu {dtype} {n}x{n}", ("qdwh", "svd"), ta, tb, "auto uses qdwh where < 1")
 
     if not args.skip_paths:
@@ -110,8 +126,13 @@ def main(argv=None) -> int:
                     _qdwh_lapack.MIN_SIZE = default
 
             ta, tb = interleaved(lambda: through(1), lambda: through(10**9), max(repeats, 9))
-            report(f"cpu float64 {n}x{n} qdwh", ("lapack path", "batched torch"), ta, tb,
-                   f"MIN_SIZE = {default}: the LAPACK path from where < 1")
+            report(
+                f"cpu float64 {n}x{n} qdwh",
+                ("lapack path", "batched torch"),
+                ta,
+                tb,
+                f"MIN_SIZE = {default}: the LAPACK path from where < 1",
+            )
 
     if not torch.cuda.is_available():
         print(f"cuda float32 {n_gpu}x{n_gpu}: skipped, no CUDA device here (not measured)")
@@ -119,8 +140,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda")
     X = torch.randn(n_gpu, n_gpu, device=device, dtype=torch.float32)
     sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
-    ta, tb = interleaved(lambda: matfun.polar(X, method="qdwh"), lambda: matfun.polar(X, method="svd"),
-                         repeats, sync)
+    ta, tb = interleaved(lambda: matfun.polar(X, method="qdwh"), lambda: matfun.polar(X, method="svd"), repeats, sync)
     ratio = report(f"cuda float32 {n_gpu}x{n_gpu}", ("qdwh", "svd"), ta, tb, "target <= 1/3")
     print(f"cuda speed-up of QDWH over the SVD polar: {1 / ratio:.2f}x (target >= 3x)")
     return 0

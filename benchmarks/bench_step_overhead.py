@@ -114,7 +114,7 @@ def make_params(shape_list, seed=0):
 
 
 def sides_for(kind: str, shape_list, tile: int):
-    common = dict(lr=LR, weight_decay=WD, momentum=MU, adjust_lr_fn="match_rms_adamw")
+    common = {"lr": LR, "weight_decay": WD, "momentum": MU, "adjust_lr_fn": "match_rms_adamw"}
     ours, plain = make_params(shape_list), make_params(shape_list)
     bufs = [torch.zeros_like(p) for p in plain]
     if kind == "Muon":
@@ -151,8 +151,11 @@ def main() -> int:
             ratio = paired_ratio(res["matfun"], res["plain"])
             ok = ratio.median <= targets[name]
             worst &= ok
-            print(f"{name:6} {kind:8} {1e3 * res['matfun'].median:10.3f} {1e3 * res['plain'].median:10.3f} "
-                  f"{ratio.median:6.3f}× {targets[name]:6.2f}× {'PASS' if ok else 'MISS'}", flush=True)
+            print(
+                f"{name:6} {kind:8} {1e3 * res['matfun'].median:10.3f} {1e3 * res['plain'].median:10.3f} "
+                f"{ratio.median:6.3f}× {targets[name]:6.2f}× {'PASS' if ok else 'MISS'}",
+                flush=True,
+            )
     return 0
 
 

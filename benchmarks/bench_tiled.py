@@ -72,7 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default=None, help="compute precision (default float32 on CPU, bfloat16 on CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3 CPU / 10 CUDA; quick 2)")
-    p.add_argument("--full-repeats", type=int, default=None, help="rounds that include the (slow) full NS (default 1 on CPU)")
+    p.add_argument(
+        "--full-repeats", type=int, default=None, help="rounds that include the (slow) full NS (default 1 on CPU)"
+    )
     p.add_argument("-n", type=int, default=None, help="matrix size N (default 4096, quick 1024)")
     p.add_argument("--himuon", default=None, metavar="PATH", help="src/ directory of a HiMuon checkout (CUDA only)")
     args = p.parse_args(argv)
@@ -86,9 +88,11 @@ def main(argv=None) -> int:
     precision = args.precision or ("bfloat16" if on_gpu else "float32")
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     T0, K = 128, 5
-    print(f"bench_tiled: torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, "
-          f"N={N}, K={K} Jordan, precision {precision}, backend {args.backend}, {repeats} interleaved rounds "
-          f"(full NS: {full_repeats}); default CPU chunk {matfun.tiling.CPU_CHUNK_BYTES // MiB} MiB; shared machine -> noisy")
+    print(
+        f"bench_tiled: torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads, "
+        f"N={N}, K={K} Jordan, precision {precision}, backend {args.backend}, {repeats} interleaved rounds "
+        f"(full NS: {full_repeats}); default CPU chunk {matfun.tiling.CPU_CHUNK_BYTES // MiB} MiB; shared machine -> noisy"
+    )
 
     G = torch.randn(N, N, device=device).to(dtype)
     ns = lambda: matfun.NewtonSchulz(K, "jordan", precision, args.backend)  # noqa: E731
@@ -112,31 +116,43 @@ def main(argv=None) -> int:
     for name, sample in t.items():
         rate = model_flops[name] / sample.median
         speedup = "" if name == "dense GEMM" else f"{t['full NS'].median / sample.median:8.2f}x"
-        print(f"{name:24s} {str(sample):>26s} {speedup:>9s} {rate / 1e9:9.1f} {100 * rate / gemm_rate:6.1f}%")
+        print(f"{name:24s} {sample!s:>26s} {speedup:>9s} {rate / 1e9:9.1f} {100 * rate / gemm_rate:6.1f}%")
 
-    print(f"\nmemory_budget sweep, T={T0} (default 'auto' = {'one batch' if on_gpu else f'{matfun.tiling.CPU_CHUNK_BYTES // MiB} MiB'})")
+    print(
+        f"\nmemory_budget sweep, T={T0} (default 'auto' = {'one batch' if on_gpu else f'{matfun.tiling.CPU_CHUNK_BYTES // MiB} MiB'})"
+    )
     budgets = [None, 1 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
     label = lambda b: "None (one batch)" if b is None else f"{b // MiB} MiB"  # noqa: E731
     sweep_maps = {label(b): matfun.Tiled(ns(), T0, memory_budget=b) for b in budgets}
-    sweep = interleaved({k: (lambda m=m: m(G)) for k, m in sweep_maps.items()}, repeats, sync=sync, label="budget sweep")
+    sweep = interleaved(
+        {k: (lambda m=m: m(G)) for k, m in sweep_maps.items()}, repeats, sync=sync, label="budget sweep"
+    )
     best = min(sweep, key=lambda k: sweep[k].median)
     for name, sample in sweep.items():
-        print(f"  {name:18s} {str(sample)}  {sweep['None (one batch)'].median / sample.median:5.2f}x vs one batch"
-              f"{'  <- best' if name == best else ''}")
+        print(
+            f"  {name:18s} {sample!s}  {sweep['None (one batch)'].median / sample.median:5.2f}x vs one batch"
+            f"{'  <- best' if name == best else ''}"
+        )
 
     layers = 4 if args.quick else 12
     mats = gpt2_small(device, dtype)[: 4 * layers]
     cross = interleaved(
         {
-            "loop": lambda: [matfun.tiled_newton_schulz(W, T0, K, "jordan", precision, backend=args.backend) for W in mats],
+            "loop": lambda: [
+                matfun.tiled_newton_schulz(W, T0, K, "jordan", precision, backend=args.backend) for W in mats
+            ],
             "many": lambda: matfun.tiled_newton_schulz_many(mats, T0, K, "jordan", precision, backend=args.backend),
         },
-        repeats, sync=sync, label="cross-layer",
+        repeats,
+        sync=sync,
+        label="cross-layer",
     )
     batching = paired_ratio(cross["loop"], cross["many"])
     print(f"\ncross-matrix batching, GPT-2 small {layers} layers ({len(mats)} matrices), T={T0}:")
-    print(f"  loop of tiled_newton_schulz {cross['loop']}   tiled_newton_schulz_many {cross['many']}   "
-          f"speed-up {batching.median:5.2f}x")
+    print(
+        f"  loop of tiled_newton_schulz {cross['loop']}   tiled_newton_schulz_many {cross['many']}   "
+        f"speed-up {batching.median:5.2f}x"
+    )
 
     print()
     name0 = f"tiled T={T0}"
@@ -144,22 +160,30 @@ def main(argv=None) -> int:
         flop_ratio = full.flops(G.shape) / maps[name0].flops(G.shape)
         speed_target = min(24.0, 0.75 * flop_ratio)
         speedup = t["full NS"].median / t[name0].median
-        print(f"{verdict(speedup >= speed_target)}: tiled T={T0} speed-up vs full NS = {speedup:.1f}x "
-              f"(target >= {speed_target:.1f}x = min(24, 0.75 x FLOP ratio {flop_ratio:.1f}x))")
+        print(
+            f"{verdict(speedup >= speed_target)}: tiled T={T0} speed-up vs full NS = {speedup:.1f}x "
+            f"(target >= {speed_target:.1f}x = min(24, 0.75 x FLOP ratio {flop_ratio:.1f}x))"
+        )
         frac = model_flops[name0] / t[name0].median / gemm_rate
         gemm_target = 0.6 if on_gpu else 0.8
-        print(f"{verdict(frac >= gemm_target)}: tiled T={T0} achieved {100 * frac:.0f}% of dense GEMM GFLOP/s "
-              f"(target >= {100 * gemm_target:.0f}% on {'GPU' if on_gpu else 'CPU'})")
+        print(
+            f"{verdict(frac >= gemm_target)}: tiled T={T0} achieved {100 * frac:.0f}% of dense GEMM GFLOP/s "
+            f"(target >= {100 * gemm_target:.0f}% on {'GPU' if on_gpu else 'CPU'})"
+        )
         if official is not None:
             vs = paired_ratio(t[name0], t[f"HiMuon ns5_smem T={T0}"])
             print(f"INFO: matfun tiled T={T0} / HiMuon ns5_smem = {vs.median:.2f} ± {vs.spread / 2:.2f} (time ratio)")
     target = 1.5 if on_gpu else 1.0
-    print(f"{verdict(batching.median >= target)}: cross-matrix batching speed-up {batching.median:.2f}x "
-          f"(target >= {target}x on {'GPU' if on_gpu else 'CPU'})")
+    print(
+        f"{verdict(batching.median >= target)}: cross-matrix batching speed-up {batching.median:.2f}x "
+        f"(target >= {target}x on {'GPU' if on_gpu else 'CPU'})"
+    )
     if not on_gpu:
         auto = label(matfun.tiling.CPU_CHUNK_BYTES)
-        print(f"INFO: default chunk {auto} runs {sweep['None (one batch)'].median / sweep[auto].median:.2f}x "
-              f"vs one batch; best {best}")
+        print(
+            f"INFO: default chunk {auto} runs {sweep['None (one batch)'].median / sweep[auto].median:.2f}x "
+            f"vs one batch; best {best}"
+        )
     return 0
 
 

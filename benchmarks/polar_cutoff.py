@@ -58,7 +58,9 @@ def measure(G: np.ndarray, P_ref: np.ndarray, rtol: float | None) -> tuple[int, 
 
 
 def main() -> None:
-    print(f"{'input':<11} {'dtype':<8} {'before: rank, error':>22} {'after: rank, error':>22} {'scipy: rank, error':>22}")
+    print(
+        f"{'input':<11} {'dtype':<8} {'before: rank, error':>22} {'after: rank, error':>22} {'scipy: rank, error':>22}"
+    )
     for label, dtype, G, P_ref in cases():
         old = max(G.shape) * float(np.finfo(dtype).eps)
         cells = [measure(G, P_ref, rtol) for rtol in (old, None, -1)]

@@ -7,7 +7,7 @@
 """
 
 
-def run(*args, **kwargs):  # noqa: ANN002, ANN003 - documented in diagnostics.runner.run
+def run(*args, **kwargs):
     """Run experiments with plug-in maps, Config overrides and seeds (see :func:`diagnostics.runner.run`)."""
     from .runner import run as _run
 

@@ -44,14 +44,14 @@ argument; ``OSError`` is reported for you.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import textwrap
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .errors import BadInput
 
@@ -81,42 +81,68 @@ def _epilog(text: str) -> str:
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="shorthand for --results DIR/results --figures DIR/figures")
-    g.add_argument("--results", metavar="DIR", help="results root (cell cache, results.csv); default results/ "
-                   "(results/quick with --quick)")
+    g.add_argument(
+        "--results",
+        metavar="DIR",
+        help="results root (cell cache, results.csv); default results/ (results/quick with --quick)",
+    )
     g.add_argument("--figures", metavar="DIR", help="figures root; default figures/ (figures/quick with --quick)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds on a CPU; what the tests run)")
-    p.add_argument("--device", default="cpu", metavar="DEV",
-                   help="torch device: cpu (default), cuda or cuda:N")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="torch device: cpu (default), cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="base random seed (default 0)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--force", action="store_true", help="recompute every cell even if cached")
     mode.add_argument("--replot", action="store_true", help="compute nothing: redraw figures from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--optimizer", action="append", metavar="NAME=MODULE:FACTORY",
-                   help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
-                   "a torch optimizer; repeatable")
+    p.add_argument(
+        "--optimizer",
+        action="append",
+        metavar="NAME=MODULE:FACTORY",
+        help="plug-in optimizer for experiments that train (lm): FACTORY(hidden_matrices, lr) returns "
+        "a torch optimizer; repeatable",
+    )
     par = p.add_mutually_exclusive_group()
-    par.add_argument("--jobs", type=int, default=1, metavar="N",
-                     help="compute uncached cells on N local worker processes (Dask; default 1: in order, here); "
-                     "--map plug-ins run there too")
-    par.add_argument("--scheduler", metavar="ADDRESS",
-                     help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir "
-                     "and the modules of your --map plug-ins)")
+    par.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="compute uncached cells on N local worker processes (Dask; default 1: in order, here); "
+        "--map plug-ins run there too",
+    )
+    par.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="compute uncached cells on the Dask cluster at ADDRESS (workers must share the results dir "
+        "and the modules of your --map plug-ins)",
+    )
     _add_plugin_options(p)
     _add_output_options(p)
 
 
 def _add_plugin_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("your maps, config and seeds (diagnostics.plugins, diagnostics.overrides)")
-    g.add_argument("--map", action="append", default=[], metavar="NAME=MODULE:ATTR",
-                   help="add your map beside the built-ins (repeatable)")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a Config field, e.g. max_steps=10 or tiles=16,32 (repeatable; "
-                   "EXPERIMENT.KEY=VALUE for one experiment)")
-    g.add_argument("--seeds", metavar="S1,S2,...", help="run every seed (instead of --seed); figures show mean and spread")
+    g.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:ATTR",
+        help="add your map beside the built-ins (repeatable)",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a Config field, e.g. max_steps=10 or tiles=16,32 (repeatable; "
+        "EXPERIMENT.KEY=VALUE for one experiment)",
+    )
+    g.add_argument(
+        "--seeds", metavar="S1,S2,...", help="run every seed (instead of --seed); figures show mean and spread"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,13 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     sub.add_parser(
-        "list", help="list the experiments", formatter_class=_formatter,
+        "list",
+        help="list the experiments",
+        formatter_class=_formatter,
         description="List the registered experiments, one line each: name and description.",
         epilog=_epilog(f"{PROG} list"),
     )
 
     p = sub.add_parser(
-        "run", help="run one experiment and draw its figures", formatter_class=_formatter,
+        "run",
+        help="run one experiment and draw its figures",
+        formatter_class=_formatter,
         description="Run one experiment (resuming from its cell cache), write RESULTS/NAME/results.csv "
         "and draw its figures into FIGURES/NAME/.",
         epilog=_epilog(
@@ -158,12 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
             """
         ),
     )
-    p.add_argument("name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())} "
-                   f"('{PROG} list' describes them)")
+    p.add_argument(
+        "name", metavar="NAME", help=f"experiment name: {', '.join(experiments.names())} ('{PROG} list' describes them)"
+    )
     _add_run_options(p)
 
     p = sub.add_parser(
-        "figures", help="run every experiment and draw all figures", formatter_class=_formatter,
+        "figures",
+        help="run every experiment and draw all figures",
+        formatter_class=_formatter,
         description="Run every registered experiment (or those given with --only), resuming from "
         "the cache, and draw all figures.",
         epilog=_epilog(
@@ -176,15 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these experiments")
-    p.add_argument("--gallery", action="store_true",
-                   help="then copy the PNGs into the committed gallery figures/gallery/ (needs --quick)")
+    p.add_argument(
+        "--gallery",
+        action="store_true",
+        help="then copy the PNGs into the committed gallery figures/gallery/ (needs --quick)",
+    )
     _add_run_options(p)
 
     for name, load in MODULE_COMMANDS.items():
         module = load()
         p = sub.add_parser(
-            name, help=getattr(module, "HELP", "(unavailable: its module is missing)"),
-            formatter_class=_formatter, description=textwrap.fill(getattr(module, "DESCRIPTION", "") or "", 100),
+            name,
+            help=getattr(module, "HELP", "(unavailable: its module is missing)"),
+            formatter_class=_formatter,
+            description=textwrap.fill(getattr(module, "DESCRIPTION", "") or "", 100),
             epilog=_epilog(module.EXAMPLES) if getattr(module, "EXAMPLES", None) else None,
         )
         if module is not None:
@@ -373,8 +411,10 @@ def _run_many(modules: list[Any], args: argparse.Namespace) -> int:
         except ParallelError as exc:  # cluster unreachable, or a cell failed on a worker
             raise UsageError(str(exc)) from None
         except SystemExit as exc:  # user code (a plug-in, a corpus hook) ended the run: a failure, not success
-            raise UsageError(f"{module.NAME}: user code called sys.exit({exc.code!r}) during the run; "
-                             "the run did not finish (finished cells are cached)") from None
+            raise UsageError(
+                f"{module.NAME}: user code called sys.exit({exc.code!r}) during the run; "
+                "the run did not finish (finished cells are cached)"
+            ) from None
         print(result.summary(), flush=True)
         seconds.append((module.NAME, result.seconds))
         total_computed += result.computed
@@ -466,7 +506,7 @@ def _os_error(exc: OSError) -> str:
     return f"{reason}: {paths}" if paths else reason
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
 
 

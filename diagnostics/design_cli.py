@@ -32,18 +32,26 @@ PUBLISHED = ("cubic", "jordan", "you", "polar_express")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the ``design-schedule`` subcommand."""
-    p.add_argument("--lower", type=float, required=True, metavar="L",
-                   help="smallest normalised singular value to design for (0 < L < U)")
+    p.add_argument(
+        "--lower",
+        type=float,
+        required=True,
+        metavar="L",
+        help="smallest normalised singular value to design for (0 < L < U)",
+    )
     p.add_argument("--upper", type=float, default=1.0, metavar="U", help="largest one (default 1)")
     p.add_argument("--steps", type=int, default=5, metavar="K", help="number of steps (default 5)")
     p.add_argument("--degree", type=int, default=5, choices=(3, 5), help="polynomial degree (default 5)")
-    p.add_argument("--safety", type=float, default=None,
-                   help="rounding margin (default from --precision, else 0.02)")
+    p.add_argument("--safety", type=float, default=None, help="rounding margin (default from --precision, else 0.02)")
     p.add_argument("--cushion", type=float, default=0.02, help="cushion (default 0.02)")
     p.add_argument("--precision", default=None, help="float64, float32 or bfloat16: sets the default --safety")
     p.add_argument("--name", default=None, help="display name of the schedule")
-    p.add_argument("--figure", metavar="PATH", default="figures/design/design_schedule",
-                   help="figure path stem (PDF + PNG; default figures/design/design_schedule)")
+    p.add_argument(
+        "--figure",
+        metavar="PATH",
+        default="figures/design/design_schedule",
+        help="figure path stem (PDF + PNG; default figures/design/design_schedule)",
+    )
     p.add_argument("--no-figure", action="store_true", help="print the coefficients only")
 
 
@@ -57,8 +65,14 @@ def run(args: argparse.Namespace) -> int:
         _check_figure_stem(args.figure)
     try:
         schedule = matfun.design_schedule(
-            args.lower, args.upper, args.steps, degree=args.degree, safety=args.safety,
-            cushion=args.cushion, precision=args.precision, name=args.name,
+            args.lower,
+            args.upper,
+            args.steps,
+            degree=args.degree,
+            safety=args.safety,
+            cushion=args.cushion,
+            precision=args.precision,
+            name=args.name,
         )
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
@@ -85,8 +99,9 @@ def _check_figure_stem(text: str) -> Path:
 
     stem = Path(text)
     if not text.strip() or not stem.name or stem.name in (".", "..") or text.endswith(("/", "\\")):
-        raise UsageError(f"--figure needs a path stem such as figures/design/mine (PDF and PNG are written "
-                         f"next to it), got {text!r}")
+        raise UsageError(
+            f"--figure needs a path stem such as figures/design/mine (PDF and PNG are written next to it), got {text!r}"
+        )
     if stem.is_dir():
         raise UsageError(f"--figure {text!r} is a directory; give a path stem such as {text.rstrip('/')}/mine")
     return stem
@@ -100,8 +115,9 @@ def same_as_published(schedule, steps: int, rtol: float = 1e-6) -> str | None:
     for name in PUBLISHED:
         other = matfun.get_schedule(name)
         theirs = np.asarray(other.steps(steps), dtype=float)
-        if np.isclose(other.normalization, schedule.normalization, rtol=rtol) and \
-                np.allclose(mine, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max()):
+        if np.isclose(other.normalization, schedule.normalization, rtol=rtol) and np.allclose(
+            mine, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max()
+        ):
             return name
     return None
 
@@ -137,7 +153,7 @@ def draw(schedule, stem: Path) -> list[Path]:
     # σ in the units of G/‖G‖_F; the design interval is [lower, upper]·normalization there
     lo, hi = schedule.lower * schedule.normalization, schedule.upper * schedule.normalization
     first = min(lo / 10, 1e-4)
-    edges = np.geomspace(first, 1.0, int(round(-np.log10(first) * 30)) + 1)  # 30 bins a decade
+    edges = np.geomspace(first, 1.0, round(-np.log10(first) * 30) + 1)  # 30 bins a decade
     twin = same_as_published(schedule, K)
     label = schedule.name + (f": the same coefficients as {plotting.schedule_label(twin)}" if twin else "")
     worst_design = None
@@ -146,8 +162,11 @@ def draw(schedule, stem: Path) -> list[Path]:
         ax_p, ax_e = fig.axes
         for name in (*PUBLISHED, schedule):
             published = isinstance(name, str)
-            style = (dict(color=plotting.schedule_color(name), linewidth=1.0) if published
-                     else dict(color="black", linewidth=1.3, linestyle=(0, (4, 2))))
+            style = (
+                {"color": plotting.schedule_color(name), "linewidth": 1.0}
+                if published
+                else {"color": "black", "linewidth": 1.3, "linestyle": (0, (4, 2))}
+            )
             x, p_lo, p_hi = _envelope(edges, K, name)
             ax_p.plot(x, p_hi, label=plotting.schedule_label(name) if published else label, **style)
             ax_p.plot(x, p_lo, **style)

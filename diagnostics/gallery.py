@@ -32,8 +32,9 @@ DEFAULT_DIR = Path("figures") / "gallery"
 GALLERY_SUFFIXES = (".png", ".md")
 
 
-def refresh(figures_dir: str | os.PathLike, names: Iterable[str],
-            gallery_dir: str | os.PathLike = DEFAULT_DIR) -> list[Path]:
+def refresh(
+    figures_dir: str | os.PathLike, names: Iterable[str], gallery_dir: str | os.PathLike = DEFAULT_DIR
+) -> list[Path]:
     """Copy the gallery files of experiments ``names`` from ``figures_dir`` into ``gallery_dir``.
 
     For each name, every file of ``figures_dir/NAME/`` whose suffix is in

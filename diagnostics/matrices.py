@@ -40,22 +40,22 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "to_backend",
-    "haar_orthogonal",
-    "with_spectrum",
-    "geometric_spectrum",
-    "power_law_spectrum",
-    "linear_spectrum",
+    "clustered",
     "clustered_spectrum",
     "geometric",
-    "power_law",
-    "linear",
-    "clustered",
-    "rank_deficient",
-    "low_rank_plus_noise",
+    "geometric_spectrum",
+    "haar_orthogonal",
     "heavy_tailed",
-    "tile_coupled",
+    "linear",
+    "linear_spectrum",
+    "low_rank_plus_noise",
+    "power_law",
+    "power_law_spectrum",
+    "rank_deficient",
     "tile_block_mask",
+    "tile_coupled",
+    "to_backend",
+    "with_spectrum",
 ]
 
 BACKENDS = ("numpy", "torch")
@@ -91,9 +91,7 @@ def _check_seed(seed: Any) -> int:
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, numbers.Integral) or not isinstance(shape, Sequence):
-        raise TypeError(
-            f"shape must be a tuple (..., H, W) of positive ints, got {shape!r}"
-        )
+        raise TypeError(f"shape must be a tuple (..., H, W) of positive ints, got {shape!r}")
     if len(shape) < 2:
         raise ValueError(f"shape must have at least two entries (..., H, W), got {tuple(shape)!r}")
     return tuple(_check_int(s, "every entry of shape", minimum=1) for s in shape)
@@ -125,9 +123,7 @@ def _dtype_name(dtype: Any) -> str:
     aliases = {"double": "float64", "float": "float32", "half": "float16"}
     name = aliases.get(name, name)
     if name not in _FLOAT_NAMES:
-        raise ValueError(
-            f"dtype must be a real floating dtype, one of {_FLOAT_NAMES}; got {dtype!r}"
-        )
+        raise ValueError(f"dtype must be a real floating dtype, one of {_FLOAT_NAMES}; got {dtype!r}")
     return name
 
 
@@ -191,9 +187,7 @@ def to_backend(
         return array.astype(name, copy=False)
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(array)).to(
-        device=device, dtype=getattr(torch, name)
-    )
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=getattr(torch, name))
 
 
 # ---------------------------------------------------------------------------
@@ -244,8 +238,12 @@ def haar_orthogonal(
     batch = tuple(_check_int(b, "every entry of batch", minimum=1) for b in batch)
     rng = np.random.default_rng(_check_seed(seed))
     q = _haar_columns(rng, batch, n, n)
-    return to_backend(q,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return to_backend(
+        q,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -260,9 +258,7 @@ def _as_float64(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _with_spectrum_numpy(
-    shape: tuple[int, ...], singular_values: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _with_spectrum_numpy(shape: tuple[int, ...], singular_values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     *batch, height, width = shape
     rank = min(height, width)
     sigma = np.broadcast_to(singular_values, (*batch, rank))
@@ -276,10 +272,7 @@ def _check_singular_values(singular_values: Any, shape: tuple[int, ...]) -> np.n
     rank = min(height, width)
     sigma = _as_float64(singular_values)
     if sigma.ndim == 0 or sigma.shape[-1] != rank:
-        raise ValueError(
-            f"singular_values must have last dimension r = min(H, W) = {rank}, "
-            f"got shape {sigma.shape}"
-        )
+        raise ValueError(f"singular_values must have last dimension r = min(H, W) = {rank}, got shape {sigma.shape}")
     try:
         np.broadcast_shapes(sigma.shape[:-1], tuple(batch))
     except ValueError:
@@ -287,10 +280,7 @@ def _check_singular_values(singular_values: Any, shape: tuple[int, ...]) -> np.n
             f"singular_values batch shape {sigma.shape[:-1]} does not broadcast to {tuple(batch)}"
         ) from None
     if np.broadcast_shapes(sigma.shape[:-1], tuple(batch)) != tuple(batch):
-        raise ValueError(
-            f"singular_values batch shape {sigma.shape[:-1]} "
-            f"would enlarge the batch {tuple(batch)}"
-        )
+        raise ValueError(f"singular_values batch shape {sigma.shape[:-1]} would enlarge the batch {tuple(batch)}")
     if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
         raise ValueError("singular_values must be finite and non-negative")
     return sigma
@@ -334,8 +324,12 @@ def with_spectrum(
     sigma = _check_singular_values(singular_values, shape)
     rng = np.random.default_rng(_check_seed(seed))
     matrix = _with_spectrum_numpy(shape, sigma, rng)
-    return to_backend(matrix,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return to_backend(
+        matrix,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -388,9 +382,7 @@ def clustered_spectrum(
     r = _check_int(r, "r", minimum=1)
     centre_values = np.asarray([_check_real(c, "each center") for c in centers], dtype=np.float64)
     if centre_values.size == 0 or np.any(centre_values <= 0):
-        raise ValueError(
-            f"centers must be a non-empty sequence of positive numbers, got {centers!r}"
-        )
+        raise ValueError(f"centers must be a non-empty sequence of positive numbers, got {centers!r}")
     spread = _check_real(spread, "spread")
     if spread < 0:
         raise ValueError(f"spread must be >= 0, got {spread}")
@@ -413,8 +405,14 @@ def geometric(
     """``with_spectrum(shape, geometric_spectrum(r, condition_number))``; see there."""
     shape = _check_shape(shape)
     sigma = geometric_spectrum(min(shape[-2:]), condition_number)
-    return with_spectrum(shape, sigma, seed=seed,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return with_spectrum(
+        shape,
+        sigma,
+        seed=seed,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -431,8 +429,14 @@ def power_law(
     """``with_spectrum(shape, power_law_spectrum(r, exponent))``; see there."""
     shape = _check_shape(shape)
     sigma = power_law_spectrum(min(shape[-2:]), exponent)
-    return with_spectrum(shape, sigma, seed=seed,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return with_spectrum(
+        shape,
+        sigma,
+        seed=seed,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -449,8 +453,14 @@ def linear(
     """``with_spectrum(shape, linear_spectrum(r, condition_number))``; see there."""
     shape = _check_shape(shape)
     sigma = linear_spectrum(min(shape[-2:]), condition_number)
-    return with_spectrum(shape, sigma, seed=seed,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return with_spectrum(
+        shape,
+        sigma,
+        seed=seed,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -474,8 +484,14 @@ def clustered(
     children = np.random.SeedSequence(_check_seed(seed)).spawn(2)
     spectrum_seed, factor_seed = (int(child.generate_state(1)[0]) for child in children)
     sigma = clustered_spectrum(min(shape[-2:]), centers, spread, seed=spectrum_seed)
-    return with_spectrum(shape, sigma, seed=factor_seed,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return with_spectrum(
+        shape,
+        sigma,
+        seed=factor_seed,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -515,8 +531,14 @@ def rank_deficient(
     sigma = np.zeros(full_rank)
     if rank:
         sigma[:rank] = geometric_spectrum(rank, kappa)
-    return with_spectrum(shape, sigma, seed=seed,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return with_spectrum(
+        shape,
+        sigma,
+        seed=seed,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -558,8 +580,12 @@ def low_rank_plus_noise(
     gaussian = rng.standard_normal(shape)
     gaussian_norm = np.linalg.norm(gaussian, axis=(-2, -1), keepdims=True)
     matrix = signal + gaussian * (noise * np.sqrt(rank) / gaussian_norm)
-    return to_backend(matrix,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return to_backend(
+        matrix,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -587,8 +613,12 @@ def heavy_tailed(
     if df <= 0:
         raise ValueError(f"df must be > 0, got {df}")
     rng = np.random.default_rng(_check_seed(seed))
-    return to_backend(rng.standard_t(df, size=shape),
-        backend=backend, dtype=dtype, device=device, like=like,
+    return to_backend(
+        rng.standard_t(df, size=shape),
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )
 
 
@@ -682,6 +712,10 @@ def tile_coupled(
         dense, axis=(-2, -1), keepdims=True
     )
     matrix = (1.0 - coupling) * block_diagonal + coupling * (dense * scale)
-    return to_backend(matrix,
-        backend=backend, dtype=dtype, device=device, like=like,
+    return to_backend(
+        matrix,
+        backend=backend,
+        dtype=dtype,
+        device=device,
+        like=like,
     )

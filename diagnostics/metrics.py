@@ -75,23 +75,23 @@ from matfun.polar import default_rtol
 
 __all__ = [
     "Reference",
-    "reference",
-    "cosine",
     "alignment",
-    "spectral_error",
-    "orthogonality_residual",
+    "cosine",
     "duality_efficiency",
-    "nuclear_norm_captured",
     "gram_coupling",
-    "tile_polar",
-    "per_tile_alignment",
-    "tiling_loss",
-    "truncation_loss",
-    "total_loss",
     "information_loss",
-    "smoothing_level",
-    "per_step",
     "metric_along",
+    "nuclear_norm_captured",
+    "orthogonality_residual",
+    "per_step",
+    "per_tile_alignment",
+    "reference",
+    "smoothing_level",
+    "spectral_error",
+    "tile_polar",
+    "tiling_loss",
+    "total_loss",
+    "truncation_loss",
 ]
 
 _EPS32 = float(np.finfo(np.float32).eps)
@@ -138,7 +138,7 @@ def _check_same_shape(X: np.ndarray, G_shape: tuple[int, ...], x_name: str = "X"
 def _amax(A: np.ndarray) -> np.ndarray:
     """Per-matrix max |entry|, shape (..., 1, 1); 1 where the matrix is zero (safe divisor)."""
     if A.shape[-1] == 0 or A.shape[-2] == 0:
-        return np.ones(A.shape[:-2] + (1, 1))
+        return np.ones((*A.shape[:-2], 1, 1))
     m = np.max(np.abs(A), axis=(-2, -1), keepdims=True)
     return np.where(m > 0, m, 1.0)
 
@@ -233,8 +233,9 @@ class Reference:
         H, W = self.G.shape[-2:]
         key = _check_tile(tile, H, W)
         if key not in self._tile_cache:
-            tiled = matfun.Tiled(matfun.Polar(rtol=self.rtol, precision="float64", method="auto"), key,
-                                 memory_budget=None)
+            tiled = matfun.Tiled(
+                matfun.Polar(rtol=self.rtol, precision="float64", method="auto"), key, memory_budget=None
+            )
             self._tile_cache[key] = np.asarray(tiled(self.G, check_finite=False), dtype=np.float64)
         return self._tile_cache[key]
 
@@ -525,7 +526,7 @@ def _block_diag_gram_share(A: np.ndarray, T: int) -> np.ndarray:
     nB = -(-H // T)
     if nB * T != H:
         A = np.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, nB * T - H), (0, 0)])
-    Ab = A.reshape(A.shape[:-2] + (nB, T, W))
+    Ab = A.reshape((*A.shape[:-2], nB, T, W))
     blocks = Ab @ np.swapaxes(Ab, -1, -2)  # (..., nB, T, T)
     inside = np.sum(blocks * blocks, axis=(-3, -2, -1))
     share = np.where(total > 0, 1.0 - inside / np.where(total > 0, total, 1.0), 0.0)
@@ -632,8 +633,13 @@ def tiling_loss(G: Any, tile: Any, *, rtol: float | None = None) -> Any:
 
 
 def truncation_loss(
-    G: Any, tile: Any, steps: int = 5, coefficients: Any = "jordan", precision: str | None = None,
-    *, rtol: float | None = None,
+    G: Any,
+    tile: Any,
+    steps: int = 5,
+    coefficients: Any = "jordan",
+    precision: str | None = None,
+    *,
+    rtol: float | None = None,
 ) -> Any:
     """Truncation loss ``1 − cos(NS_{T,K}(G), P_T(G))``: finite NS steps versus the exact tile-wise polar.
 
@@ -648,8 +654,13 @@ def truncation_loss(
 
 
 def total_loss(
-    G: Any, tile: Any, steps: int = 5, coefficients: Any = "jordan", precision: str | None = None,
-    *, rtol: float | None = None,
+    G: Any,
+    tile: Any,
+    steps: int = 5,
+    coefficients: Any = "jordan",
+    precision: str | None = None,
+    *,
+    rtol: float | None = None,
 ) -> Any:
     """Total cross-tile information loss ``1 − cos(NS_{T,K}(G), P(G))``.
 
@@ -661,8 +672,13 @@ def total_loss(
 
 
 def information_loss(
-    G: Any, tile: Any, steps: int = 5, coefficients: Any = "jordan", precision: str | None = None,
-    *, rtol: float | None = None,
+    G: Any,
+    tile: Any,
+    steps: int = 5,
+    coefficients: Any = "jordan",
+    precision: str | None = None,
+    *,
+    rtol: float | None = None,
 ) -> dict[str, Any]:
     """Cross-tile information loss of tiled Newton–Schulz, decomposed.
 

@@ -32,10 +32,31 @@ python -m diagnostics monitor-report runs/monitor.parquet --out report/
 
 COLUMNS = ("step", "param", "metric", "value")
 #: the metrics drawn, in this order (others found in the log follow)
-ORDER = ("orthogonality", "alignment_momentum", "alignment_grad", "map_error", "effective_step", "step_norm",
-         "update_rms", "sv_min", "sv_max", "lr", "whatif_tiling_loss", "momentum_cond", "whatif_muon2_cond")
-LOG_SCALE = {"effective_step", "step_norm", "update_rms", "sv_min", "sv_max", "lr", "momentum_cond",
-             "whatif_muon2_cond"}
+ORDER = (
+    "orthogonality",
+    "alignment_momentum",
+    "alignment_grad",
+    "map_error",
+    "effective_step",
+    "step_norm",
+    "update_rms",
+    "sv_min",
+    "sv_max",
+    "lr",
+    "whatif_tiling_loss",
+    "momentum_cond",
+    "whatif_muon2_cond",
+)
+LOG_SCALE = {
+    "effective_step",
+    "step_norm",
+    "update_rms",
+    "sv_min",
+    "sv_max",
+    "lr",
+    "momentum_cond",
+    "whatif_muon2_cond",
+}
 NOT_DRAWN = {"rows", "cols", "nonfinite"}
 HEATMAPS = ("orthogonality", "alignment_momentum", "alignment_grad")
 #: thresholds of the verdicts
@@ -74,18 +95,25 @@ def load_log(path: str | Path):
     except ImportError as exc:
         raise LogError(f"monitor log {str(path)!r} is Parquet, which needs pyarrow ({exc})") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise LogError(f"{str(path)!r} is not a monitor log (unreadable as CSV: {' '.join(str(exc).split())})") from None
+        raise LogError(
+            f"{str(path)!r} is not a monitor log (unreadable as CSV: {' '.join(str(exc).split())})"
+        ) from None
     if tuple(frame.columns) != COLUMNS:
-        raise LogError(f"{str(path)!r} is not a monitor log: columns {list(frame.columns)[:8]}, "
-                       f"expected {list(COLUMNS)}")
+        raise LogError(
+            f"{str(path)!r} is not a monitor log: columns {list(frame.columns)[:8]}, expected {list(COLUMNS)}"
+        )
     if frame.empty:
         raise LogError(f"monitor log {str(path)!r} has no records (the monitor recorded no step)")
     step = pd.to_numeric(frame["step"], errors="coerce")
     value = pd.to_numeric(frame["value"], errors="coerce")
     if step.isna().any() or value.isna().sum() > frame["value"].isna().sum():
         raise LogError(f"{str(path)!r} is not a monitor log: non-numeric step or value entries")
-    return frame.assign(step=step.astype("int64"), value=value.astype("float64"),
-                        param=frame["param"].astype(str), metric=frame["metric"].astype(str))
+    return frame.assign(
+        step=step.astype("int64"),
+        value=value.astype("float64"),
+        param=frame["param"].astype(str),
+        metric=frame["metric"].astype(str),
+    )
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -117,8 +145,10 @@ def verdicts(frame) -> dict[str, list[str]]:
         for kind, code in (("gradient", 1.0), ("update", 2.0)):
             steps = sorted(rows.loc[rows.value == code, "step"])
             if steps:
-                found[param].append(f"non-finite {kind} at step {steps[0]}"
-                                    + (f" (and {len(steps) - 1} more)" if len(steps) > 1 else ""))
+                found[param].append(
+                    f"non-finite {kind} at step {steps[0]}"
+                    + (f" (and {len(steps) - 1} more)" if len(steps) > 1 else "")
+                )
 
     def get(param: str, metric: str) -> float:
         try:
@@ -133,14 +163,18 @@ def verdicts(frame) -> dict[str, list[str]]:
             found[param].append(f"updates not orthogonalised (orthogonality {orth:.2f})")
         elif orth < ORTHOGONAL:
             ratio = get(param, "sv_min") / get(param, "sv_max")
-            found[param].append(f"updates partly orthogonalised (orthogonality {orth:.2f}, "
-                                f"σ_min/σ_max {ratio:.2g}): the map leaves small singular values behind")
+            found[param].append(
+                f"updates partly orthogonalised (orthogonality {orth:.2f}, "
+                f"σ_min/σ_max {ratio:.2g}): the map leaves small singular values behind"
+            )
         else:
             align = get(param, "alignment_momentum")
             found[param].append(f"orthogonalised updates (orthogonality {orth:.2f})")
             if align < ALIGNED:
-                found[param].append(f"orthogonal but not along polar(momentum) (alignment {align:.2f}): "
-                                    "the map's input is not the momentum (preconditioned?)")
+                found[param].append(
+                    f"orthogonal but not along polar(momentum) (alignment {align:.2f}): "
+                    "the map's input is not the momentum (preconditioned?)"
+                )
         err = get(param, "map_error")
         if err > MAP_FAR:
             found[param].append(f"map far from the exact polar factor of its input (error {err:.2f})")
@@ -167,8 +201,10 @@ def verdicts(frame) -> dict[str, list[str]]:
         if spread >= LR_SPREAD:
             typical = sorted(sizes.values())[len(sizes) // 2]
             for p in members:
-                found[p].append(f"effective lr differs {spread:.1f}× across the {len(members)} layers of shape "
-                                f"{H}×{W} (this one {sizes[p]:.3g}, median {typical:.3g})")
+                found[p].append(
+                    f"effective lr differs {spread:.1f}× across the {len(members)} layers of shape "
+                    f"{H}×{W} (this one {sizes[p]:.3g}, median {typical:.3g})"
+                )
     for param in params:
         if not found[param]:
             found[param].append("no issue found" if param in med.index else "no matrix metrics recorded")
@@ -202,7 +238,7 @@ def curves_figure(frame) -> str | None:
     metrics = _metrics_drawn(frame)
     if not metrics:
         return None
-    params = [p for p in dict.fromkeys(frame.param)]
+    params = list(dict.fromkeys(frame.param))
     cols = 3
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
@@ -212,8 +248,14 @@ def curves_figure(frame) -> str | None:
         sub = frame[frame.metric == metric]
         for param, rows_ in sub.groupby("param", sort=False):
             rows_ = rows_.sort_values("step")
-            ax.plot(rows_.step, rows_.value, marker="." if len(rows_) < 30 else None, linewidth=1.1,
-                    color=colors[param], label=param)
+            ax.plot(
+                rows_.step,
+                rows_.value,
+                marker="." if len(rows_) < 30 else None,
+                linewidth=1.1,
+                color=colors[param],
+                label=param,
+            )
         positive = (sub.value > 0).all()
         if metric in LOG_SCALE and positive and len(sub):
             ax.set_yscale("log")
@@ -221,12 +263,18 @@ def curves_figure(frame) -> str | None:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.set_visible(False)
     if len(params) <= 12:
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="upper center", ncol=min(len(params), 4), fontsize=8,
-                   bbox_to_anchor=(0.5, 1.0 + 0.02 * math.ceil(len(params) / 4)))
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            ncol=min(len(params), 4),
+            fontsize=8,
+            bbox_to_anchor=(0.5, 1.0 + 0.02 * math.ceil(len(params) / 4)),
+        )
     fig.tight_layout()
     return _png(fig)
 
@@ -242,7 +290,7 @@ def heatmap_figure(frame, metric: str) -> str | None:
     if sub.empty:
         return None
     grid = sub.pivot_table(index="param", columns="step", values="value", aggfunc="mean")
-    grid = grid.reindex([p for p in dict.fromkeys(sub.param)])
+    grid = grid.reindex(list(dict.fromkeys(sub.param)))
     fig, ax = plt.subplots(figsize=(min(max(6.0, 2 + 0.25 * grid.shape[1]), 12), 1.2 + 0.3 * grid.shape[0]))
     im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=7)
@@ -304,17 +352,20 @@ def build_html(frame, source: str = "") -> str:
             except KeyError:
                 return "–"
 
-        bad = any(i.startswith(("updates not", "non-finite", "orthogonal but", "map far", "effective lr"))
-                  for i in items)
+        bad = any(
+            i.startswith(("updates not", "non-finite", "orthogonal but", "map far", "effective lr")) for i in items
+        )
         css = "bad" if bad else "good"
         parts.append(
             f"<tr><td><code>{e(param)}</code></td><td>{shape}</td><td>{cell('orthogonality')}</td>"
             f"<td>{cell('alignment_momentum')}</td><td>{cell('map_error')}</td><td>{cell('step_norm')}</td>"
             f"<td class='{css}'>{'<br>'.join(e(i) for i in items)}</td></tr>"
         )
-    parts.append("</table><p class='muted'>Medians over the recorded steps.  Orthogonality "
-                 "‖u‖<sub>*</sub>/(√r‖u‖<sub>F</sub>) is 1 when all singular values of the update are equal; "
-                 "alignment is cos(−ΔW, polar(M)).</p></section>")
+    parts.append(
+        "</table><p class='muted'>Medians over the recorded steps.  Orthogonality "
+        "‖u‖<sub>*</sub>/(√r‖u‖<sub>F</sub>) is 1 when all singular values of the update are equal; "
+        "alignment is cos(−ΔW, polar(M)).</p></section>"
+    )
     parts.append("<section id='curves'><h2>Metrics against the step</h2>")
     curves = curves_figure(frame)
     parts.append(f"<img alt='per-layer curves' src='{curves}'>" if curves else "<p>No metrics recorded.</p>")
@@ -356,8 +407,9 @@ def write_report(log: str | Path, out: str | Path | None = None) -> Path:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the ``monitor-report`` subcommand."""
     p.add_argument("log", metavar="LOG", help="a log written by matfun.monitor.Monitor (CSV or Parquet)")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="directory of monitor_report.html (default: the log's directory)")
+    p.add_argument(
+        "--out", metavar="DIR", default=None, help="directory of monitor_report.html (default: the log's directory)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

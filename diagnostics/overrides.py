@@ -41,8 +41,17 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["OverrideError", "parse", "fields_line", "apply", "changes", "check_value", "overrides_for",
-           "SIZE_FACTOR", "SIZE_FLOOR"]
+__all__ = [
+    "SIZE_FACTOR",
+    "SIZE_FLOOR",
+    "OverrideError",
+    "apply",
+    "changes",
+    "check_value",
+    "fields_line",
+    "overrides_for",
+    "parse",
+]
 
 #: An integer override may be at most this many times the field's default (or current) value ...
 SIZE_FACTOR = 16
@@ -182,8 +191,10 @@ def check_value(config: Any, key: str, value: Any) -> None:
     limit = max(SIZE_FLOOR, SIZE_FACTOR * reference)
     too_big = [i for i in _ints(value) if abs(i) > limit]
     if too_big:
-        raise ValueError(f"{too_big[0]} exceeds the size bound {limit} ({SIZE_FACTOR} x the default {reference}, "
-                         f"at least {SIZE_FLOOR})")
+        raise ValueError(
+            f"{too_big[0]} exceeds the size bound {limit} ({SIZE_FACTOR} x the default {reference}, "
+            f"at least {SIZE_FLOOR})"
+        )
 
 
 def _variable_length(tp: Any) -> bool:
@@ -228,8 +239,9 @@ def _replace(config: Any, values: dict[str, Any], label: str) -> Any:
     try:
         return dataclasses.replace(config, **values)
     except (ValueError, TypeError) as exc:
-        raise OverrideError(f"--set{label}: {str(exc).strip().splitlines()[0]}; "
-                            f"valid keys: {fields_line(type(config))}") from None
+        raise OverrideError(
+            f"--set{label}: {str(exc).strip().splitlines()[0]}; valid keys: {fields_line(type(config))}"
+        ) from None
 
 
 def apply(config: Any, overrides: Sequence[tuple[str, str]], experiment: str = "", **extra: Any) -> Any:
@@ -250,7 +262,9 @@ def apply(config: Any, overrides: Sequence[tuple[str, str]], experiment: str = "
     return _replace(config, {**changes(config, overrides, experiment), **extra}, label)
 
 
-def overrides_for(parsed: Sequence[tuple[str | None, str, str]], modules: Sequence[Any]) -> dict[str, list[tuple[str, str]]]:
+def overrides_for(
+    parsed: Sequence[tuple[str | None, str, str]], modules: Sequence[Any]
+) -> dict[str, list[tuple[str, str]]]:
     """Distribute parsed ``--set`` items over experiment modules (by ``NAME``).
 
     An unscoped key goes to every module whose Config has it; it is an error if
@@ -264,8 +278,9 @@ def overrides_for(parsed: Sequence[tuple[str | None, str, str]], modules: Sequen
     for scope, key, text in parsed:
         if scope is not None:
             if scope not in by_name:
-                raise OverrideError(f"--set {scope}.{key}: experiment {scope!r} is not selected; "
-                                    f"selected: {', '.join(by_name)}")
+                raise OverrideError(
+                    f"--set {scope}.{key}: experiment {scope!r} is not selected; selected: {', '.join(by_name)}"
+                )
             scoped[scope].append((key, text))
             continue
         targets = [n for n, m in by_name.items() if key in {f.name for f in dataclasses.fields(m.Config)}]

@@ -69,8 +69,12 @@ def open_client(jobs: int | None = None, scheduler: str | None = None):
         if scheduler is not None:
             return Client(scheduler, timeout="10s")
         cluster = LocalCluster(  # no dashboard; its HTTP server on a free port (8787 may be taken: a warning)
-            n_workers=jobs, threads_per_worker=1, processes=True, silence_logs=logging.CRITICAL,
-            dashboard_address=None, scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            n_workers=jobs,
+            threads_per_worker=1,
+            processes=True,
+            silence_logs=logging.CRITICAL,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         )
         return Client(cluster)
     except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
@@ -160,8 +164,16 @@ def _running_cells() -> set[str]:
 
 
 def _compute_and_store(
-    module_name: str, config: Any, cell: Mapping[str, Any], key: Mapping[str, Any], digest: str,
-    cells_dir: str, extra: Mapping[str, Any], device: str, seed: int, plugin: _ShippedPlugin | None = None,
+    module_name: str,
+    config: Any,
+    cell: Mapping[str, Any],
+    key: Mapping[str, Any],
+    digest: str,
+    cells_dir: str,
+    extra: Mapping[str, Any],
+    device: str,
+    seed: int,
+    plugin: _ShippedPlugin | None = None,
     cache: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, set[str]]]:
     """Runs on a worker: one cell (with its plug-in active), written to the cache before it is returned
@@ -247,8 +259,20 @@ def compute_cells(
     try:
         futures = [
             client.submit(
-                _compute_and_store, module.__name__, config, cell, key, digest, str(cells_dir), extra, device, seed,
-                shipped.get(cell.get("plugin")), digest not in uncached, key=f"{module.NAME}-{digest}", pure=False,
+                _compute_and_store,
+                module.__name__,
+                config,
+                cell,
+                key,
+                digest,
+                str(cells_dir),
+                extra,
+                device,
+                seed,
+                shipped.get(cell.get("plugin")),
+                digest not in uncached,
+                key=f"{module.NAME}-{digest}",
+                pure=False,
             )
             for cell, key, digest in todo
         ]
@@ -256,13 +280,18 @@ def compute_cells(
         frames: list[pd.DataFrame | None] = [None] * len(todo)
         from distributed import as_completed
 
-        with tqdm(total=len(todo), desc=f"{module.NAME} ({len(client.nthreads())} workers)", unit="cell",
-                  disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=len(todo),
+            desc=f"{module.NAME} ({len(client.nthreads())} workers)",
+            unit="cell",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for future in as_completed(futures):
                 k = index[future.key]
                 try:
                     frames[k], notes = future.result()
-                except Exception as exc:  # noqa: BLE001 - re-raised with the cell named
+                except Exception as exc:
                     client.cancel(futures)
                     _wait_for_running(client, [digest for _, _, digest in todo])
                     if isinstance(exc, _plugins.PluginError):

@@ -38,22 +38,22 @@ import matplotlib
 from matplotlib.figure import Figure
 
 __all__ = [
+    "DOUBLE_COLUMN",
     "OKABE_ITO",
+    "RC",
+    "REFERENCE_COLOR",
     "SCHEDULE_COLORS",
     "SCHEDULE_LABELS",
-    "REFERENCE_COLOR",
     "SINGLE_COLUMN",
-    "DOUBLE_COLUMN",
-    "RC",
-    "style",
-    "figure",
-    "save_figure",
     "capture_figures",
+    "figure",
+    "panel_label",
+    "save_figure",
     "schedule_color",
     "schedule_label",
-    "tile_style",
+    "style",
     "tile_label",
-    "panel_label",
+    "tile_style",
 ]
 
 #: Okabe–Ito colour-blind-safe palette (name → hex).
@@ -113,7 +113,7 @@ RC: dict[str, Any] = {
     "grid.alpha": 0.35,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "axes.prop_cycle": matplotlib.cycler(color=list(OKABE_ITO.values())[1:] + [OKABE_ITO["black"]]),
+    "axes.prop_cycle": matplotlib.cycler(color=[*list(OKABE_ITO.values())[1:], OKABE_ITO["black"]]),
     "figure.dpi": 100,
     "figure.constrained_layout.use": True,
     "savefig.dpi": 300,
@@ -257,7 +257,7 @@ def tile_style(tile: int | None) -> dict[str, Any]:
     t = int(tile)
     if t <= 0:
         raise ValueError(f"tile size must be positive, got {tile!r}")
-    k = max(int(round(math.log2(t))), 0)
+    k = max(round(math.log2(t)), 0)
     return {"marker": _TILE_MARKERS[k % len(_TILE_MARKERS)], "linestyle": _TILE_LINESTYLES[k % len(_TILE_LINESTYLES)]}
 
 
@@ -270,6 +270,4 @@ def tile_label(tile: int | None) -> str:
 
 def panel_label(ax: Any, letter: str) -> None:
     """Bold ``(a)``-style label in the top-left corner outside the axes."""
-    ax.text(
-        -0.02, 1.02, f"({letter})", transform=ax.transAxes, ha="right", va="bottom", fontweight="bold"
-    )
+    ax.text(-0.02, 1.02, f"({letter})", transform=ax.transAxes, ha="right", va="bottom", fontweight="bold")

@@ -69,23 +69,23 @@ import torch
 from matfun.base import Map
 
 __all__ = [
-    "PluginError",
     "Plugin",
-    "name_problem",
-    "load",
-    "parse_map_option",
-    "from_object",
-    "collect",
-    "active",
-    "current",
-    "cells",
-    "cacheable",
-    "identify",
-    "for_cell",
-    "names_in",
-    "color",
-    "builtin_rows",
+    "PluginError",
     "PluginMap",
+    "active",
+    "builtin_rows",
+    "cacheable",
+    "cells",
+    "collect",
+    "color",
+    "current",
+    "for_cell",
+    "from_object",
+    "identify",
+    "load",
+    "name_problem",
+    "names_in",
+    "parse_map_option",
 ]
 
 LIBRARIES = ("numpy", "torch")
@@ -161,12 +161,14 @@ def _fingerprint(obj: Any, seen: frozenset[int] = frozenset()) -> Any:
     if isinstance(obj, dict):
         return ["dict", sorted([json.dumps(_fingerprint(k, seen)), _fingerprint(v, seen)] for k, v in obj.items())]
     if isinstance(obj, (np.ndarray, np.generic, torch.Tensor)):
-        a = obj.detach().cpu().float().numpy() if isinstance(obj, torch.Tensor) and obj.dtype == torch.bfloat16 else (
-            obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else np.asarray(obj))
+        a = (
+            obj.detach().cpu().float().numpy()
+            if isinstance(obj, torch.Tensor) and obj.dtype == torch.bfloat16
+            else (obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else np.asarray(obj))
+        )
         return ["array", str(a.dtype), list(a.shape), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()]
     if isinstance(obj, functools.partial):
-        return ["partial", _fingerprint(obj.func, seen), _fingerprint(obj.args, seen),
-                _fingerprint(obj.keywords, seen)]
+        return ["partial", _fingerprint(obj.func, seen), _fingerprint(obj.args, seen), _fingerprint(obj.keywords, seen)]
     if inspect.ismethod(obj):
         return ["method", _fingerprint(obj.__func__, seen), _fingerprint(obj.__self__, seen)]
     if inspect.isfunction(obj):
@@ -176,8 +178,13 @@ def _fingerprint(obj: Any, seen: frozenset[int] = frozenset()) -> Any:
                 cells.append(_fingerprint(cell.cell_contents, seen))
             except ValueError:  # an empty cell
                 cells.append("<empty>")
-        return ["function", _getsource(obj), cells, _fingerprint(obj.__defaults__, seen),
-                _fingerprint(obj.__kwdefaults__, seen)]
+        return [
+            "function",
+            _getsource(obj),
+            cells,
+            _fingerprint(obj.__defaults__, seen),
+            _fingerprint(obj.__kwdefaults__, seen),
+        ]
     if inspect.isbuiltin(obj) or inspect.ismethoddescriptor(obj) or isinstance(obj, type(np.add)):
         return ["builtin", getattr(obj, "__module__", None) or "", getattr(obj, "__qualname__", repr(obj))]
     if inspect.ismodule(obj):
@@ -213,13 +220,13 @@ def identify(obj: Any) -> tuple[str | None, str | None]:
     cannot be identified (a lock, a file), cannot be identified: such a plug-in is
     run uncached (:attr:`Plugin.cacheable`).
     """
-    plain_function = inspect.isfunction(obj) and not obj.__closure__ and not obj.__defaults__ \
-        and not obj.__kwdefaults__
+    plain_function = inspect.isfunction(obj) and not obj.__closure__ and not obj.__defaults__ and not obj.__kwdefaults__
     try:
         if plain_function or inspect.isclass(obj):  # the hash of earlier versions: caches stay valid
             return hashlib.sha256(_getsource(obj).encode()).hexdigest()[:12], None
-        if isinstance(obj, Map) or not (inspect.isfunction(obj) or inspect.ismethod(obj)
-                                        or isinstance(obj, functools.partial)):
+        if isinstance(obj, Map) or not (
+            inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, functools.partial)
+        ):
             text = repr(obj)
             if " at 0x" not in text:  # an instance showing its settings: class source + repr, as before
                 source = inspect.getsource(type(obj)) if not inspect.isbuiltin(obj) else text
@@ -340,8 +347,9 @@ class Plugin:
         #: whether the library was declared (else :meth:`check` may detect torch)
         self.library_declared = library is not None or self._is_map(target)
         if self.library not in (*LIBRARIES, "any"):
-            raise PluginError(f"plug-in {name!r} ({self.spec}): array_library must be 'numpy' or 'torch', "
-                              f"got {self.library!r}")
+            raise PluginError(
+                f"plug-in {name!r} ({self.spec}): array_library must be 'numpy' or 'torch', got {self.library!r}"
+            )
         self.batched = bool(self._declared(target, "batched", self._is_map(target)))
         steps = getattr(target, "steps", None)
         self.steps = int(steps) if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else None
@@ -380,8 +388,10 @@ class Plugin:
         """One line saying the plug-in runs uncached, and why (``None`` when it is cached)."""
         if self.cacheable:
             return None
-        return (f"note: plug-in {self.name!r} ({self.spec}) cannot be identified ({self.unidentified}): its cells "
-                "are computed every run and never cached")
+        return (
+            f"note: plug-in {self.name!r} ({self.spec}) cannot be identified ({self.unidentified}): its cells "
+            "are computed every run and never cached"
+        )
 
     @property
     def kind(self) -> str:
@@ -391,8 +401,11 @@ class Plugin:
     @property
     def step_count_description(self) -> str:
         """How the plug-in exposes its step count, in words (for the report)."""
-        return {"iterates": "curves from iterates()", "factory": "factory steps -> map",
-                "plain": f"plain callable (K = {self.steps})" if self.steps else "plain callable (K unknown)"}[self.kind]
+        return {
+            "iterates": "curves from iterates()",
+            "factory": "factory steps -> map",
+            "plain": f"plain callable (K = {self.steps})" if self.steps else "plain callable (K unknown)",
+        }[self.kind]
 
     def error(self, problem: str) -> PluginError:
         """A :class:`PluginError` naming this plug-in."""
@@ -421,7 +434,7 @@ class Plugin:
         Gl = _to_library(G, library)
         if batched or Gl.ndim == 2:
             return self._checked(self._invoke(fn, Gl), Gl)
-        flat = Gl.reshape((-1,) + tuple(Gl.shape[-2:]))
+        flat = Gl.reshape((-1, *tuple(Gl.shape[-2:])))
         outs = [_like(self._checked(self._invoke(fn, flat[i]), flat[i]), flat[i]) for i in range(flat.shape[0])]
         xp = np if _library_of(Gl) == "numpy" else torch
         return xp.stack(outs).reshape(Gl.shape)
@@ -441,7 +454,9 @@ class Plugin:
             if X.is_meta:
                 raise self.error("returned a tensor on the meta device (it holds no values)")
             if X.layout != torch.strided:
-                raise self.error(f"returned a tensor of layout {X.layout} (sparse?); a dense (strided) tensor is required")
+                raise self.error(
+                    f"returned a tensor of layout {X.layout} (sparse?); a dense (strided) tensor is required"
+                )
         if tuple(X.shape) != tuple(G.shape):
             raise self.error(f"returned shape {tuple(X.shape)} for an input of shape {tuple(G.shape)}")
         name = _dtype_name(X)
@@ -529,11 +544,15 @@ class Plugin:
                 self._probe(G)
             except PluginError:
                 self.library = "numpy"
-                raise PluginError(f"{numpy_error} (it was fed numpy arrays, then torch tensors; declare "
-                                  "the library it takes with fn.array_library = 'numpy' or 'torch')",
-                                  plugin=self.name) from None
-            self.notes.add("failed on numpy arrays and works on torch tensors: fed torch tensors "
-                           "(declare fn.array_library = 'torch' to say so)")
+                raise PluginError(
+                    f"{numpy_error} (it was fed numpy arrays, then torch tensors; declare "
+                    "the library it takes with fn.array_library = 'numpy' or 'torch')",
+                    plugin=self.name,
+                ) from None
+            self.notes.add(
+                "failed on numpy arrays and works on torch tensors: fed torch tensors "
+                "(declare fn.array_library = 'torch' to say so)"
+            )
 
     def _probe(self, G: Any) -> None:
         if self.has_iterates:
@@ -575,13 +594,14 @@ def load(spec: str, name: str | None = None, directory: str | os.PathLike | None
             raise PluginError(f"plug-in {name!r} ({spec}): no module named {exc.name!r}") from None
         raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: {exc}") from None
     except USER_ERRORS as exc:  # a broken user module is a bad plug-in
-        raise PluginError(f"plug-in {name!r} ({spec}): importing {module_name!r} failed: "
-                          f"{_one_line(_raised(exc))}") from None
+        raise PluginError(
+            f"plug-in {name!r} ({spec}): importing {module_name!r} failed: {_one_line(_raised(exc))}"
+        ) from None
     for i, part in enumerate(parts):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            where = ".".join([module_name] + parts[:i])
+            where = ".".join([module_name, *parts[:i]])
             raise PluginError(f"plug-in {name!r} ({spec}): {where!r} has no attribute {part!r}") from None
     return Plugin(name, obj, module_name, attr_path, from_spec=True)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["HELP", "DESCRIPTION", "EXAMPLES", "add_arguments", "run"]
+__all__ = ["DESCRIPTION", "EXAMPLES", "HELP", "add_arguments", "run"]
 
 PROG = "matfun-diagnostics report"
 HELP = "a report card for your map: experiments + validation battery -> HTML and PDF"
@@ -38,18 +38,26 @@ python -m diagnostics report mypkg.ns:my_newton_schulz --name mine --device cuda
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``report`` arguments (used by :mod:`diagnostics.cli`)."""
-    parser.add_argument("target", metavar="MODULE:ATTR", help="your map: a callable G -> X, a factory "
-                        "steps -> map, or a matfun.Map (see diagnostics.plugins)")
+    parser.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="your map: a callable G -> X, a factory steps -> map, or a matfun.Map (see diagnostics.plugins)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
     parser.add_argument("--out", metavar="DIR", help="output directory (default report/<name>)")
     parser.add_argument("--name", help="the map's name on the card (default: ATTR)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or cuda:N")
     parser.add_argument("--force", action="store_true", help="recompute every cell even if cached")
-    parser.add_argument("--schedule", default=None, metavar="NAME",
-                        help="the battery also checks agreement with this schedule of matfun.SCHEDULES (cubic, "
-                        "jordan, you, polar_express), as validate --schedule does")
-    parser.add_argument("--steps", type=_nonneg_int, default=5, metavar="K",
-                        help="steps of the --schedule reference (default 5)")
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        metavar="NAME",
+        help="the battery also checks agreement with this schedule of matfun.SCHEDULES (cubic, "
+        "jordan, you, polar_express), as validate --schedule does",
+    )
+    parser.add_argument(
+        "--steps", type=_nonneg_int, default=5, metavar="K", help="steps of the --schedule reference (default 5)"
+    )
 
 
 def _nonneg_int(value: str) -> int:
@@ -76,10 +84,19 @@ def run(args: argparse.Namespace) -> int:
             import matfun
 
             if args.schedule not in matfun.SCHEDULES:
-                raise UsageError(f"--schedule {args.schedule!r} is not one of matfun.SCHEDULES "
-                                 f"({', '.join(sorted(matfun.SCHEDULES))})")
-        card = build_report(plugin, out, quick=args.quick, device=args.device, force=args.force,
-                            schedule=args.schedule, steps=args.steps)
+                raise UsageError(
+                    f"--schedule {args.schedule!r} is not one of matfun.SCHEDULES "
+                    f"({', '.join(sorted(matfun.SCHEDULES))})"
+                )
+        card = build_report(
+            plugin,
+            out,
+            quick=args.quick,
+            device=args.device,
+            force=args.force,
+            schedule=args.schedule,
+            steps=args.steps,
+        )
     except BaseException as exc:
         for d in created:  # deepest first; only directories left empty
             try:

@@ -45,7 +45,7 @@ import pandas as pd
 from . import plotting, plugins, runner
 from .experiments import get as get_experiment
 
-__all__ = ["REPORT_STEPS", "COMPARE", "build_report", "render_html", "render_pdf", "Card"]
+__all__ = ["COMPARE", "REPORT_STEPS", "Card", "build_report", "render_html", "render_pdf"]
 
 #: Step count a factory plug-in is evaluated at, and the built-ins' K when the plug-in's is unknown.
 REPORT_STEPS = 5
@@ -68,8 +68,16 @@ def _configs(quick: bool) -> dict[str, Any]:
         "duality": {**common, "tiles": (32,), "max_steps": 12, "stream_steps": 50},
         # five sizes: the slopes are fitted on the top four (scaling.MIN_FIT_SIZES); with three every
         # slope in the cost legend read "—"
-        "scaling": {"ns": (128, 192, 256, 384, 512), "tiles": (64,), "warmup": 1, "repeats": 3, "min_time": 0.01,
-                    "steps": REPORT_STEPS} if quick else {"steps": REPORT_STEPS},
+        "scaling": {
+            "ns": (128, 192, 256, 384, 512),
+            "tiles": (64,),
+            "warmup": 1,
+            "repeats": 3,
+            "min_time": 0.01,
+            "steps": REPORT_STEPS,
+        }
+        if quick
+        else {"steps": REPORT_STEPS},
     }.items():
         module = get_experiment(name)
         base = store.config_for(module, quick)
@@ -128,7 +136,7 @@ def _kappa(k: float) -> str:
     """``10``, ``10³``, ``10⁶`` for condition numbers."""
     e = math.log10(k)
     sup = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
-    return f"10{str(int(round(e))).translate(sup)}" if k >= 100 and abs(e - round(e)) < 1e-9 else f"{k:g}"
+    return f"10{str(round(e)).translate(sup)}" if k >= 100 and abs(e - round(e)) < 1e-9 else f"{k:g}"
 
 
 def _accuracy(card_frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float) -> pd.DataFrame:
@@ -138,13 +146,20 @@ def _accuracy(card_frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: f
     rows = []
     for kappa in sorted(set(f["condition_number"])):
         d_k = f[np.isclose(f["condition_number"], kappa)]
-        for label, d in [(plugin.name, d_k[d_k["plugin"] == plugin.name])] + \
-                [(s, d_k[d_k["schedule"] == s]) for s in COMPARE]:
+        for label, d in [(plugin.name, d_k[d_k["plugin"] == plugin.name])] + [
+            (s, d_k[d_k["schedule"] == s]) for s in COMPARE
+        ]:
             if d.empty:
                 continue
             r = _at_step(d, k).iloc[-1]
-            rows.append({"map": label, "kappa": kappa, "misalignment": float(r["misalignment"]),
-                         "rel_error": float(r["rel_error"])})
+            rows.append(
+                {
+                    "map": label,
+                    "kappa": kappa,
+                    "misalignment": float(r["misalignment"]),
+                    "rel_error": float(r["rel_error"]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -182,27 +197,45 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     p = band(mine_k)
     builtin = tr[tr["plugin"].isna()] if "plugin" in tr else tr
     ref = {s: band(builtin[(builtin["schedule"] == s) & (builtin["steps"] == REPORT_STEPS)]) for s in COMPARE}
-    rows.append((f"p(σ) range for σ ∈ [1e-3, 1] (K = {_fmt(kt)})", f"[{_fmt(p.min())}, {_fmt(p.max())}]",
-                 *(f"[{_fmt(v.min())}, {_fmt(v.max())}]" for v in ref.values())))
+    rows.append(
+        (
+            f"p(σ) range for σ ∈ [1e-3, 1] (K = {_fmt(kt)})",
+            f"[{_fmt(p.min())}, {_fmt(p.max())}]",
+            *(f"[{_fmt(v.min())}, {_fmt(v.max())}]" for v in ref.values()),
+        )
+    )
 
     acc = _accuracy(frames, plugin, k)
     facts["accuracy"] = acc
     for kappa in sorted(set(acc["kappa"])):
         a = acc[np.isclose(acc["kappa"], kappa)].set_index("map")
-        cell = lambda m, col: _fmt(float(a.loc[m, col])) if m in a.index else "n/a"  # noqa: E731
-        rows.append((f"1 − cos(X, polar G) at κ = {_kappa(kappa)}", cell(name, "misalignment"),
-                     *(cell(s, "misalignment") for s in COMPARE)))
+        cell = lambda m, col, a=a: _fmt(float(a.loc[m, col])) if m in a.index else "n/a"  # noqa: E731
+        rows.append(
+            (
+                f"1 − cos(X, polar G) at κ = {_kappa(kappa)}",
+                cell(name, "misalignment"),
+                *(cell(s, "misalignment") for s in COMPARE),
+            )
+        )
     worst = acc[np.isclose(acc["kappa"], acc["kappa"].max())].set_index("map")
-    rows.append((f"‖X − P‖_F/‖P‖_F at κ = {_kappa(acc['kappa'].max())}", *(
-        _fmt(float(worst.loc[m, "rel_error"])) if m in worst.index else "n/a" for m in (name, *COMPARE))))
+    rows.append(
+        (
+            f"‖X − P‖_F/‖P‖_F at κ = {_kappa(acc['kappa'].max())}",
+            *(_fmt(float(worst.loc[m, "rel_error"])) if m in worst.index else "n/a" for m in (name, *COMPARE)),
+        )
+    )
 
     pr = frames["precision"]
     floors = {name: _bf16_floor(pr, pr["plugin"] == name)} if "plugin" in pr else {}
     for s in COMPARE:
         floors[s] = _bf16_floor(pr, pr["schedule"] == s)
     facts["bf16"] = floors
-    rows.append((f"bfloat16 floor (median 1 − cos, last third, κ = {_kappa(pr['condition_number'].max())})",
-                 *(_fmt(floors.get(m, math.nan)) for m in (name, *COMPARE))))
+    rows.append(
+        (
+            f"bfloat16 floor (median 1 − cos, last third, κ = {_kappa(pr['condition_number'].max())})",
+            *(_fmt(floors.get(m, math.nan)) for m in (name, *COMPARE)),
+        )
+    )
 
     du = frames["duality"]
     eff = {}
@@ -220,13 +253,28 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     ns = at_n[at_n["map"] == "ns"]
     mine_t, ns_t = float(mine_s["seconds"].iloc[0]), float(mine_s["ns_seconds_same_cell"].iloc[0])
     facts["time_ratio"] = mine_t / ns_t  # both timed in the same interleaved rounds
-    rows.append((f"time per call at n = {n} (ms; {mine_s['clock'].iloc[0]} clock)", _fmt(1e3 * mine_t),
-                 f"{_fmt(1e3 * ns_t)} (matfun NS, K = {REPORT_STEPS}, same rounds)", "–"))
+    rows.append(
+        (
+            f"time per call at n = {n} (ms; {mine_s['clock'].iloc[0]} clock)",
+            _fmt(1e3 * mine_t),
+            f"{_fmt(1e3 * ns_t)} (matfun NS, K = {REPORT_STEPS}, same rounds)",
+            "–",
+        )
+    )
     flops = float(mine_s["flops"].iloc[0])
-    mine_flops = (f"{_fmt(flops, 3)} / {_fmt(float(mine_s['gflops'].iloc[0]))} ({mine_s['flops_source'].iloc[0]})"
-                  if math.isfinite(flops) else str(mine_s["flops_source"].iloc[0]))
-    rows.append((f"model FLOPs / achieved GFLOP/s at n = {n}", mine_flops,
-                 f"{_fmt(float(ns['flops'].iloc[0]), 3)} / {_fmt(float(ns['gflops'].iloc[0]))}", "–"))
+    mine_flops = (
+        f"{_fmt(flops, 3)} / {_fmt(float(mine_s['gflops'].iloc[0]))} ({mine_s['flops_source'].iloc[0]})"
+        if math.isfinite(flops)
+        else str(mine_s["flops_source"].iloc[0])
+    )
+    rows.append(
+        (
+            f"model FLOPs / achieved GFLOP/s at n = {n}",
+            mine_flops,
+            f"{_fmt(float(ns['flops'].iloc[0]), 3)} / {_fmt(float(ns['gflops'].iloc[0]))}",
+            "–",
+        )
+    )
     return rows, facts
 
 
@@ -237,25 +285,35 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
     failed = [c.name for c in battery.checks if not c.passed] if battery is not None else []
     kk = f"K = {k:g}" if math.isfinite(k) else "its own (unstated) step count"
     if facts["spectral"]:
-        out.append(f"{name} is a spectral map (X = U p(Σ) Vᵀ to {_fmt(facts['spectral_residual'])}): its "
-                   f"transfer function p(σ) is the whole story, measured here at {kk}.")
+        out.append(
+            f"{name} is a spectral map (X = U p(Σ) Vᵀ to {_fmt(facts['spectral_residual'])}): its "
+            f"transfer function p(σ) is the whole story, measured here at {kk}."
+        )
     else:
-        out.append(f"{name} is not spectral (‖X − U p(Σ) Vᵀ‖/‖X‖ = {_fmt(facts['spectral_residual'])}), as a tiled "
-                   "or element-wise map is by design: the transfer-function panel shows only diag(Uᵀ X V), and the "
-                   "battery skips the equivariance checks.")
+        out.append(
+            f"{name} is not spectral (‖X − U p(Σ) Vᵀ‖/‖X‖ = {_fmt(facts['spectral_residual'])}), as a tiled "
+            "or element-wise map is by design: the transfer-function panel shows only diag(Uᵀ X V), and the "
+            "battery skips the equivariance checks."
+        )
     acc = facts["accuracy"]
     kappas = sorted(set(acc["kappa"]))
     table = acc.pivot_table(index="map", columns="kappa", values="misalignment")
     if name in table.index:
-        ahead = [kap for kap in kappas if all(table.loc[name, kap] < table.loc[s, kap] for s in COMPARE
-                                               if s in table.index)]
-        behind = [kap for kap in kappas if all(table.loc[name, kap] >= table.loc[s, kap] for s in COMPARE
-                                                if s in table.index)]
+        ahead = [
+            kap for kap in kappas if all(table.loc[name, kap] < table.loc[s, kap] for s in COMPARE if s in table.index)
+        ]
+        behind = [
+            kap for kap in kappas if all(table.loc[name, kap] >= table.loc[s, kap] for s in COMPARE if s in table.index)
+        ]
         values = " / ".join(_fmt(table.loc[name, kap]) for kap in kappas)
-        sentence = (f"Misalignment 1 − cos(X, polar G) is {values} at κ = {' / '.join(_kappa(k) for k in kappas)}"
-                    f" (Polar Express at the same K: "
-                    f"{' / '.join(_fmt(table.loc['polar_express', kap]) for kap in kappas)}).")
-        if ahead and failed:  # cos(X, polar G) ignores scale and averages directions: no praise for a non-orthogonaliser
+        sentence = (
+            f"Misalignment 1 − cos(X, polar G) is {values} at κ = {' / '.join(_kappa(k) for k in kappas)}"
+            f" (Polar Express at the same K: "
+            f"{' / '.join(_fmt(table.loc['polar_express', kap]) for kap in kappas)})."
+        )
+        if (
+            ahead and failed
+        ):  # cos(X, polar G) ignores scale and averages directions: no praise for a non-orthogonaliser
             sentence += " Alignment alone does not make it an orthogonaliser: the battery fails it (below)."
         elif ahead:
             sentence += f" It beats both built-ins at κ = {', '.join(_kappa(k) for k in ahead)}"
@@ -267,16 +325,23 @@ def _verdict(plugin: plugins.Plugin, facts: dict, battery: Any, k: float) -> lis
     if math.isfinite(floors.get(name, math.nan)):
         ref = floors.get("polar_express", math.nan)
         ratio = floors[name] / ref if ref and math.isfinite(ref) else math.nan
-        how = ("about the same as" if 0.5 <= ratio <= 2 else "above" if ratio > 2 else "below") if math.isfinite(ratio) \
+        how = (
+            ("about the same as" if 0.5 <= ratio <= 2 else "above" if ratio > 2 else "below")
+            if math.isfinite(ratio)
             else "compared with"
+        )
         out.append(f"Fed bfloat16 inputs it levels off at {_fmt(floors[name])}, {how} Polar Express's {_fmt(ref)}.")
     if math.isfinite(facts["time_ratio"]):
-        out.append(f"It takes {facts['time_ratio']:.2f}× the time of matfun's 5-step Newton–Schulz on the same "
-                   "matrix, timed in the same interleaved rounds.")
+        out.append(
+            f"It takes {facts['time_ratio']:.2f}× the time of matfun's 5-step Newton–Schulz on the same "
+            "matrix, timed in the same interleaved rounds."
+        )
     if battery is not None:
         if failed:
-            out.append(f"The validation battery fails {len(failed)} of {len(battery.checks)} checks "
-                       f"({', '.join(failed)}): see the table before using it in an optimizer.")
+            out.append(
+                f"The validation battery fails {len(failed)} of {len(battery.checks)} checks "
+                f"({', '.join(failed)}): see the table before using it in an optimizer."
+            )
         else:
             out.append(f"It passes all {len(battery.checks)} checks of the validation battery.")
     return out
@@ -290,18 +355,28 @@ def _accuracy_figure(acc: pd.DataFrame, plugin: plugins.Plugin, k: float) -> byt
     kk = f"K = {k:g}" if math.isfinite(k) else "own K"
     with plotting.style():
         fig = plotting.figure("double", 2.5, ncols=2)
-        for ax, col, ylabel in zip(fig.axes, ("misalignment", "rel_error"),
-                                   (r"$1 - \cos(X, P)$", r"$\|X - P\|_F / \|P\|_F$")):
+        for ax, col, ylabel in zip(
+            fig.axes, ("misalignment", "rel_error"), (r"$1 - \cos(X, P)$", r"$\|X - P\|_F / \|P\|_F$")
+        ):
             for m in (plugin.name, *COMPARE):
                 d = acc[acc["map"] == m].sort_values("kappa")
                 if d.empty:
                     continue
                 if m == plugin.name:
-                    kw = {"color": plugins.COLORS[0], "marker": "*", "markersize": 8, "linewidth": 1.8,
-                          "label": f"{m} ({kk})"}
+                    kw = {
+                        "color": plugins.COLORS[0],
+                        "marker": "*",
+                        "markersize": 8,
+                        "linewidth": 1.8,
+                        "label": f"{m} ({kk})",
+                    }
                 else:
-                    kw = {"color": plotting.schedule_color(m), "marker": "o", "linewidth": 1.1,
-                          "label": f"{plotting.schedule_label(m)} ({'K = %g' % (k if math.isfinite(k) else REPORT_STEPS)})"}
+                    kw = {
+                        "color": plotting.schedule_color(m),
+                        "marker": "o",
+                        "linewidth": 1.1,
+                        "label": f"{plotting.schedule_label(m)} ({'K = %g' % (k if math.isfinite(k) else REPORT_STEPS)})",
+                    }
                 ax.plot(d["kappa"], np.maximum(d[col].to_numpy(float), 1e-16), **kw)
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -332,8 +407,7 @@ def _battery(plugin: plugins.Plugin, spectral: bool, schedule: str | None = None
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # 48×32 matrices: extra threads only add synchronisation
     try:
-        report = check_orthogonalizer(fn, backend="torch", dtype="float32", schedule=schedule, steps=steps,
-                                      **options)
+        report = check_orthogonalizer(fn, backend="torch", dtype="float32", schedule=schedule, steps=steps, **options)
     finally:
         torch.set_num_threads(previous)
     report.target = plugin.spec
@@ -351,8 +425,16 @@ def _declared_tile(plugin: plugins.Plugin) -> Any:
     return tile
 
 
-def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, device: str = "cpu",
-                 force: bool = False, schedule: str | None = None, steps: int = 5) -> Card:
+def build_report(
+    plugin: plugins.Plugin,
+    out_dir: Path,
+    *,
+    quick: bool = True,
+    device: str = "cpu",
+    force: bool = False,
+    schedule: str | None = None,
+    steps: int = 5,
+) -> Card:
     """Run the experiments and the battery for ``plugin``; write ``report.html`` and ``report.pdf``.
 
     ``schedule`` / ``steps`` are passed to :func:`matfun.testing.check_orthogonalizer`: with a
@@ -364,9 +446,17 @@ def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, d
     plugin.check()
     frames, figures = {}, {}
     for name, config in _configs(quick).items():
-        result = runner.run_module(get_experiment(name), plugins=[plugin], config=config, quick=quick,
-                                   results_dir=out_dir / "results", figures_dir=out_dir / "figures",
-                                   device=device, force=force, progress=False)
+        result = runner.run_module(
+            get_experiment(name),
+            plugins=[plugin],
+            config=config,
+            quick=quick,
+            results_dir=out_dir / "results",
+            figures_dir=out_dir / "figures",
+            device=device,
+            force=force,
+            progress=False,
+        )
         frames[name] = result.frame
         pngs = [p for p in result.figures if p.suffix == ".png"]
         if pngs:
@@ -377,11 +467,23 @@ def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, d
     import torch
 
     card = Card(
-        plugin=plugin, steps=k, quick=quick, frames=frames, figures=figures, battery=battery, headline=headline,
+        plugin=plugin,
+        steps=k,
+        quick=quick,
+        frames=frames,
+        figures=figures,
+        battery=battery,
+        headline=headline,
         verdict=_verdict(plugin, facts, battery, k),
-        environment={"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-                     "torch": str(torch.__version__), "numpy": np.__version__, "device": device,
-                     "machine": f"{platform.machine()}, {platform.system()}", "sizes": "quick" if quick else "full"},
+        environment={
+            "date": datetime.date.today().isoformat(),
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "numpy": np.__version__,
+            "device": device,
+            "machine": f"{platform.machine()}, {platform.system()}",
+            "sizes": "quick" if quick else "full",
+        },
         extra_figure=_accuracy_figure(facts["accuracy"], plugin, k),
     )
     (out_dir / "report.html").write_text(render_html(card), encoding="utf-8")
@@ -392,17 +494,32 @@ def build_report(plugin: plugins.Plugin, out_dir: Path, *, quick: bool = True, d
 # ------------------------------------------------------------------- render
 
 _CAPTIONS = {
-    "transfer": ("Transfer function", "The map applied to G = U diag(σ) Vᵀ, read back as p(σᵢ) = uᵢᵀ X vᵢ "
-                 "(thick line), against the analytic p_K of Jordan's and Polar Express's schedules; dotted: the "
-                 "exact polar factor. Right: the fitted smoothing level ε̂ against K."),
-    "ns_convergence": ("Convergence against K", "1 − cos(X_K, polar G) and ‖X_K − P‖_F/‖P‖_F against the step "
-                       "count at three condition numbers; stars: your map."),
-    "precision": ("Precision", "Your map fed float64, float32 and bfloat16 inputs (line style), beside the "
-                  "built-in schedules computed in each precision; the grey line is the bfloat16 floor."),
-    "duality": ("Duality", "How much of the nuclear norm ‖G‖_* the map attains: ⟨G, X⟩/(‖G‖_*‖X‖₂) (1 for the "
-                "polar factor) on a geometric spectrum and on a real teacher–student momentum."),
-    "scaling": ("Cost", "Model FLOPs, measured time and achieved GFLOP/s against n, with matfun's full and "
-                "tiled NS and a dense GEMM measured in the same run."),
+    "transfer": (
+        "Transfer function",
+        "The map applied to G = U diag(σ) Vᵀ, read back as p(σᵢ) = uᵢᵀ X vᵢ "
+        "(thick line), against the analytic p_K of Jordan's and Polar Express's schedules; dotted: the "
+        "exact polar factor. Right: the fitted smoothing level ε̂ against K.",
+    ),
+    "ns_convergence": (
+        "Convergence against K",
+        "1 − cos(X_K, polar G) and ‖X_K − P‖_F/‖P‖_F against the step "
+        "count at three condition numbers; stars: your map.",
+    ),
+    "precision": (
+        "Precision",
+        "Your map fed float64, float32 and bfloat16 inputs (line style), beside the "
+        "built-in schedules computed in each precision; the grey line is the bfloat16 floor.",
+    ),
+    "duality": (
+        "Duality",
+        "How much of the nuclear norm ‖G‖_* the map attains: ⟨G, X⟩/(‖G‖_*‖X‖₂) (1 for the "
+        "polar factor) on a geometric spectrum and on a real teacher–student momentum.",
+    ),
+    "scaling": (
+        "Cost",
+        "Model FLOPs, measured time and achieved GFLOP/s against n, with matfun's full and "
+        "tiled NS and a dense GEMM measured in the same run.",
+    ),
 }
 
 _CSS = """
@@ -449,7 +566,9 @@ def _badges(card: Card) -> str:
     if card.battery is not None:
         b = card.battery
         ok = sum(c.passed for c in b.checks)
-        out.append(("pass" if b.passed else "fail", f"battery {'PASSED' if b.passed else 'FAILED'} {ok}/{len(b.checks)}"))
+        out.append(
+            ("pass" if b.passed else "fail", f"battery {'PASSED' if b.passed else 'FAILED'} {ok}/{len(b.checks)}")
+        )
     spectral = card.headline[0][1]
     is_spectral = card.frames["transfer"].query("plugin == @card.plugin.name")["spectral"].astype(bool).all()
     out.append(("pass" if is_spectral else "warn", f"{'spectral' if is_spectral else 'not spectral'} ({spectral})"))
@@ -473,37 +592,53 @@ def render_html(card: Card) -> str:
         "<th>Polar Express</th></tr>",
     ]
     for row in card.headline:
-        parts.append("<tr><td>" + e(row[0]) + "</td>" + "".join(f"<td class='num'>{e(v)}</td>" for v in row[1:])
-                     + "</tr>")
-    parts.append("</table><p class='small'>Built-ins at the same K as your map; 64×128 float64 inputs unless "
-                 "stated; time on the machine below, in the same run.</p>")
-    parts.append("<h2>Accuracy against the condition number</h2><figure>"
-                 f"<img alt='accuracy against condition number' src='{_img(card.extra_figure)}'>"
-                 "<figcaption>Misalignment and relative error to the exact polar factor at the final K, on "
-                 "seeded 64×128 matrices with geometric spectra.</figcaption></figure>")
+        parts.append(
+            "<tr><td>" + e(row[0]) + "</td>" + "".join(f"<td class='num'>{e(v)}</td>" for v in row[1:]) + "</tr>"
+        )
+    parts.append(
+        "</table><p class='small'>Built-ins at the same K as your map; 64×128 float64 inputs unless "
+        "stated; time on the machine below, in the same run.</p>"
+    )
+    parts.append(
+        "<h2>Accuracy against the condition number</h2><figure>"
+        f"<img alt='accuracy against condition number' src='{_img(card.extra_figure)}'>"
+        "<figcaption>Misalignment and relative error to the exact polar factor at the final K, on "
+        "seeded 64×128 matrices with geometric spectra.</figcaption></figure>"
+    )
     for name, (title, caption) in _CAPTIONS.items():
         if name in card.figures:
-            parts.append(f"<h2>{e(title)}</h2><figure><img alt='{e(name)}' "
-                         f"src='{_img(card.figures[name].read_bytes())}'><figcaption>{e(caption)} "
-                         f"<span class='small'>(experiment <code>{name}</code>)</span></figcaption></figure>")
+            parts.append(
+                f"<h2>{e(title)}</h2><figure><img alt='{e(name)}' "
+                f"src='{_img(card.figures[name].read_bytes())}'><figcaption>{e(caption)} "
+                f"<span class='small'>(experiment <code>{name}</code>)</span></figcaption></figure>"
+            )
     if card.battery is not None:
         b = card.battery
-        parts.append("<h2>Validation battery (<code>matfun.testing</code>)</h2><table><tr><th>check</th>"
-                     "<th>result</th><th>value</th><th>threshold</th><th>detail</th></tr>")
+        parts.append(
+            "<h2>Validation battery (<code>matfun.testing</code>)</h2><table><tr><th>check</th>"
+            "<th>result</th><th>value</th><th>threshold</th><th>detail</th></tr>"
+        )
         for name, res, val, thr, det in _battery_rows(b):
             cls = "pass" if res == "PASS" else "fail"
-            parts.append(f"<tr><td><code>{e(name)}</code></td><td class='{cls}'>{res}</td><td class='num'>{e(val)}"
-                         f"</td><td class='num'>{e(thr)}</td><td>{e(det)}</td></tr>")
-        parts.append(f"</table><p class='small'>torch float32 inputs, fp32 thresholds; "
-                     f"{'PASSED' if b.passed else 'FAILED'}: {sum(c.passed for c in b.checks)} of "
-                     f"{len(b.checks)} checks.</p>")
+            parts.append(
+                f"<tr><td><code>{e(name)}</code></td><td class='{cls}'>{res}</td><td class='num'>{e(val)}"
+                f"</td><td class='num'>{e(thr)}</td><td>{e(det)}</td></tr>"
+            )
+        parts.append(
+            f"</table><p class='small'>torch float32 inputs, fp32 thresholds; "
+            f"{'PASSED' if b.passed else 'FAILED'}: {sum(c.passed for c in b.checks)} of "
+            f"{len(b.checks)} checks.</p>"
+        )
     if p.notes:
-        parts.append("<h2>Notes on conversions</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in sorted(p.notes))
-                     + "</ul>")
+        parts.append(
+            "<h2>Notes on conversions</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in sorted(p.notes)) + "</ul>"
+        )
     env = ", ".join(f"{k} {v}" for k, v in card.environment.items())
     cmd = f"python -m diagnostics report {p.spec}{' --quick' if card.quick else ''}"
-    parts.append(f"<h2>Reproduce</h2><p><code>{e(cmd)}</code></p><p class='small'>{e(env)}. Made by matfun's "
-                 "diagnostics; the cell cache next to this file makes a rerun recompute only what changed.</p>")
+    parts.append(
+        f"<h2>Reproduce</h2><p><code>{e(cmd)}</code></p><p class='small'>{e(env)}. Made by matfun's "
+        "diagnostics; the cell cache next to this file makes a rerun recompute only what changed.</p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -534,18 +669,31 @@ def render_pdf(card: Card, path: Path) -> None:
             size = {"h1": 16, "h2": 12, "mono": 7, "p": 9.5, "small": 8}[kind]
             family = "DejaVu Sans Mono" if kind == "mono" else "DejaVu Sans"
             wrap = {"mono": 130, "h1": 70, "h2": 90}.get(kind, 105)
-            lines = [w for line in text.split("\n") for w in (textwrap.wrap(line, wrap) or [""])] \
-                if kind != "mono" else text.split("\n")
+            lines = (
+                [w for line in text.split("\n") for w in (textwrap.wrap(line, wrap) or [""])]
+                if kind != "mono"
+                else text.split("\n")
+            )
             for line in lines:
-                fig.text(0.06, y, line, fontsize=size, family=family, va="top",
-                         weight="bold" if kind in ("h1", "h2") else "normal")
+                fig.text(
+                    0.06,
+                    y,
+                    line,
+                    fontsize=size,
+                    family=family,
+                    va="top",
+                    weight="bold" if kind in ("h1", "h2") else "normal",
+                )
                 y -= size / 72 / height * 1.45
             y -= 0.012
         pdf.savefig(fig)
 
-    head = [("h1", f"Report card: {p.name}"), ("small", f"{p.identity} · {p.step_count_description} · arrays: {p.library}"),
-            ("h2", "Verdict")] + [("p", s) for s in card.verdict]
-    table = [("quantity", "your map", "Jordan", "Polar Express")] + card.headline
+    head = [
+        ("h1", f"Report card: {p.name}"),
+        ("small", f"{p.identity} · {p.step_count_description} · arrays: {p.library}"),
+        ("h2", "Verdict"),
+    ] + [("p", s) for s in card.verdict]
+    table = [("quantity", "your map", "Jordan", "Polar Express"), *card.headline]
     head += [("h2", "Headline numbers"), ("mono", _wrapped_table(table, (44, 24, 24, 24)))]
     if card.battery is not None:
         head += [("h2", "Validation battery (matfun.testing)"), ("mono", card.battery.table())]
@@ -553,12 +701,13 @@ def render_pdf(card: Card, path: Path) -> None:
         head += [("h2", "Notes on conversions")] + [("p", "• " + n) for n in sorted(p.notes)]
     head += [("small", ", ".join(f"{k} {v}" for k, v in card.environment.items()))]
     images = [("Accuracy against the condition number", card.extra_figure)] + [
-        (_CAPTIONS[n][0], card.figures[n].read_bytes()) for n in _CAPTIONS if n in card.figures]
+        (_CAPTIONS[n][0], card.figures[n].read_bytes()) for n in _CAPTIONS if n in card.figures
+    ]
     with PdfPages(path, metadata={"Title": f"Report card: {p.name}", "Creator": "matfun diagnostics"}) as pdf:
         text_page(pdf, head)
         for i in range(0, len(images), 2):
             fig = Figure(figsize=(width, height))
-            for j, (title, data) in enumerate(images[i:i + 2]):
+            for j, (title, data) in enumerate(images[i : i + 2]):
                 img = mpimg.imread(io.BytesIO(data), format="png")
                 ax = fig.add_axes([0.05, 0.52 - 0.48 * j, 0.9, 0.42])
                 ax.imshow(img)

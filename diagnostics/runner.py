@@ -41,7 +41,7 @@ from . import overrides as _overrides
 from . import plugins as _plugins
 from . import store
 
-__all__ = ["run", "run_module", "parse_seeds", "check_seeds"]
+__all__ = ["check_seeds", "parse_seeds", "run", "run_module"]
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -68,13 +68,14 @@ def check_seeds(seeds: Any) -> tuple[int, ...]:
         raise ValueError(f"seeds must be a non-negative integer or a sequence of them, got {seeds!r}") from None
     if not items or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in items):
         raise ValueError(f"seeds must be non-negative integers, got {seeds!r}")
-    if len(set(int(s) for s in items)) != len(items):
+    if len({int(s) for s in items}) != len(items):
         raise ValueError(f"seeds must be distinct (each seed runs the whole sweep once), got {seeds!r}")
     return tuple(int(s) for s in items)
 
 
-def _discard_plugin_cells(module: Any, config: Any, name: str, seeds: Sequence[int], device: str,
-                          results_dir: Path) -> None:
+def _discard_plugin_cells(
+    module: Any, config: Any, name: str, seeds: Sequence[int], device: str, results_dir: Path
+) -> None:
     """Remove every cached cell of plug-in ``name`` for this config, seeds and device."""
     cells_dir = Path(results_dir) / module.NAME / "cells"
     for cell in module.cells(config):
@@ -117,8 +118,15 @@ def run_module(
         from .parallel import ship_plugins
 
         ship_plugins(plugins)
-    kw = dict(results_dir=results_dir, device=device, force=force, replot=replot, progress=progress, jobs=jobs,
-              scheduler=scheduler)
+    kw = {
+        "results_dir": results_dir,
+        "device": device,
+        "force": force,
+        "replot": replot,
+        "progress": progress,
+        "jobs": jobs,
+        "scheduler": scheduler,
+    }
     start = time.perf_counter()
     with _plugins.active(plugins):
         try:
@@ -141,8 +149,14 @@ def run_module(
             for stem in plot_seeds(module, [r.frame for r in results], config, fig_dir, seeds):
                 figures += [stem.with_name(stem.name + ext) for ext in (".pdf", ".png")]
     return dataclasses.replace(
-        results[0], frame=frame, computed=sum(r.computed for r in results), cached=sum(r.cached for r in results),
-        corrupt=sum(r.corrupt for r in results), results_path=results_path, figures=figures, figures_dir=fig_dir,
+        results[0],
+        frame=frame,
+        computed=sum(r.computed for r in results),
+        cached=sum(r.cached for r in results),
+        corrupt=sum(r.corrupt for r in results),
+        results_path=results_path,
+        figures=figures,
+        figures_dir=fig_dir,
         seconds=time.perf_counter() - start,
     )
 
@@ -151,7 +165,7 @@ def run(
     names: str | Sequence[str],
     *,
     maps: Mapping[str, Any] | None = None,
-    set: Mapping[str, Any] | None = None,  # noqa: A002 - mirrors --set
+    set: Mapping[str, Any] | None = None,
     seeds: Sequence[int] | int = 0,
     quick: bool = False,
     results_dir: str | os.PathLike | None = None,
@@ -215,9 +229,21 @@ def run(
     results_root = Path(results_dir) if results_dir is not None else Path("results") / suffix
     figures_root = Path(figures_dir) if figures_dir is not None else Path("figures") / suffix
     out = [
-        run_module(m, plugins=plugins, overrides=per[m.NAME], seeds=seed_list, quick=quick, results_dir=results_root,
-                   figures_dir=figures_root, device=device, force=force, replot=replot, progress=progress,
-                   jobs=jobs, scheduler=scheduler)
+        run_module(
+            m,
+            plugins=plugins,
+            overrides=per[m.NAME],
+            seeds=seed_list,
+            quick=quick,
+            results_dir=results_root,
+            figures_dir=figures_root,
+            device=device,
+            force=force,
+            replot=replot,
+            progress=progress,
+            jobs=jobs,
+            scheduler=scheduler,
+        )
         for m in modules
     ]
     return out[0] if single else out

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D
 
 from . import plotting
 
-__all__ = ["plot_seeds", "merge_figures"]
+__all__ = ["merge_figures", "plot_seeds"]
 
 
 def _lines(ax: Any) -> list[Line2D]:
@@ -66,17 +66,28 @@ def _merge_line(ax: Any, line: Line2D, others: Sequence[Line2D]) -> bool:
     color = line.get_color()
     drawn_line = line.get_linestyle() not in ("None", "none", "", " ")
     if drawn_line and same_x and line.get_transform() == ax.transData:
-        ax.fill_between(x_mean, y_lo, y_hi, color=color, alpha=0.18, linewidth=0, zorder=max(line.get_zorder() - 0.5, 0))
+        ax.fill_between(
+            x_mean, y_lo, y_hi, color=color, alpha=0.18, linewidth=0, zorder=max(line.get_zorder() - 0.5, 0)
+        )
     elif line.get_transform() == ax.transData:
         xerr = None if same_x else np.vstack([x_mean - x_lo, x_hi - x_mean])
-        ax.errorbar(x_mean, y_mean, yerr=np.vstack([y_mean - y_lo, y_hi - y_mean]), xerr=xerr, fmt="none",
-                    ecolor=color, elinewidth=0.7, capsize=1.5, zorder=line.get_zorder())
+        ax.errorbar(
+            x_mean,
+            y_mean,
+            yerr=np.vstack([y_mean - y_lo, y_hi - y_mean]),
+            xerr=xerr,
+            fmt="none",
+            ecolor=color,
+            elinewidth=0.7,
+            capsize=1.5,
+            zorder=line.get_zorder(),
+        )
     return True
 
 
 def _merge_bars(ax: Any, bars: BarContainer, others: Sequence[BarContainer]) -> bool:
     horizontal = getattr(bars, "orientation", "vertical") == "horizontal"
-    size = (lambda p: p.get_width()) if horizontal else (lambda p: p.get_height())  # noqa: E731
+    size = (lambda p: p.get_width()) if horizontal else (lambda p: p.get_height())
     values = _arrays([[size(p) for p in bars], *([size(p) for p in o] for o in others)])
     if values is None:
         return False
@@ -106,8 +117,11 @@ def merge_figures(figures: Sequence[Any], seeds: Sequence[int]) -> Any:
         other_axes = [f.axes[i] for f in others if len(f.axes) == len(base.axes)]
         lines, other_lines = _lines(ax), [_lines(a) for a in other_axes]
         bars, other_bars = _bars(ax), [_bars(a) for a in other_axes]
-        if len(other_axes) != len(others) or any(len(o) != len(lines) for o in other_lines) or \
-                any(len(o) != len(bars) for o in other_bars):
+        if (
+            len(other_axes) != len(others)
+            or any(len(o) != len(lines) for o in other_lines)
+            or any(len(o) != len(bars) for o in other_bars)
+        ):
             if lines or bars:
                 skipped.append(f"({'abcdefghijklmnop'[i % 16]})")
             continue
@@ -115,8 +129,10 @@ def merge_figures(figures: Sequence[Any], seeds: Sequence[int]) -> Any:
             _merge_line(ax, line, [o[j] for o in other_lines])
         for j, bar in enumerate(bars):
             _merge_bars(ax, bar, [o[j] for o in other_bars])
-    note = (f"mean of {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}); band / error bars: min–max "
-            f"over seeds; printed values: seed {seeds[0]}")
+    note = (
+        f"mean of {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}); band / error bars: min–max "
+        f"over seeds; printed values: seed {seeds[0]}"
+    )
     if skipped:
         note += f"; panel(s) {' '.join(skipped)}: seed {seeds[0]} only (curves differ between seeds)"
     _add_footer(base, note)
@@ -144,7 +160,9 @@ def _add_footer(fig: Any, note: str) -> None:
     fig.text(0.995, share * 0.45, note, ha="right", va="center", fontsize=5.5, color="0.35")
 
 
-def plot_seeds(module: Any, frames: Sequence[pd.DataFrame], config: Any, out_dir: Path, seeds: Sequence[int]) -> list[Path]:
+def plot_seeds(
+    module: Any, frames: Sequence[pd.DataFrame], config: Any, out_dir: Path, seeds: Sequence[int]
+) -> list[Path]:
     """Draw ``module``'s figures for the per-seed ``frames`` as mean and spread; returns the stems written."""
     per_seed = []
     for frame in frames:

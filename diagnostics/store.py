@@ -75,18 +75,18 @@ import pandas as pd
 
 __all__ = [
     "STORE_FORMAT",
-    "StoreError",
     "CacheMissingError",
     "CorruptCacheWarning",
     "RunResult",
-    "cell_key",
+    "StoreError",
+    "atomic_write_bytes",
     "cell_hash",
+    "cell_key",
     "cell_seed",
     "config_for",
-    "version_columns",
-    "run_experiment",
     "load_results",
-    "atomic_write_bytes",
+    "run_experiment",
+    "version_columns",
 ]
 
 #: Bump when the on-disk format or the key changes: old caches are then ignored.
@@ -124,11 +124,7 @@ class RunResult:
         """One line: cells computed/cached, where results and figures went."""
         n = self.computed + self.cached
         bad = f", {self.corrupt} corrupt cache file(s) recomputed" if self.corrupt else ""
-        figs = (
-            f"{len(self.figures)} figure file(s) in {self.figures_dir}"
-            if self.figures
-            else "no figures"
-        )
+        figs = f"{len(self.figures)} figure file(s) in {self.figures_dir}" if self.figures else "no figures"
         tables = sorted(Path(self.figures_dir).glob("*.md")) if self.figures and self.figures_dir else []
         tables_note = f"; table(s) {', '.join(str(t) for t in tables)}" if tables else ""
         return (
@@ -401,7 +397,7 @@ def _store_cell(cells_dir: Path, key: Mapping[str, Any], digest: str, frame: pd.
     meta = {
         "format": STORE_FORMAT,
         "key": key,
-        "rows": int(len(stored)),
+        "rows": len(stored),
         "columns": [str(c) for c in stored.columns],
         "sha256": hashlib.sha256(data).hexdigest(),
     }
@@ -547,8 +543,9 @@ def run_experiment(
                 if not isinstance(raw, pd.DataFrame):
                     raise StoreError(f"{name}: run_cell must return a pandas DataFrame, got {type(raw).__name__}")
                 annotated = _annotate(raw, config, cell, extra)
-                frames.append(_as_stored(annotated) if digest in uncached else
-                              _store_cell(cells_dir, key, digest, annotated))
+                frames.append(
+                    _as_stored(annotated) if digest in uncached else _store_cell(cells_dir, key, digest, annotated)
+                )
                 computed += 1
         finally:
             bar.close()
@@ -556,8 +553,16 @@ def run_experiment(
             from .parallel import compute_cells
 
             done = compute_cells(
-                module, config, [t[1:] for t in todo], cells_dir, extra, device, int(seed),
-                jobs=jobs if scheduler is None else None, scheduler=scheduler, progress=not bar.disable,
+                module,
+                config,
+                [t[1:] for t in todo],
+                cells_dir,
+                extra,
+                device,
+                int(seed),
+                jobs=jobs if scheduler is None else None,
+                scheduler=scheduler,
+                progress=not bar.disable,
                 uncached=uncached,
             )
             for (position, *_), frame in zip(todo, done):

@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,13 +51,13 @@ from tqdm.auto import tqdm
 from diagnostics.matrices import to_backend
 
 __all__ = [
+    "STREAM_KINDS",
     "GradientSample",
     "GradientStream",
-    "teacher_student_stream",
-    "mlp_stream",
-    "transformer_stream",
     "gradient_stream",
-    "STREAM_KINDS",
+    "mlp_stream",
+    "teacher_student_stream",
+    "transformer_stream",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -139,10 +140,7 @@ class GradientStream:
         """The unique sample of parameter ``name`` at ``step``; KeyError if not recorded."""
         found = self.select(name=name, step=step)
         if not found:
-            raise KeyError(
-                f"no sample for name={name!r}, step={step}; names {self.names}, "
-                f"steps {self.record_steps}"
-            )
+            raise KeyError(f"no sample for name={name!r}, step={step}; names {self.names}, steps {self.record_steps}")
         return found[0]
 
 
@@ -187,9 +185,7 @@ def _check_record_steps(record_steps: Iterable[int] | None, steps: int) -> tuple
     for step in record_steps:
         step = _check_int(step, "every record step", minimum=0)
         if step >= steps:
-            raise ValueError(
-                f"record step {step} is beyond the run: steps are 0..{steps - 1} (steps={steps})"
-            )
+            raise ValueError(f"record step {step} is beyond the run: steps are 0..{steps - 1} (steps={steps})")
         checked.append(step)
     return tuple(sorted(set(checked)))
 
@@ -206,16 +202,12 @@ def _resolve_record_names(
         raise ValueError("record must name at least one weight matrix")
     unknown = [name for name in names if name not in matrices]
     if unknown:
-        raise ValueError(
-            f"cannot record {unknown}: the model's weight matrices are {sorted(matrices)}"
-        )
+        raise ValueError(f"cannot record {unknown}: the model's weight matrices are {sorted(matrices)}")
     order = list(matrices)
     return {name: matrices[name] for name in sorted(set(names), key=order.index)}
 
 
-def _make_optimizer(
-    name: str, parameters: Iterable[nn.Parameter], lr: float
-) -> torch.optim.Optimizer:
+def _make_optimizer(name: str, parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     if name == "sgd":
@@ -223,9 +215,7 @@ def _make_optimizer(
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def _power_law_inputs(
-    batch: int, dim: int, power: float, generator: torch.Generator
-) -> torch.Tensor:
+def _power_law_inputs(batch: int, dim: int, power: float, generator: torch.Generator) -> torch.Tensor:
     """Gaussian inputs with diagonal covariance, eigenvalues λ_i = i^(-power), i = 1..dim."""
     scale = torch.arange(1, dim + 1, dtype=torch.float32) ** (-power / 2)
     return torch.randn(batch, dim, generator=generator) * scale
@@ -252,9 +242,7 @@ class _RunSettings:
 
 def _export(tensor: torch.Tensor, settings: _RunSettings) -> Any:
     snapshot = tensor.detach().cpu().numpy().copy()  # own memory: M and V change in place
-    return to_backend(
-        snapshot, backend=settings.backend, dtype=settings.dtype, device=settings.device
-    )
+    return to_backend(snapshot, backend=settings.backend, dtype=settings.dtype, device=settings.device)
 
 
 def _train_and_record(
@@ -267,9 +255,7 @@ def _train_and_record(
 ) -> GradientStream:
     optimizer = _make_optimizer(settings.optimizer, model.parameters(), settings.lr)
     momentum = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in recorded.items()}
-    second_moment = {
-        name: torch.zeros_like(p, dtype=torch.float64) for name, p in recorded.items()
-    }
+    second_moment = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in recorded.items()}
     record_set = set(settings.record_steps)
     losses = np.empty(settings.steps, dtype=np.float64)
     samples: list[GradientSample] = []
@@ -280,9 +266,7 @@ def _train_and_record(
         for name, parameter in recorded.items():
             gradient = parameter.grad.detach().to(torch.float64, copy=True)
             momentum[name].mul_(settings.beta1).add_(gradient)
-            second_moment[name].mul_(settings.beta2).addcmul_(
-                gradient, gradient, value=1.0 - settings.beta2
-            )
+            second_moment[name].mul_(settings.beta2).addcmul_(gradient, gradient, value=1.0 - settings.beta2)
             if step in record_set:
                 samples.append(
                     GradientSample(
@@ -400,9 +384,7 @@ def teacher_student_stream(
     GradientStream
         Samples named ``"weight"``.
     """
-    settings = _settings(
-        steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device
-    )
+    settings = _settings(steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device)
     d_in = _check_int(d_in, "d_in", minimum=1)
     d_out = _check_int(d_out, "d_out", minimum=1)
     batch = _check_int(batch, "batch", minimum=1)
@@ -422,10 +404,17 @@ def teacher_student_stream(
         targets = inputs @ teacher.T + noise * torch.randn(batch, d_out, generator=generator)
         return F.mse_loss(student(inputs), targets)
 
-    config = dict(
-        steps=settings.steps, d_in=d_in, d_out=d_out, batch=batch, input_power=input_power,
-        noise=noise, optimizer=optimizer, lr=lr, seed=seed,
-    )
+    config = {
+        "steps": settings.steps,
+        "d_in": d_in,
+        "d_out": d_out,
+        "batch": batch,
+        "input_power": input_power,
+        "noise": noise,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+    }
     recorded = {"weight": student.weight}
     return _train_and_record("teacher_student", student, compute_loss, recorded, settings, config)
 
@@ -435,7 +424,7 @@ def _build_mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
     if activation not in activations:
         raise ValueError(f"activation must be one of {tuple(activations)}, got {activation!r}")
     layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes), start=1):
         layers[f"fc{index}"] = nn.Linear(fan_in, fan_out)
         if index < len(sizes) - 1:
             layers[f"act{index}"] = activations[activation]()
@@ -493,16 +482,12 @@ def mlp_stream(
     -------
     GradientStream
     """
-    settings = _settings(
-        steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device
-    )
+    settings = _settings(steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device)
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
         raise ValueError(f"sizes must be a sequence of at least two layer widths, got {sizes!r}")
     sizes = tuple(_check_int(s, "every layer size", minimum=1) for s in sizes)
     if sizes[-1] < 2:
-        raise ValueError(
-            f"the last size is the number of classes and must be >= 2, got {sizes[-1]}"
-        )
+        raise ValueError(f"the last size is the number of classes and must be >= 2, got {sizes[-1]}")
     batch = _check_int(batch, "batch", minimum=1)
     input_power = _check_positive(input_power, "input_power", allow_zero=True)
     teacher_width = _check_int(teacher_width, "teacher_width", minimum=1)
@@ -511,9 +496,7 @@ def mlp_stream(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = _build_mlp(sizes, activation)
-    recorded = _resolve_record_names(
-        student, record, default=[f"fc{i}.weight" for i in range(1, len(sizes))]
-    )
+    recorded = _resolve_record_names(student, record, default=[f"fc{i}.weight" for i in range(1, len(sizes))])
     generator = torch.Generator().manual_seed(seed)
     input_variance = float(np.sum(np.arange(1, sizes[0] + 1, dtype=np.float64) ** -input_power))
     teacher_in = torch.randn(sizes[0], teacher_width, generator=generator) / input_variance**0.5
@@ -524,11 +507,17 @@ def mlp_stream(
         labels = (torch.tanh(inputs @ teacher_in) @ teacher_out).argmax(dim=1)
         return F.cross_entropy(student(inputs), labels)
 
-    config = dict(
-        steps=settings.steps, sizes=sizes, batch=batch, input_power=input_power,
-        teacher_width=teacher_width, activation=activation, optimizer=optimizer, lr=lr,
-        seed=seed,
-    )
+    config = {
+        "steps": settings.steps,
+        "sizes": sizes,
+        "batch": batch,
+        "input_power": input_power,
+        "teacher_width": teacher_width,
+        "activation": activation,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+    }
     return _train_and_record("mlp", student, compute_loss, recorded, settings, config)
 
 
@@ -596,9 +585,7 @@ def transformer_stream(
     -------
     GradientStream
     """
-    settings = _settings(
-        steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device
-    )
+    settings = _settings(steps, record_steps, beta1, beta2, optimizer, lr, progress, backend, dtype, device)
     d_model = _check_int(d_model, "d_model", minimum=1)
     heads = _check_int(heads, "heads", minimum=1)
     if d_model % heads:
@@ -620,10 +607,18 @@ def transformer_stream(
         logits = model(tokens)
         return F.cross_entropy(logits.reshape(-1, vocab), tokens.flip(1).reshape(-1))
 
-    config = dict(
-        steps=settings.steps, d_model=d_model, heads=heads, feedforward=feedforward, vocab=vocab,
-        seq_len=seq_len, batch=batch, optimizer=optimizer, lr=lr, seed=seed,
-    )
+    config = {
+        "steps": settings.steps,
+        "d_model": d_model,
+        "heads": heads,
+        "feedforward": feedforward,
+        "vocab": vocab,
+        "seq_len": seq_len,
+        "batch": batch,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+    }
     return _train_and_record("transformer", model, compute_loss, recorded, settings, config)
 
 

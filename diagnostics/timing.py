@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "Timing",
     "ScalingFit",
-    "time_callable",
-    "gemm_roofline",
-    "gemm_flops",
+    "Timing",
     "achieved_gflops",
-    "scaling_exponent",
+    "gemm_flops",
+    "gemm_roofline",
     "pick_clock",
+    "scaling_exponent",
+    "time_callable",
 ]
 
 SYNC_MODES = (None, "cuda", "none")
@@ -235,9 +235,7 @@ def time_callable(
     if min_time > 0:
         single_call = _timed_batch(fn, args, kwargs, 1, synchronise)
         number = max(1, math.ceil(min_time / max(single_call, 1e-9)))
-    samples = tuple(
-        _timed_batch(fn, args, kwargs, number, synchronise) / number for _ in range(repeats)
-    )
+    samples = tuple(_timed_batch(fn, args, kwargs, number, synchronise) / number for _ in range(repeats))
     quartile_25, median, quartile_75 = np.percentile(samples, [25, 50, 75])
     return Timing(
         median=float(median),
@@ -347,9 +345,7 @@ def gemm_roofline(
         n = 4096 if "cuda" in str(device) else 1024
     n = _check_int(n, "n", minimum=1)
     left, right = _gemm_operands(n, dtype, device, backend, seed)
-    timing = time_callable(
-        lambda: left @ right, warmup=warmup, repeats=repeats, sync=_gemm_sync(left)
-    )
+    timing = time_callable(lambda: left @ right, warmup=warmup, repeats=repeats, sync=_gemm_sync(left))
     return achieved_gflops(gemm_flops(n), timing.median)
 
 
@@ -391,9 +387,7 @@ def scaling_exponent(ns: Sequence[float], times: Sequence[float]) -> ScalingFit:
     if sizes.ndim != 1 or durations.ndim != 1:
         raise ValueError("ns and times must be one-dimensional sequences")
     if sizes.shape != durations.shape:
-        raise ValueError(
-            f"ns and times must have equal length, got {sizes.size} and {durations.size}"
-        )
+        raise ValueError(f"ns and times must have equal length, got {sizes.size} and {durations.size}")
     if sizes.size < 2:
         raise ValueError(f"need at least two points to fit a slope, got {sizes.size}")
     if not (np.all(np.isfinite(sizes)) and np.all(sizes > 0)):

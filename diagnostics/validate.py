@@ -50,9 +50,21 @@ python -m diagnostics validate mypkg.ns:newton_schulz5 --shapes 768x3072 3072x76
 #: target finishes in seconds; 600 leaves room for torch.compile'd targets that
 #: recompile per shape, yet fails a hung CI job in minutes, not hours.
 DEFAULT_TIMEOUT = 600.0
-CHECKS = ("shape", "dtype", "device", "input_unchanged", "zero", "finite", "scale_invariance",
-          "orthogonal_equivariance", "transpose_equivariance", "alignment", "direction_gain", "output_spectrum",
-          "schedule_agreement")
+CHECKS = (
+    "shape",
+    "dtype",
+    "device",
+    "input_unchanged",
+    "zero",
+    "finite",
+    "scale_invariance",
+    "orthogonal_equivariance",
+    "transpose_equivariance",
+    "alignment",
+    "direction_gain",
+    "output_spectrum",
+    "schedule_agreement",
+)
 
 
 def _nonneg_int(value: str) -> int:
@@ -112,38 +124,85 @@ def _band(value: str) -> tuple[float, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``validate`` arguments to ``parser`` (used by :mod:`diagnostics.cli`)."""
     parser.add_argument(
-        "target", metavar="MODULE:FUNCTION",
+        "target",
+        metavar="MODULE:FUNCTION",
         help="the orthogonaliser to check, e.g. mypkg.optim:newton_schulz (matrix -> matrix)",
     )
     parser.add_argument(
-        "--tolerance-profile", choices=("fp32", "bf16"), default=None, dest="profile",
+        "--tolerance-profile",
+        choices=("fp32", "bf16"),
+        default=None,
+        dest="profile",
         help="thresholds for code that COMPUTES in fp32 (default) or bf16; inputs stay --dtype (float32 "
         "unless you say otherwise); under bf16 the schedule reference runs in bf16 too",
     )
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, dest="profile_deprecated",
-                        help="deprecated alias of --tolerance-profile")
-    parser.add_argument("--schedule", default=None, metavar="NAME",
-                        help="also check agreement with this schedule of matfun.SCHEDULES (cubic, jordan, "
-                        "you, polar_express)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        dest="profile_deprecated",
+        help="deprecated alias of --tolerance-profile",
+    )
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        metavar="NAME",
+        help="also check agreement with this schedule of matfun.SCHEDULES (cubic, jordan, you, polar_express)",
+    )
     parser.add_argument("--steps", type=_nonneg_int, default=5, help="steps of the schedule reference (default 5)")
-    parser.add_argument("--backend", choices=("torch", "numpy"), default="torch",
-                        help="the function receives torch tensors (default) or numpy arrays")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "numpy"),
+        default="torch",
+        help="the function receives torch tensors (default) or numpy arrays",
+    )
     parser.add_argument("--dtype", default="float32", help="input dtype: float32 (default), float64, bfloat16")
     parser.add_argument("--device", default="cpu", help="torch device of the inputs (default cpu)")
-    parser.add_argument("--seed", type=_nonneg_int, default=None,
-                        help="seed of the drawn shapes and test matrices (default: drawn afresh and printed in the "
-                        "table's header; pass it to reproduce a run)")
-    parser.add_argument("--shapes", type=_shape, nargs="+", default=None, metavar="HxW",
-                        help="your own layer shapes (e.g. 768x3072 3072x768), checked in addition to three drawn ones")
-    parser.add_argument("--gain-band", type=_band, default=None, metavar="LO,HI",
-                        help="band of every singular-direction gain (default: the --schedule's, else 0.5,1.5)")
-    parser.add_argument("--tile", type=_tile, default=None, metavar="T|THxTW",
-                        help="the function is a tiled map (HiMuon) with this tile: tile-wise references")
-    parser.add_argument("--skip", nargs="+", choices=CHECKS, default=(), metavar="CHECK",
-                        help=f"leave out these checks ({', '.join(CHECKS)})")
+    parser.add_argument(
+        "--seed",
+        type=_nonneg_int,
+        default=None,
+        help="seed of the drawn shapes and test matrices (default: drawn afresh and printed in the "
+        "table's header; pass it to reproduce a run)",
+    )
+    parser.add_argument(
+        "--shapes",
+        type=_shape,
+        nargs="+",
+        default=None,
+        metavar="HxW",
+        help="your own layer shapes (e.g. 768x3072 3072x768), checked in addition to three drawn ones",
+    )
+    parser.add_argument(
+        "--gain-band",
+        type=_band,
+        default=None,
+        metavar="LO,HI",
+        help="band of every singular-direction gain (default: the --schedule's, else 0.5,1.5)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=_tile,
+        default=None,
+        metavar="T|THxTW",
+        help="the function is a tiled map (HiMuon) with this tile: tile-wise references",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        choices=CHECKS,
+        default=(),
+        metavar="CHECK",
+        help=f"leave out these checks ({', '.join(CHECKS)})",
+    )
     parser.add_argument("--min-alignment", type=float, default=None, help="override the alignment threshold")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"fail (exit 2) when the validation takes longer (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"fail (exit 2) when the validation takes longer (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def _error(message: str) -> int:
@@ -159,8 +218,11 @@ def run(args: argparse.Namespace) -> int:
 
     profile = args.profile or args.profile_deprecated or "fp32"
     if args.profile_deprecated is not None:
-        print(f"{PROG}: warning: --precision is deprecated, use --tolerance-profile (it picks thresholds "
-              "and the reference's precision; inputs stay --dtype)", file=sys.stderr)
+        print(
+            f"{PROG}: warning: --precision is deprecated, use --tolerance-profile (it picks thresholds "
+            "and the reference's precision; inputs stay --dtype)",
+            file=sys.stderr,
+        )
     device = str(args.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         return _error(f"--device {device} requested but CUDA is not available")
@@ -173,9 +235,19 @@ def run(args: argparse.Namespace) -> int:
         sys.path.insert(0, cwd)  # the child process inherits sys.path
     try:
         report = testing.check_orthogonalizer(
-            args.target, backend=args.backend, dtype=args.dtype, device=device, precision_profile=profile,
-            schedule=args.schedule, steps=args.steps, seed=args.seed, min_alignment=args.min_alignment,
-            tile=args.tile, skip=tuple(args.skip), timeout=args.timeout, shapes=args.shapes,
+            args.target,
+            backend=args.backend,
+            dtype=args.dtype,
+            device=device,
+            precision_profile=profile,
+            schedule=args.schedule,
+            steps=args.steps,
+            seed=args.seed,
+            min_alignment=args.min_alignment,
+            tile=args.tile,
+            skip=tuple(args.skip),
+            timeout=args.timeout,
+            shapes=args.shapes,
             gain_band=args.gain_band,
         )
     except testing.BatteryTimeout as exc:

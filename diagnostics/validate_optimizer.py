@@ -37,33 +37,85 @@ python -m diagnostics validate-optimizer mypkg.optim:make_himuon --tile 128
 python -m diagnostics validate-optimizer mypkg.optim:make_muon --reference mypkg.ref:torch_muon --compute-precision bfloat16
 """
 RULES = ("original", "match_rms_adamw", "spectral_norm", "none")
-CHECKS = ("shapes", "orthogonalised", "momentum", "step_scale", "weight_decay", "gradient_unchanged", "grad_none",
-          "nonfinite_gradient", "deterministic", "checkpoint_resume", "tensor_lr", "bfloat16",
-          "reference_params", "reference_scale", "reference_direction", "reference_weight_decay",
-          "reference_momentum", "reference_state")
+CHECKS = (
+    "shapes",
+    "orthogonalised",
+    "momentum",
+    "step_scale",
+    "weight_decay",
+    "gradient_unchanged",
+    "grad_none",
+    "nonfinite_gradient",
+    "deterministic",
+    "checkpoint_resume",
+    "tensor_lr",
+    "bfloat16",
+    "reference_params",
+    "reference_scale",
+    "reference_direction",
+    "reference_weight_decay",
+    "reference_momentum",
+    "reference_state",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``validate-optimizer`` arguments to ``parser`` (used by :mod:`diagnostics.cli`)."""
-    parser.add_argument("target", metavar="MODULE:FACTORY",
-                        help="factory(params) -> torch.optim.Optimizer, e.g. mypkg.optim:make_muon")
-    parser.add_argument("--reference", metavar="MODULE:FACTORY", default=None,
-                        help="another optimizer factory to compare with (same probes and gradient stream)")
-    parser.add_argument("--lr-rule", choices=RULES, default=None,
-                        help="the declared learning-rate rule (default: identify it among these)")
-    parser.add_argument("--tile", type=_tile, default=None, metavar="T|THxTW",
-                        help="the optimizer orthogonalises each tile separately (HiMuon)")
-    parser.add_argument("--preconditioned", action="store_true",
-                        help="the map's input is preconditioned (Muon^2): judge the update's singular values only")
+    parser.add_argument(
+        "target", metavar="MODULE:FACTORY", help="factory(params) -> torch.optim.Optimizer, e.g. mypkg.optim:make_muon"
+    )
+    parser.add_argument(
+        "--reference",
+        metavar="MODULE:FACTORY",
+        default=None,
+        help="another optimizer factory to compare with (same probes and gradient stream)",
+    )
+    parser.add_argument(
+        "--lr-rule",
+        choices=RULES,
+        default=None,
+        help="the declared learning-rate rule (default: identify it among these)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=_tile,
+        default=None,
+        metavar="T|THxTW",
+        help="the optimizer orthogonalises each tile separately (HiMuon)",
+    )
+    parser.add_argument(
+        "--preconditioned",
+        action="store_true",
+        help="the map's input is preconditioned (Muon^2): judge the update's singular values only",
+    )
     parser.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16 check")
-    parser.add_argument("--compute-precision", choices=("float32", "bfloat16"), default="float32",
-                        help="precision the optimizers compute in: the --reference tolerance (default float32)")
-    parser.add_argument("--seed", type=_nonneg_int, default=None,
-                        help="seed of the probes (default: drawn afresh and printed in the table's header)")
-    parser.add_argument("--skip", nargs="+", choices=CHECKS, default=(), metavar="CHECK",
-                        help=f"leave out these checks ({', '.join(CHECKS)})")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"fail (exit 2) when the battery takes longer (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--compute-precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="precision the optimizers compute in: the --reference tolerance (default float32)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_nonneg_int,
+        default=None,
+        help="seed of the probes (default: drawn afresh and printed in the table's header)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        choices=CHECKS,
+        default=(),
+        metavar="CHECK",
+        help=f"leave out these checks ({', '.join(CHECKS)})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"fail (exit 2) when the battery takes longer (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,9 +126,16 @@ def run(args: argparse.Namespace) -> int:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # the child process inherits sys.path
-    options = dict(reference=args.reference, lr_rule=args.lr_rule, tile=args.tile, preconditioned=args.preconditioned,
-                   dtypes=("float32",) if args.no_bf16 else ("float32", "bfloat16"),
-                   compute_precision=args.compute_precision, seed=args.seed, skip=tuple(args.skip))
+    options = {
+        "reference": args.reference,
+        "lr_rule": args.lr_rule,
+        "tile": args.tile,
+        "preconditioned": args.preconditioned,
+        "dtypes": ("float32",) if args.no_bf16 else ("float32", "bfloat16"),
+        "compute_precision": args.compute_precision,
+        "seed": args.seed,
+        "skip": tuple(args.skip),
+    }
     try:
         report = check_optimizer_isolated(args.target, timeout=args.timeout, **options)
     except testing.BatteryTimeout as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-sys.path.insert(0, str(ROOT))           # autodoc imports this checkout, not another install
+sys.path.insert(0, str(ROOT))  # autodoc imports this checkout, not another install
 sys.path.insert(0, str(DOCS / "_ext"))
 
 import matfun  # noqa: E402
@@ -38,7 +38,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "numpydoc",
     "myst_parser",
-    "cli_help",            # docs/_ext/cli_help.py: the diagnostics commands' --help text
+    "cli_help",  # docs/_ext/cli_help.py: the diagnostics commands' --help text
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -48,17 +48,17 @@ templates_path = ["_templates"]
 
 # ---------------------------------------------------------------- autodoc / numpydoc
 autodoc_member_order = "bysource"
-autosummary_generate = True           # one page per public name: docs/api/generated/ (not tracked)
+autosummary_generate = True  # one page per public name: docs/api/generated/ (not tracked)
 autosummary_imported_members = True
-autodoc_typehints = "none"            # the numpydoc "Parameters" sections say the types
+autodoc_typehints = "none"  # the numpydoc "Parameters" sections say the types
 autodoc_default_options = {"show-inheritance": True}
-numpydoc_show_class_members = False   # members are listed by autodoc, not by autosummary tables
+numpydoc_show_class_members = False  # members are listed by autodoc, not by autosummary tables
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 
 # ---------------------------------------------------------------- MyST
 myst_enable_extensions = ["colon_fence", "dollarmath"]
-myst_heading_anchors = 3              # GitHub-style anchors, as the READMEs link them
+myst_heading_anchors = 3  # GitHub-style anchors, as the READMEs link them
 
 # ---------------------------------------------------------------- intersphinx (only when reachable)
 _INVENTORIES = {
@@ -71,7 +71,7 @@ _INVENTORIES = {
 def _reachable(url: str, timeout: float = 2.0) -> bool:
     try:
         request = urllib.request.Request(url + "objects.inv", method="HEAD")
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (fixed https URLs)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status < 400
     except Exception:  # noqa: BLE001 - offline, DNS failure, proxy, timeout: build without it
         return False
@@ -105,7 +105,7 @@ html_css_files = ["matfun.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],   # not on the one-object API pages (their template)
+    "secondary_sidebar_items": ["page-toc"],  # not on the one-object API pages (their template)
     "header_links_before_dropdown": 3,
     "footer_start": ["copyright"],
     "footer_end": [],
@@ -128,7 +128,7 @@ _LINKS = [
 _GALLERY_LINK = re.compile(r"(?<!!)\[([^\]]*)\]\(gallery/([^)]*)\)")
 
 
-def _rewrite_links(app, relative_path, parent_docname, content):  # noqa: ANN001
+def _rewrite_links(app, relative_path, parent_docname, content):
     path = Path(relative_path).as_posix()
     text = content[0]
     if path.endswith("figures/README.md"):
@@ -141,6 +141,6 @@ def _rewrite_links(app, relative_path, parent_docname, content):  # noqa: ANN001
     content[0] = text
 
 
-def setup(app):  # noqa: ANN001
+def setup(app):
     app.connect("include-read", _rewrite_links)
     return {"parallel_read_safe": True}

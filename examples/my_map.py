@@ -58,5 +58,5 @@ def torch_ns5(G: torch.Tensor) -> torch.Tensor:
 
 
 torch_ns5.array_library = "torch"  # receive torch tensors, not numpy arrays
-torch_ns5.batched = True           # accepts (..., H, W): no per-matrix loop needed
-torch_ns5.steps = 5                # its own K: one point at K = 5 in the per-step figures
+torch_ns5.batched = True  # accepts (..., H, W): no per-matrix loop needed
+torch_ns5.steps = 5  # its own K: one point at K = 5 in the per-step figures

@@ -18,8 +18,10 @@ LEGACY_SHAPES = {(32, 32), (32, 48), (48, 32)}  # the battery's fixed shapes up 
 
 def _zero_safe(fn):
     """``f(0) = 0`` exactly, as the battery's ``zero`` check wants: each map fails for its own flaw only."""
+
     def wrapped(G):
         return torch.zeros_like(G) if not torch.any(G) else fn(G)
+
     wrapped.__name__ = wrapped.__qualname__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     return wrapped
@@ -81,7 +83,7 @@ def one_step_jordan(G):
 @_zero_safe
 def naive_svd_polar(G):
     """``U @ Vh`` with no cut-off: fills an exactly rank-deficient input's null space with unit singular values."""
-    U, S, Vh = _svd(G)
+    U, _S, Vh = _svd(G)
     return (U @ Vh).to(G.dtype)
 
 

@@ -18,24 +18,24 @@ import matfun
 JORDAN = (3.4445, -4.7750, 2.0315)
 
 BUGS = (
-    "sgd",                 # never runs Newton–Schulz (DeepSpeed #8441)
-    "gradient",            # orthogonalises the gradient, not the momentum (optax #1170)
-    "post_ns_momentum",    # averages orthogonalised gradients
-    "lr_inverted",         # √max(1, B/A): wrong for tall and wide matrices (dion #111-#114)
-    "conv_shape_2",        # lr rule on shape[:2] of a conv kernel (timm #2791)
-    "too_small",           # every step 10x too small
-    "coupled_wd",          # weight decay through the map: NS(g + λθ)
-    "decay_adjusted_lr",   # θ(1 − adjusted_lr·λ)
-    "bf16_alias",          # torch's bf16 nesterov=False: the buffer normalised in place
-    "half_applied",        # raises on a NaN after updating earlier parameters
-    "nan_to_num",          # silently replaces a NaN gradient
-    "global_clip",         # clips by the global gradient norm: one NaN poisons every parameter
-    "modifies_grad",       # normalises p.grad in place
-    "nondeterministic",    # adds noise
-    "state_outside",       # keeps the momentum outside state_dict(): resume is wrong
-    "zero_nan",            # divides by ‖X‖ without a floor: 0/0 on a zero gradient
-    "wrong_momentum",      # declares momentum 0.95, uses 0.8
-    "nesterov_ignored",    # declares nesterov=True, runs plain momentum
+    "sgd",  # never runs Newton–Schulz (DeepSpeed #8441)
+    "gradient",  # orthogonalises the gradient, not the momentum (optax #1170)
+    "post_ns_momentum",  # averages orthogonalised gradients
+    "lr_inverted",  # √max(1, B/A): wrong for tall and wide matrices (dion #111-#114)
+    "conv_shape_2",  # lr rule on shape[:2] of a conv kernel (timm #2791)
+    "too_small",  # every step 10x too small
+    "coupled_wd",  # weight decay through the map: NS(g + λθ)
+    "decay_adjusted_lr",  # θ(1 − adjusted_lr·λ)
+    "bf16_alias",  # torch's bf16 nesterov=False: the buffer normalised in place
+    "half_applied",  # raises on a NaN after updating earlier parameters
+    "nan_to_num",  # silently replaces a NaN gradient
+    "global_clip",  # clips by the global gradient norm: one NaN poisons every parameter
+    "modifies_grad",  # normalises p.grad in place
+    "nondeterministic",  # adds noise
+    "state_outside",  # keeps the momentum outside state_dict(): resume is wrong
+    "zero_nan",  # divides by ‖X‖ without a floor: 0/0 on a zero gradient
+    "wrong_momentum",  # declares momentum 0.95, uses 0.8
+    "nesterov_ignored",  # declares nesterov=True, runs plain momentum
 )
 
 
@@ -60,7 +60,7 @@ class PlantedMuon(torch.optim.Optimizer):
     def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.1, bug=None):
         if bug is not None and bug not in BUGS:
             raise ValueError(f"unknown bug {bug!r}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay})
         self.bug = bug
         self._outside: dict[int, torch.Tensor] = {}
 
@@ -126,6 +126,7 @@ class PlantedMuon(torch.optim.Optimizer):
 
 def planted(bug: str | None = None, **kwargs):
     """A factory ``params -> PlantedMuon(params, bug=bug, **kwargs)``."""
+
     def factory(params):
         return PlantedMuon(params, bug=bug, **kwargs)
 
@@ -137,7 +138,7 @@ class KellerMuon(torch.optim.Optimizer):
     """Keller Jordan's original: heavy-ball *sum* momentum, Nesterov as ``g + μB``, bf16 NS."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": True, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):

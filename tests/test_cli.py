@@ -7,10 +7,9 @@ import sys
 
 import pytest
 import torch
+from test_store import make_fake
 
 from diagnostics import cli, experiments
-
-from test_store import make_fake
 
 
 def err_line(capsys) -> str:
@@ -97,10 +96,10 @@ def test_run_force_replot_with_fake_experiment(fake, tmp_path, capsys):
     assert (tmp_path / "results" / "fake_cli" / "results.csv").exists()
     assert cli.main(base) == 0 and fake.calls == [0, 1, 2, 3, 4]
     assert "0 computed, 5 cached" in capsys.readouterr().out
-    assert cli.main(base + ["--force"]) == 0 and len(fake.calls) == 10
-    assert cli.main(base + ["--replot"]) == 0 and len(fake.calls) == 10 and fake.plots == 4
+    assert cli.main([*base, "--force"]) == 0 and len(fake.calls) == 10
+    assert cli.main([*base, "--replot"]) == 0 and len(fake.calls) == 10 and fake.plots == 4
     # replot with another seed has no cache: clear error, nothing computed
-    assert cli.main(base + ["--replot", "--seed", "5"]) == 2
+    assert cli.main([*base, "--replot", "--seed", "5"]) == 2
     assert "cannot replot 'fake_cli'" in err_line(capsys) and len(fake.calls) == 10
 
 
@@ -133,7 +132,9 @@ def test_transfer_run_then_replot_gives_identical_figures(tmp_path, capsys):
     for p in figs:
         p.unlink()
     capsys.readouterr()
-    assert cli.main(["figures", "--only", "transfer", "--replot", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(["figures", "--only", "transfer", "--replot", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
+    )
     assert "0 computed, 8 cached" in capsys.readouterr().out
     after = {p.name: p.read_bytes() for p in sorted((tmp_path / "figures" / "transfer").iterdir())}
     assert after == before  # byte-identical, drawn from the cache alone

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import matfun
 from matfun.design import DesignedSchedule, minimax_odd, safety_for_precision
@@ -87,13 +89,13 @@ def _rounding_tolerances(sched: DesignedSchedule) -> list[float]:
 
 
 DESIGNS = [
-    dict(lower=1e-3, steps=5),
-    dict(lower=1e-3, steps=5, degree=3),
-    dict(lower=1e-4, steps=8, safety=0.0, cushion=0.0),
-    dict(lower=1e-2, upper=0.5, steps=4, degree=3, cushion=0.0),
-    dict(lower=0.05, upper=0.3, steps=3, precision="bfloat16"),
-    dict(lower=1e-3, steps=2, safety=0.1, cushion=0.1),
-    dict(lower=0.9, upper=1.0, steps=6),  # intervals collapse onto 1 (limiting polynomial)
+    {"lower": 1e-3, "steps": 5},
+    {"lower": 1e-3, "steps": 5, "degree": 3},
+    {"lower": 1e-4, "steps": 8, "safety": 0.0, "cushion": 0.0},
+    {"lower": 1e-2, "upper": 0.5, "steps": 4, "degree": 3, "cushion": 0.0},
+    {"lower": 0.05, "upper": 0.3, "steps": 3, "precision": "bfloat16"},
+    {"lower": 1e-3, "steps": 2, "safety": 0.1, "cushion": 0.1},
+    {"lower": 0.9, "upper": 1.0, "steps": 6},  # intervals collapse onto 1 (limiting polynomial)
 ]
 
 
@@ -104,19 +106,20 @@ def test_transfer_stays_within_promised_bounds(kwargs):
     assert len(sched.bounds) == K + 1
     # x0 on a dense grid of the design interval (linear and log spaced), fed through
     # matfun.transfer_function (which divides by the schedule's normalisation).
-    x0 = np.unique(np.concatenate([np.linspace(sched.lower, sched.upper, 100001),
-                                   np.geomspace(sched.lower, sched.upper, 100001)]))
+    x0 = np.unique(
+        np.concatenate([np.linspace(sched.lower, sched.upper, 100001), np.geomspace(sched.lower, sched.upper, 100001)])
+    )
     for k, ((lo, hi), tol) in enumerate(zip(sched.bounds, _rounding_tolerances(sched))):
         values = matfun.transfer_function(x0 * sched.normalization, k, sched)
         assert values.min() >= lo - tol and values.max() <= hi + tol, (k, values.min(), values.max(), lo, hi)
         assert 0 < lo <= hi
-    lo_K, hi_K = sched.bounds[-1]
+    lo_K, _hi_K = sched.bounds[-1]
     assert lo_K > sched.lower  # the schedule makes progress
 
 
 def test_more_steps_tighten_the_final_interval():
     widths = [np.subtract(*matfun.design_schedule(1e-3, steps=K).bounds[-1][::-1]) for K in (2, 4, 6, 8)]
-    assert all(a > b for a, b in zip(widths, widths[1:]))
+    assert all(a > b for a, b in itertools.pairwise(widths))
 
 
 def test_designed_schedule_works_in_newton_schulz():
@@ -136,7 +139,7 @@ def test_designed_schedule_works_in_newton_schulz():
 
 def test_python_tuples_round_trip():
     sched = _published_design()
-    rebuilt = eval("[" + sched.python_tuples() + "]")  # noqa: S307 - our own output
+    rebuilt = eval("[" + sched.python_tuples() + "]")
     assert tuple(map(tuple, rebuilt)) == sched.coefficients
 
 
@@ -168,21 +171,21 @@ def test_mean_alignment_objective_beats_worst_case_on_its_prior():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(lower=1.0, upper=1.0), "lower must be < upper"),
-        (dict(lower=0.5, upper=0.1), "lower must be < upper"),
-        (dict(lower=0.0), "lower must be a finite number > 0"),
-        (dict(lower=-1e-3), "lower must be a finite number > 0"),
-        (dict(lower=float("nan")), "lower must be a finite number > 0"),
-        (dict(lower=1e-3, upper=float("inf")), "upper must be a finite number > 0"),
-        (dict(lower=1e-3, steps=0), "steps must be an integer >= 1"),
-        (dict(lower=1e-3, steps=2.5), "steps must be an integer >= 1"),
-        (dict(lower=1e-3, degree=7), "degree must be 3 or 5"),
-        (dict(lower=1e-3, degree=4), "degree must be 3 or 5"),
-        (dict(lower=1e-3, safety=-0.1), "safety must be a finite number >= 0"),
-        (dict(lower=1e-3, cushion=1.0), "cushion must lie in"),
-        (dict(lower=1e-3, precision="fp8"), "unknown precision"),
-        (dict(lower=1e-3, objective="median"), "objective must be one of"),
-        (dict(lower=1e-3, objective="mean_alignment"), "needs prior="),
+        ({"lower": 1.0, "upper": 1.0}, "lower must be < upper"),
+        ({"lower": 0.5, "upper": 0.1}, "lower must be < upper"),
+        ({"lower": 0.0}, "lower must be a finite number > 0"),
+        ({"lower": -1e-3}, "lower must be a finite number > 0"),
+        ({"lower": float("nan")}, "lower must be a finite number > 0"),
+        ({"lower": 1e-3, "upper": float("inf")}, "upper must be a finite number > 0"),
+        ({"lower": 1e-3, "steps": 0}, "steps must be an integer >= 1"),
+        ({"lower": 1e-3, "steps": 2.5}, "steps must be an integer >= 1"),
+        ({"lower": 1e-3, "degree": 7}, "degree must be 3 or 5"),
+        ({"lower": 1e-3, "degree": 4}, "degree must be 3 or 5"),
+        ({"lower": 1e-3, "safety": -0.1}, "safety must be a finite number >= 0"),
+        ({"lower": 1e-3, "cushion": 1.0}, "cushion must lie in"),
+        ({"lower": 1e-3, "precision": "fp8"}, "unknown precision"),
+        ({"lower": 1e-3, "objective": "median"}, "objective must be one of"),
+        ({"lower": 1e-3, "objective": "mean_alignment"}, "needs prior="),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -224,7 +227,7 @@ def test_cli_prints_tuples_and_draws(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     tuples = [line for line in out.splitlines() if line.startswith("(")]
-    printed = eval("[" + "\n".join(tuples) + "]")  # noqa: S307 - our own output
+    printed = eval("[" + "\n".join(tuples) + "]")
     np.testing.assert_allclose(np.array(printed), np.array(PUBLISHED_PE), atol=1e-10)
     assert "1.02" in out  # the normalisation to use
     assert "the same coefficients as the published 'polar_express' schedule" in out
@@ -256,8 +259,16 @@ def test_cli_bad_arguments_one_line_exit_2(argv, match, capsys):
 def test_design_experiment_tiny_end_to_end(tmp_path):
     from diagnostics.experiments import design
 
-    config = design.Config(steps=3, shape=(12, 20), condition_numbers=(10.0,), stream_steps=6,
-                           record_steps=(2, 5), width=16, tiles=(0, 8), precision_kappa=100.0)
+    config = design.Config(
+        steps=3,
+        shape=(12, 20),
+        condition_numbers=(10.0,),
+        stream_steps=6,
+        record_steps=(2, 5),
+        width=16,
+        tiles=(0, 8),
+        precision_kappa=100.0,
+    )
     frames = []
     for cell in design.cells(config):
         frame = design.run_cell(config, cell, "cpu", 0)

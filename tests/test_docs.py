@@ -46,10 +46,10 @@ _MARK = re.compile(r"<!--\s*(?P<kind>skip-test|continue-test)\b(?P<why>[^>]*)-->
 
 @dataclass
 class Block:
-    where: str            # "README.md:57" (the file the code is written in, and its line)
+    where: str  # "README.md:57" (the file the code is written in, and its line)
     code: str
-    skip: str | None      # the reason, for <!-- skip-test: ... -->
-    continues: bool       # <!-- continue-test --> : the previous block's namespace
+    skip: str | None  # the reason, for <!-- skip-test: ... -->
+    continues: bool  # <!-- continue-test --> : the previous block's namespace
 
 
 def _blocks_of(text: str, source: Path, first_line: int) -> list[Block]:
@@ -58,20 +58,25 @@ def _blocks_of(text: str, source: Path, first_line: int) -> list[Block]:
         line = first_line + text.count("\n", 0, match.start())
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         mark = _MARK.search(before)
-        blocks.append(Block(
-            where=f"{source.relative_to(ROOT)}:{line + 1}",
-            code=match.group("code"),
-            skip=mark.group("why").strip(" :") or "skip-test" if mark and mark.group("kind") == "skip-test" else None,
-            continues=bool(mark and mark.group("kind") == "continue-test"),
-        ))
+        blocks.append(
+            Block(
+                where=f"{source.relative_to(ROOT)}:{line + 1}",
+                code=match.group("code"),
+                skip=mark.group("why").strip(" :") or "skip-test"
+                if mark and mark.group("kind") == "skip-test"
+                else None,
+                continues=bool(mark and mark.group("kind") == "continue-test"),
+            )
+        )
     return blocks
 
 
 def _included(page: Path, match: re.Match) -> tuple[str, Path, int]:
     """The text a MyST ``{include}`` directive pulls in, its file and its first line (0-based)."""
     path = (page.parent / match.group("path")).resolve()
-    options = {m.group("key"): m.group("value").strip()
-               for m in map(_OPTION.match, match.group("options").splitlines()) if m}
+    options = {
+        m.group("key"): m.group("value").strip() for m in map(_OPTION.match, match.group("options").splitlines()) if m
+    }
     text = path.read_text(encoding="utf-8")
     start = 0
     if "start-after" in options:
@@ -94,7 +99,7 @@ def page_blocks() -> list[tuple[str, list[Block]]]:
         blocks: list[Block] = []
         position = 0
         for match in _INCLUDE.finditer(text):
-            blocks += _blocks_of(text[position:match.start()], page, text.count("\n", 0, position))
+            blocks += _blocks_of(text[position : match.start()], page, text.count("\n", 0, position))
             blocks += _blocks_of(*_included(page, match))
             position = match.end()
         blocks += _blocks_of(text[position:], page, text.count("\n", 0, position))
@@ -121,7 +126,7 @@ def test_page_examples_run(page, blocks, tmp_path, monkeypatch):
     import torch
 
     matplotlib.use("Agg")
-    monkeypatch.chdir(tmp_path)                 # examples may write files (monitor.csv, ...)
+    monkeypatch.chdir(tmp_path)  # examples may write files (monitor.csv, ...)
     monkeypatch.syspath_prepend(str(ROOT))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -134,10 +139,11 @@ def test_page_examples_run(page, blocks, tmp_path, monkeypatch):
             if not block.continues:
                 namespace = {"__name__": "__docs_example__"}
             try:
-                exec(compile(block.code, block.where, "exec"), namespace)  # noqa: S102 - the docs' own code
+                exec(compile(block.code, block.where, "exec"), namespace)
             except Exception as exc:
-                raise AssertionError(f"the example at {block.where} (on {page}) fails: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                raise AssertionError(
+                    f"the example at {block.where} (on {page}) fails: {type(exc).__name__}: {exc}"
+                ) from exc
             ran += 1
         assert ran or all(b.skip for b in blocks)
     finally:
@@ -173,8 +179,12 @@ def _import(name: str):
 
 def test_docstring_examples_exist():
     """A guard on the finder: the public maps' examples are collected."""
-    found = {t.name for name in ("matfun.polar", "matfun.tiling", "matfun.newton_schulz")
-             for t in doctest.DocTestFinder().find(importlib.import_module(name)) if t.examples}
+    found = {
+        t.name
+        for name in ("matfun.polar", "matfun.tiling", "matfun.newton_schulz")
+        for t in doctest.DocTestFinder().find(importlib.import_module(name))
+        if t.examples
+    }
     assert {"matfun.polar.polar", "matfun.tiling.tiled_newton_schulz"} <= found, found
 
 
@@ -204,12 +214,16 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- (c) the site
 
 
-@pytest.mark.parametrize("package,page", [("matfun", "matfun"), ("matfun.optim", "optim"),
-                                          ("matfun.testing", "testing"), ("matfun.monitor", "monitor")])
+@pytest.mark.parametrize(
+    "package,page",
+    [("matfun", "matfun"), ("matfun.optim", "optim"), ("matfun.testing", "testing"), ("matfun.monitor", "monitor")],
+)
 def test_api_pages_list_every_public_name(package, page):
     """docs/api/PAGE.rst names each name of ``__all__`` (autosummary or autodata): say which are missing."""
     text = (DOCS / "api" / f"{page}.rst").read_text(encoding="utf-8")
-    listed = set(re.findall(r"^   (\w+)$", text, re.MULTILINE)) | set(re.findall(r"^\.\. autodata:: (\w+)$", text, re.MULTILINE))
+    listed = set(re.findall(r"^   (\w+)$", text, re.MULTILINE)) | set(
+        re.findall(r"^\.\. autodata:: (\w+)$", text, re.MULTILINE)
+    )
     public = set(importlib.import_module(package).__all__)
     assert not public - listed, f"add to docs/api/{page}.rst: {sorted(public - listed)}"
     assert not listed - public, f"not public in {package}: {sorted(listed - public)}"
@@ -217,13 +231,32 @@ def test_api_pages_list_every_public_name(package, page):
 
 def test_docs_build_with_warnings_as_errors(tmp_path):
     """The site builds offline with -W (about 10-20 s on a 2-core machine)."""
-    env = dict(os.environ, MATFUN_DOCS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(
+        os.environ,
+        MATFUN_DOCS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     out = tmp_path / "html"
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-         "-d", str(tmp_path / "doctrees"), str(DOCS), str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(DOCS),
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     # every public name of the four packages is documented (one page each, or a constant on its package's page)
@@ -231,8 +264,9 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     for package in ("matfun", "matfun.optim", "matfun.testing", "matfun.monitor"):
         missing = [n for n in importlib.import_module(package).__all__ if f'id="{package}.{n}"' not in html]
         assert not missing, f"public names of {package} missing from the API reference: {missing}"
-    assert 'id="matfun.tiled_newton_schulz"' in (out / "api" / "generated" / "matfun.tiled_newton_schulz.html").read_text(
-        encoding="utf-8")
+    assert 'id="matfun.tiled_newton_schulz"' in (
+        out / "api" / "generated" / "matfun.tiled_newton_schulz.html"
+    ).read_text(encoding="utf-8")
     cli = (out / "api" / "cli.html").read_text(encoding="utf-8")
     for text in ("--tolerance-profile", "validate-optimizer", "monitor-report", "design-schedule"):
         assert text in cli

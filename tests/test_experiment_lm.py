@@ -14,8 +14,18 @@ import pytest
 from diagnostics import cli, corpus, experiments, store
 from diagnostics.experiments import lm
 
-BUILTINS = ("adamw", "muon_k5", "muon_k3", "himuon_t8", "himuon_t16", "himuon_full_t8",
-            "muon2_k5", "muon2_k3", "muon2f_k5", "muon2f_k3")
+BUILTINS = (
+    "adamw",
+    "muon_k5",
+    "muon_k3",
+    "himuon_t8",
+    "himuon_t16",
+    "himuon_full_t8",
+    "muon2_k5",
+    "muon2_k3",
+    "muon2f_k5",
+    "muon2f_k3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +39,22 @@ def text_corpus(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny(text_corpus) -> lm.Config:
-    return lm.Config(corpus=text_corpus, context=16, width=32, depth=1, heads=2, batch_size=8, steps=24,
-                     eval_every=8, val_windows=8, optimizers=BUILTINS,
-                     lrs=tuple((o, 1e-2) for o in BUILTINS if o != "adamw"), lr_grid=(1e-2, 50.0), seeds=(0,),
-                     timing_rounds=3)
+    return lm.Config(
+        corpus=text_corpus,
+        context=16,
+        width=32,
+        depth=1,
+        heads=2,
+        batch_size=8,
+        steps=24,
+        eval_every=8,
+        val_windows=8,
+        optimizers=BUILTINS,
+        lrs=tuple((o, 1e-2) for o in BUILTINS if o != "adamw"),
+        lr_grid=(1e-2, 50.0),
+        seeds=(0,),
+        timing_rounds=3,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +74,25 @@ def test_registered():
 
 def test_columns_and_every_optimizer(training, tiny):
     frame = training
-    for col in ("optimizer", "lr", "replica", "step", "val_loss", "train_loss", "opt_ms_cum", "orth_ms_cum",
-                "alignment", "final_val_loss", "diverged", "step_ms_median", "orth_ms_median", "rest_ms_median",
-                "unigram_entropy", "corpus_sha256", "lr_source"):
+    for col in (
+        "optimizer",
+        "lr",
+        "replica",
+        "step",
+        "val_loss",
+        "train_loss",
+        "opt_ms_cum",
+        "orth_ms_cum",
+        "alignment",
+        "final_val_loss",
+        "diverged",
+        "step_ms_median",
+        "orth_ms_median",
+        "rest_ms_median",
+        "unigram_entropy",
+        "corpus_sha256",
+        "lr_source",
+    ):
         assert col in frame.columns, col
     assert set(frame["optimizer"]) == set(BUILTINS)
     for name, d in frame[~frame["diverged"]].groupby("optimizer"):
@@ -76,7 +114,7 @@ def test_same_start_and_orth_timing(training):
     init = frame[frame["step"] == 0]["val_loss"].to_numpy()
     np.testing.assert_array_equal(init, init[0])  # same initial weights for every optimizer
     runs = frame.groupby("optimizer").first()
-    assert (runs.loc["adamw", "orth_ms_median"] == 0)
+    assert runs.loc["adamw", "orth_ms_median"] == 0
     matrix = runs.drop(index="adamw")
     assert (matrix["orth_ms_median"] > 0).all() and (matrix["orth_ms_median"] <= matrix["step_ms_median"]).all()
 
@@ -154,7 +192,7 @@ def test_split_deterministic_and_disjoint():
     train, val = corpus.split(c, context=32, val_fraction=0.1, block=1000)
     assert train.size + val.size == c.n_bytes and val.size == 10_000
     np.testing.assert_array_equal(val[:1000], c.data[9000:10000])  # block 9 is the first validation block
-    t2, v2 = corpus.split(c, context=32, val_fraction=0.1, block=1000)
+    t2, _v2 = corpus.split(c, context=32, val_fraction=0.1, block=1000)
     np.testing.assert_array_equal(train, t2)
 
 
@@ -172,7 +210,7 @@ def test_corpus_errors(tmp_path, kind):
         path.mkdir()
     elif kind == "small":
         path.write_bytes(b"tiny text")
-    with pytest.raises(corpus.CorpusError, match="does not exist|empty|too small"):
+    with pytest.raises(corpus.CorpusError, match=r"does not exist|empty|too small"):
         corpus.split(corpus.load_corpus(str(path)), context=64)
 
 
@@ -221,8 +259,9 @@ def plugin_module(tmp_path, monkeypatch) -> str:
 
 
 def test_plugin_optimizer(tiny, plugin_module, tmp_path):
-    config = dataclasses.replace(tiny, optimizers=("adamw", f"mine={plugin_module}:sgd"), lrs=(("adamw", 1e-2),),
-                                 lr_grid=(1e-2, 3e-2))
+    config = dataclasses.replace(
+        tiny, optimizers=("adamw", f"mine={plugin_module}:sgd"), lrs=(("adamw", 1e-2),), lr_grid=(1e-2, 3e-2)
+    )
     res = store.run_experiment(lm, config, results_dir=tmp_path / "r", figures_dir=None, progress=False)
     training, times = lm.split_frame(res.frame)
     mine = training[training["optimizer"] == "mine"]
@@ -234,12 +273,15 @@ def test_plugin_optimizer(tiny, plugin_module, tmp_path):
     assert "mine (plug-in)" in lm.findings(res.frame, config)
 
 
-@pytest.mark.parametrize("factory, message", [
-    ("nowhere_xyz_module:sgd", "cannot import"),
-    ("{mod}:missing", "missing or not callable"),
-    ("{mod}:raises", "raised RuntimeError"),
-    ("{mod}:poison", "NaN/Inf"),
-])
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        ("nowhere_xyz_module:sgd", "cannot import"),
+        ("{mod}:missing", "missing or not callable"),
+        ("{mod}:raises", "raised RuntimeError"),
+        ("{mod}:poison", "NaN/Inf"),
+    ],
+)
 def test_broken_plugin_cli(plugin_module, tmp_path, monkeypatch, capsys, factory, message, tiny):
     monkeypatch.setattr(lm.Config, "quick", classmethod(lambda cls: tiny))
     spec = "bad=" + factory.format(mod=plugin_module)
@@ -260,7 +302,8 @@ def test_hidden_matrices_are_the_blocks_weights():
     hidden, rest = lm.split_model(model)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in hidden) == sorted(
-        f"blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "fc", "proj"))
+        f"blocks.{i}.{w}.weight" for i in range(2) for w in ("attn.qkv", "attn.proj", "fc", "proj")
+    )
     assert len(hidden) + len(rest) == len(list(model.parameters()))
 
 

@@ -14,16 +14,25 @@ from diagnostics.experiments import training
 
 TINY = dataclasses.replace(
     training.Config.quick(),
-    input_dim=16, hidden=(32, 32), output_dim=4, teacher_hidden=16,
-    n_train=1024, n_eval=256, batch_size=32, steps=40, eval_every=10, himuon_tiles=(8, 16),
+    input_dim=16,
+    hidden=(32, 32),
+    output_dim=4,
+    teacher_hidden=16,
+    n_train=1024,
+    n_eval=256,
+    batch_size=32,
+    steps=40,
+    eval_every=10,
+    himuon_tiles=(8, 16),
 )
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("training")
-    return store.run_experiment(training, TINY, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                                progress=False)
+    return store.run_experiment(
+        training, TINY, results_dir=tmp / "results", figures_dir=tmp / "figures", progress=False
+    )
 
 
 def test_registered():
@@ -32,8 +41,18 @@ def test_registered():
 
 def test_columns_and_optimizers(result):
     frame = result.frame
-    for col in ("optimizer", "lr", "step", "train_loss", "eval_loss", "step_ms", "step_ms_median",
-                "final_eval_loss", "family", "tile"):
+    for col in (
+        "optimizer",
+        "lr",
+        "step",
+        "train_loss",
+        "eval_loss",
+        "step_ms",
+        "step_ms_median",
+        "final_eval_loss",
+        "family",
+        "tile",
+    ):
         assert col in frame.columns, col
     expected = {"adamw", "muon", "himuon_t8", "himuon_t16", "muon2", "muon2_f"}
     assert set(frame["optimizer"]) == expected
@@ -68,14 +87,22 @@ def test_same_start_for_every_optimizer(result):
 
 
 def test_best_lr_per_optimizer_from_the_mean_over_seeds():
-    rows = [(o, lr, r, loss) for o, losses in {"muon": {1e-2: (1.0, 3.0), 2e-2: (1.9, 1.9)},
-                                               "adamw": {1e-2: (0.5, 0.5), 2e-2: (0.4, 0.7)}}.items()
-            for lr, pair in losses.items() for r, loss in enumerate(pair)]
+    rows = [
+        (o, lr, r, loss)
+        for o, losses in {
+            "muon": {1e-2: (1.0, 3.0), 2e-2: (1.9, 1.9)},
+            "adamw": {1e-2: (0.5, 0.5), 2e-2: (0.4, 0.7)},
+        }.items()
+        for lr, pair in losses.items()
+        for r, loss in enumerate(pair)
+    ]
     frame = pd.DataFrame(rows, columns=["optimizer", "lr", "replicate", "final_eval_loss"]).assign(seed=0)
     # muon: mean 2.0 at 1e-2 vs 1.9 at 2e-2 (although 1e-2 has the single best run); adamw: 0.5 vs 0.55.
     assert training.best_lrs(frame) == {"muon": 2e-2, "adamw": 1e-2}
     assert set(zip(training.best_runs(frame)["optimizer"], training.best_runs(frame)["lr"])) == {
-        ("muon", 2e-2), ("adamw", 1e-2)}
+        ("muon", 2e-2),
+        ("adamw", 1e-2),
+    }
 
 
 def test_step_times_positive(result):
@@ -94,8 +121,9 @@ def test_figures_exist(result):
 
 def test_threads_restored():
     before = torch.get_num_threads()
-    training.run_cell(dataclasses.replace(TINY, steps=2, optimizers=("adamw",)), {"optimizer": "adamw", "lr": 1e-2},
-                      "cpu", 0)
+    training.run_cell(
+        dataclasses.replace(TINY, steps=2, optimizers=("adamw",)), {"optimizer": "adamw", "lr": 1e-2}, "cpu", 0
+    )
     assert torch.get_num_threads() == before
 
 

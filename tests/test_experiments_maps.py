@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 import matfun
-
 from diagnostics import experiments, store
 from diagnostics.experiments import duality, ns_convergence, precision
 
@@ -52,9 +51,22 @@ def test_registered_and_quick_config_valid(module):
 def test_ns_convergence_end_to_end(tmp_path):
     config = ns_convergence.Config(condition_numbers=(10.0, 1e3), shape=(32, 64), tiles=(16,), max_steps=10)
     frame = _run(ns_convergence, config, tmp_path)
-    expected = {"map", "tile", "step", "alignment", "misalignment", "rel_error", "tiling_loss", "spectral_error",
-                "sv_worst", "tile_alignment_mean", "tile_alignment_min", "tile_misalignment_worst",
-                "schedule", "condition_number"}
+    expected = {
+        "map",
+        "tile",
+        "step",
+        "alignment",
+        "misalignment",
+        "rel_error",
+        "tiling_loss",
+        "spectral_error",
+        "sv_worst",
+        "tile_alignment_mean",
+        "tile_alignment_min",
+        "tile_misalignment_worst",
+        "schedule",
+        "condition_number",
+    }
     assert expected <= set(frame.columns)
     # one row per (schedule, κ, map, step)
     assert len(frame) == 4 * 2 * 2 * (config.max_steps + 1)
@@ -84,11 +96,13 @@ def test_ns_convergence_end_to_end(tmp_path):
 
 
 def test_precision_end_to_end(tmp_path):
-    config = precision.Config(schedules=("jordan", "polar_express", "you"), condition_numbers=(10.0,),
-                              shape=(32, 64), max_steps=12)
+    config = precision.Config(
+        schedules=("jordan", "polar_express", "you"), condition_numbers=(10.0,), shape=(32, 64), max_steps=12
+    )
     frame = _run(precision, config, tmp_path)
-    assert {"precision", "compute_precision", "bf16_mode", "step", "alignment", "misalignment",
-            "rel_error"} <= set(frame.columns)
+    assert {"precision", "compute_precision", "bf16_mode", "step", "alignment", "misalignment", "rel_error"} <= set(
+        frame.columns
+    )
     assert len(frame) == 3 * 3 * (config.max_steps + 1)
     assert set(frame["bf16_mode"]) == {"emulated"}
     assert set(frame.loc[frame["precision"] == "bfloat16", "compute_precision"]) == {"bfloat16-emulated"}
@@ -111,11 +125,28 @@ def test_precision_modes():
 
 
 def test_duality_end_to_end(tmp_path):
-    config = duality.Config(schedules=("jordan", "polar_express"), tiles=(16,), smoothing_eps=(1e-3, 1e-1),
-                            shape=(32, 64), stream_steps=20, max_steps=8)
+    config = duality.Config(
+        schedules=("jordan", "polar_express"),
+        tiles=(16,),
+        smoothing_eps=(1e-3, 1e-1),
+        shape=(32, 64),
+        stream_steps=20,
+        max_steps=8,
+    )
     frame = _run(duality, config, tmp_path)
-    assert {"matrix", "family", "map", "schedule", "tile", "eps", "step", "duality_efficiency",
-            "nuclear_captured", "alignment", "input_condition"} <= set(frame.columns)
+    assert {
+        "matrix",
+        "family",
+        "map",
+        "schedule",
+        "tile",
+        "eps",
+        "step",
+        "duality_efficiency",
+        "nuclear_captured",
+        "alignment",
+        "input_condition",
+    } <= set(frame.columns)
     for kind in ("geometric", "momentum"):
         d = frame[frame["matrix"] == kind]
         assert len(d) == 2 * 2 * (config.max_steps + 1) + 2 + 1
@@ -135,5 +166,6 @@ def test_duality_end_to_end(tmp_path):
         for _, row in full[full["step"] == 0].iterrows():
             c = matfun.get_schedule(row["schedule"]).normalization
             assert row["nuclear_captured"] / row["duality_efficiency"] == pytest.approx(
-                np.linalg.norm(G, 2) / (c * np.linalg.norm(G)), rel=1e-10)
+                np.linalg.norm(G, 2) / (c * np.linalg.norm(G)), rel=1e-10
+            )
     assert pd.isna(frame.loc[frame["map"] == "polar", "schedule"]).all()

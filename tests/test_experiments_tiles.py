@@ -11,8 +11,9 @@ from diagnostics.store import config_for, run_experiment
 
 
 def _run(module, config, tmp_path):
-    result = run_experiment(module, config, results_dir=tmp_path / "results", figures_dir=tmp_path / "figures",
-                            progress=False)
+    result = run_experiment(
+        module, config, results_dir=tmp_path / "results", figures_dir=tmp_path / "figures", progress=False
+    )
     for ext in ("pdf", "png"):
         path = tmp_path / "figures" / module.NAME / f"{module.NAME}.{ext}"
         assert path.exists() and path.stat().st_size > 1000, path
@@ -29,11 +30,32 @@ def test_registered_with_quick_config(module):
 
 
 def test_tile_sweep(tmp_path):
-    config = tile_sweep.Config(shape=(64, 64), tiles=(8, 16, 32, 64), reference_tile=16, couplings=(0.0, 0.1, 1.0),
-                               samples=1, streams=("teacher_student",), stream_steps=20, stream_width=64)
+    config = tile_sweep.Config(
+        shape=(64, 64),
+        tiles=(8, 16, 32, 64),
+        reference_tile=16,
+        couplings=(0.0, 0.1, 1.0),
+        samples=1,
+        streams=("teacher_student",),
+        stream_steps=20,
+        stream_width=64,
+    )
     frame = _run(tile_sweep, config, tmp_path)
-    for column in ("tile", "tiling", "truncation", "total", "gram_coupling", "gram_coupling_tile_normalised",
-                   "worst_tile_alignment", "aligned", "whole", "source", "coupling", "shape", "steps"):
+    for column in (
+        "tile",
+        "tiling",
+        "truncation",
+        "total",
+        "gram_coupling",
+        "gram_coupling_tile_normalised",
+        "worst_tile_alignment",
+        "aligned",
+        "whole",
+        "source",
+        "coupling",
+        "shape",
+        "steps",
+    ):
         assert column in frame.columns, column
     assert len(frame) == (3 + 1) * 4
     losses = frame[["tiling", "truncation", "total"]].to_numpy()
@@ -59,8 +81,9 @@ def test_tile_sweep(tmp_path):
 
 
 def test_preconditioning(tmp_path):
-    config = preconditioning.Config(stream_steps=30, record_steps=(29,), width=32, schedules=("cubic", "jordan"),
-                                    max_steps=20)
+    config = preconditioning.Config(
+        stream_steps=30, record_steps=(29,), width=32, schedules=("cubic", "jordan"), max_steps=20
+    )
     frame = _run(preconditioning, config, tmp_path)
     assert set(frame["record"]) == {"spectrum", "summary", "alignment", "steps_to"}
     assert set(frame["variant"]) == {"none", "full", "factorized"}
@@ -84,8 +107,12 @@ def test_preconditioning(tmp_path):
     cubic = st[(st["schedule"] == "cubic") & (st["variant"] == "none") & (st["threshold"] == 0.99)]
     assert cubic["steps_needed"].notna().any()
     for _, row in st[st["reduction"].notna()].iterrows():
-        base = st[(st["matrix"] == row["matrix"]) & (st["schedule"] == row["schedule"])
-                  & (st["threshold"] == row["threshold"]) & (st["variant"] == "none")]["steps_needed"].iloc[0]
+        base = st[
+            (st["matrix"] == row["matrix"])
+            & (st["schedule"] == row["schedule"])
+            & (st["threshold"] == row["threshold"])
+            & (st["variant"] == "none")
+        ]["steps_needed"].iloc[0]
         assert row["reduction"] == pytest.approx(1 - row["steps_needed"] / base)
     table = preconditioning.steps_table(frame)
     assert {"none", "full", "factorized", "reduction_full", "reduction_factorized"} <= set(table.columns)

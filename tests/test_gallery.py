@@ -26,7 +26,7 @@ class _Config:
     points: int = 3
 
     @classmethod
-    def quick(cls) -> "_Config":
+    def quick(cls) -> _Config:
         return cls()
 
 
@@ -35,8 +35,9 @@ def _figure_experiment() -> types.ModuleType:
     mod = types.ModuleType("fake_experiments.tinyfig")
     mod.NAME, mod.DESCRIPTION, mod.Config = "tinyfig", "a tiny figure for the gallery tests", _Config
     mod.cells = lambda config: [{"i": 0}]
-    mod.run_cell = lambda config, cell, device, seed: pd.DataFrame({"x": range(config.points),
-                                                                   "y": [seed + k * k for k in range(config.points)]})
+    mod.run_cell = lambda config, cell, device, seed: pd.DataFrame(
+        {"x": range(config.points), "y": [seed + k * k for k in range(config.points)]}
+    )
 
     def plot(frame, config, out_dir):
         with plotting.style():
@@ -61,11 +62,19 @@ def tinyfig(monkeypatch):
 def test_gitignore_covers_outputs_but_not_the_gallery():
     if git(ROOT, "rev-parse", "--is-inside-work-tree", check=False).returncode != 0:
         pytest.skip("not a git checkout")
-    outputs = ["figures/quick/transfer/transfer_functions.png", "figures/quick/transfer/transfer_functions.pdf",
-               "figures/transfer/transfer_functions.pdf", "figures/some_new_experiment/x.png",
-               "results/quick/transfer/results.csv", "results/transfer/cells/abc.csv"]
-    tracked = ["figures/README.md", "figures/gallery/transfer/transfer_functions.png",
-               "figures/gallery/preconditioning/steps_to_threshold.md"]
+    outputs = [
+        "figures/quick/transfer/transfer_functions.png",
+        "figures/quick/transfer/transfer_functions.pdf",
+        "figures/transfer/transfer_functions.pdf",
+        "figures/some_new_experiment/x.png",
+        "results/quick/transfer/results.csv",
+        "results/transfer/cells/abc.csv",
+    ]
+    tracked = [
+        "figures/README.md",
+        "figures/gallery/transfer/transfer_functions.png",
+        "figures/gallery/preconditioning/steps_to_threshold.md",
+    ]
     for path in outputs:  # --no-index: judge by the ignore rules alone, tracked or not
         assert git(ROOT, "check-ignore", "-q", "--no-index", path, check=False).returncode == 0, path
     for path in tracked:
@@ -88,11 +97,18 @@ def test_runs_leave_a_clone_clean_and_gallery_refresh(tinyfig, tmp_path, monkeyp
     # A maintainer refreshes the gallery: PNG and table copied, PDF left out; then commits everything.
     assert cli.main([*quick, "--gallery"]) == 0
     assert "gallery: 2 file(s) copied" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "figures" / "gallery" / "tinyfig").iterdir()) == ["table.md", "tinyfig.png"]
+    assert sorted(p.name for p in (tmp_path / "figures" / "gallery" / "tinyfig").iterdir()) == [
+        "table.md",
+        "tinyfig.png",
+    ]
     git(tmp_path, "add", "-A")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "gallery")
     assert sorted(git(tmp_path, "ls-files").stdout.split()) == [
-        ".gitignore", "figures/README.md", "figures/gallery/tinyfig/table.md", "figures/gallery/tinyfig/tinyfig.png"]
+        ".gitignore",
+        "figures/README.md",
+        "figures/gallery/tinyfig/table.md",
+        "figures/gallery/tinyfig/tinyfig.png",
+    ]
 
     # A user's runs (other numbers: another seed; quick and full size) change no tracked file and add none.
     before = (tmp_path / "figures" / "gallery" / "tinyfig" / "tinyfig.png").read_bytes()
@@ -105,8 +121,10 @@ def test_runs_leave_a_clone_clean_and_gallery_refresh(tinyfig, tmp_path, monkeyp
     # Refreshing from that run updates the gallery (and only the gallery).
     assert cli.main([*quick, "--seed", "7", "--gallery"]) == 0
     changed = git(tmp_path, "status", "--porcelain").stdout.splitlines()
-    assert sorted(line.split()[-1] for line in changed) == ["figures/gallery/tinyfig/table.md",
-                                                            "figures/gallery/tinyfig/tinyfig.png"]
+    assert sorted(line.split()[-1] for line in changed) == [
+        "figures/gallery/tinyfig/table.md",
+        "figures/gallery/tinyfig/tinyfig.png",
+    ]
 
 
 def test_gallery_needs_quick(tinyfig, tmp_path, monkeypatch, capsys):
@@ -126,6 +144,6 @@ def test_refresh_removes_stale_files_and_refuses_empty_sources(tmp_path):
     (dst / "a" / "notes.txt").write_text("kept: not a gallery file type")
     assert gallery.refresh(src, ["a"], dst) == [dst / "a" / "new.png"]
     assert sorted(p.name for p in (dst / "a").iterdir()) == ["new.png", "notes.txt"]
-    with pytest.raises(FileNotFoundError, match="no .png/.md figure files"):
+    with pytest.raises(FileNotFoundError, match=r"no .png/.md figure files"):
         gallery.refresh(src, ["a", "missing"], dst)
     assert (dst / "a" / "new.png").read_bytes() == b"png"  # nothing touched by the failed refresh

@@ -14,12 +14,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from test_store import make_fake
 
 import matfun
 from diagnostics import cli, experiments, store, validate
 from matfun.testing import BatteryTimeout, assert_orthogonalizer, check_orthogonalizer
-
-from test_store import make_fake
 
 SHAPES = ((32, 32), (32, 48), (48, 32))
 JORDAN = (3.4445, -4.7750, 2.0315)
@@ -48,8 +47,9 @@ def base(tmp_path) -> list[str]:
 # ------------------------------------------------------------- item 10: one line, exit 2
 
 
-def test_replot_reads_a_read_only_results_directory_and_says_why_when_it_must_write(fake, tmp_path, capsys,
-                                                                                    monkeypatch):
+def test_replot_reads_a_read_only_results_directory_and_says_why_when_it_must_write(
+    fake, tmp_path, capsys, monkeypatch
+):
     assert cli.main(base(tmp_path)) == 0
 
     def read_only(path, data):
@@ -57,9 +57,9 @@ def test_replot_reads_a_read_only_results_directory_and_says_why_when_it_must_wr
 
     monkeypatch.setattr(store, "atomic_write_bytes", read_only)
     capsys.readouterr()
-    assert cli.main(base(tmp_path) + ["--replot"]) == 0  # results.csv unchanged: nothing to write
+    assert cli.main([*base(tmp_path), "--replot"]) == 0  # results.csv unchanged: nothing to write
     (tmp_path / "results" / "fake_hard" / "results.csv").unlink()
-    assert cli.main(base(tmp_path) + ["--replot"]) == 2
+    assert cli.main([*base(tmp_path), "--replot"]) == 2
     err = one_line(capsys)
     assert "Permission denied" in err and "results.csv" in err and "Traceback" not in err
 
@@ -130,7 +130,7 @@ def test_cache_files_and_results_respect_the_umask(fake, tmp_path, umask, mode):
 # ------------------------------------------------- item 11: validate never passes falsely
 
 HOSTILE = textwrap.dedent(
-    '''
+    """
     import os, sys
     import matfun
 
@@ -167,38 +167,49 @@ HOSTILE = textwrap.dedent(
         mt.polar = lambda X, **kw: X
         mt.newton_schulz = lambda X, *a, **kw: X
         return G  # the identity: judged by a process the patches never reach
-    '''
+    """
 )
 
 
 @pytest.fixture
 def hostile(tmp_path, monkeypatch):
     (tmp_path / "hostile_mod.py").write_text(HOSTILE)
-    for name, line in {"exit_at_import": "import sys; sys.exit(0)", "os_exit_at_import": "import os; os._exit(0)",
-                       "close_stdout_at_import": "import os, sys, matfun; sys.stdout.close(); os.close(1)\n"
-                       "def identity(G):\n    return G",
-                       "hang_at_import": "import time; time.sleep(3600)"}.items():
+    for name, line in {
+        "exit_at_import": "import sys; sys.exit(0)",
+        "os_exit_at_import": "import os; os._exit(0)",
+        "close_stdout_at_import": "import os, sys, matfun; sys.stdout.close(); os.close(1)\n"
+        "def identity(G):\n    return G",
+        "hang_at_import": "import time; time.sleep(3600)",
+    }.items():
         (tmp_path / f"{name}.py").write_text(line + "\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "hostile_mod"
 
 
-@pytest.mark.parametrize("fn, message", [
-    ("exit0", "SystemExit"), ("keyboard", "KeyboardInterrupt"), ("base_exception", "Custom: escape"),
-    ("patch_and_cheat", "alignment"),
-])
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        ("exit0", "SystemExit"),
+        ("keyboard", "KeyboardInterrupt"),
+        ("base_exception", "Custom: escape"),
+        ("patch_and_cheat", "alignment"),
+    ],
+)
 def test_target_that_escapes_or_cheats_fails(hostile, capsys, fn, message):
     assert validate.main([f"{hostile}:{fn}", "--schedule", "jordan"]) == 1
     out = capsys.readouterr().out
     assert message in out and out.rstrip().splitlines()[-1].startswith("FAILED")
 
 
-@pytest.mark.parametrize("target, code, message", [
-    ("hostile_mod:os_exit0", 1, "exit code 0"),
-    ("hostile_mod:fork_then_identity", 1, "target"),
-    ("exit_at_import:f", 2, "importing module 'exit_at_import' failed: SystemExit"),
-    ("os_exit_at_import:f", 1, "exit code 0 while importing"),
-])
+@pytest.mark.parametrize(
+    "target, code, message",
+    [
+        ("hostile_mod:os_exit0", 1, "exit code 0"),
+        ("hostile_mod:fork_then_identity", 1, "target"),
+        ("exit_at_import:f", 2, "importing module 'exit_at_import' failed: SystemExit"),
+        ("os_exit_at_import:f", 1, "exit code 0 while importing"),
+    ],
+)
 def test_target_that_ends_its_process_fails_with_one_line(hostile, capsys, target, code, message):
     assert validate.main([target]) == code
     captured = capsys.readouterr()
@@ -225,9 +236,10 @@ def test_hanging_target_times_out_exit_2(hostile, capsys, target):
 def test_in_process_timeout_and_string_targets(hostile):
     def hang(G):
         import time
+
         time.sleep(3600)
 
-    with pytest.raises(BatteryTimeout, match="timeout=0.5 s"):
+    with pytest.raises(BatteryTimeout, match=r"timeout=0.5 s"):
         assert_orthogonalizer(hang, shapes=SHAPES, timeout=0.5)
     with pytest.raises(AssertionError, match="SystemExit"):
         assert_orthogonalizer(lambda G: sys.exit(0), shapes=SHAPES)
@@ -267,13 +279,15 @@ def plain_bf16_jordan(a=JORDAN[0], b=JORDAN[1], c=JORDAN[2]):
 # seeds 0-29 against the threshold 0.005 (a correct bf16 loop: 0.0006-0.0032), so it is caught
 # on seed 0, where the profile table was calibrated, not on every drawn seed; the other two
 # typos (fits >= 0.0087) are caught on any seed.
-@pytest.mark.parametrize("typo, seed", [(dict(c=2.0351), None), (dict(b=-4.7705), None), (dict(c=2.0295), 0)])
+@pytest.mark.parametrize("typo, seed", [({"c": 2.0351}, None), ({"b": -4.7705}, None), ({"c": 2.0295}, 0)])
 def test_bf16_profile_catches_a_coefficient_typo(typo, seed):
-    correct = check_orthogonalizer(plain_bf16_jordan(), schedule="jordan", precision_profile="bf16", shapes=SHAPES,
-                                   seed=seed)
+    correct = check_orthogonalizer(
+        plain_bf16_jordan(), schedule="jordan", precision_profile="bf16", shapes=SHAPES, seed=seed
+    )
     assert correct.passed, correct.table()
-    r = check_orthogonalizer(plain_bf16_jordan(**typo), schedule="jordan", precision_profile="bf16", shapes=SHAPES,
-                             seed=seed)
+    r = check_orthogonalizer(
+        plain_bf16_jordan(**typo), schedule="jordan", precision_profile="bf16", shapes=SHAPES, seed=seed
+    )
     assert r.failed_names == ["schedule_agreement"], r.table()
     assert "coefficient error" in r["schedule_agreement"].detail
 
@@ -291,13 +305,18 @@ def test_tolerance_profile_option_and_deprecated_alias(hostile, capsys):
 
 
 def test_no_numpy_warnings_leak_from_the_battery():
-    wild = [lambda G: G * 1e300, lambda G: torch.full_like(G, float("nan")), lambda G: G * 0,
-            lambda G: torch.full_like(G, float("inf"))]
+    wild = [
+        lambda G: G * 1e300,
+        lambda G: torch.full_like(G, float("nan")),
+        lambda G: G * 0,
+        lambda G: torch.full_like(G, float("inf")),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for fn in wild:
-            assert not check_orthogonalizer(fn, backend="torch", dtype="float64", schedule="jordan",
-                                            shapes=SHAPES).passed
+            assert not check_orthogonalizer(
+                fn, backend="torch", dtype="float64", schedule="jordan", shapes=SHAPES
+            ).passed
         huge = lambda A: np.asarray(A) * 1e300  # noqa: E731
         assert not check_orthogonalizer(huge, backend="numpy", dtype="float64", shapes=SHAPES).passed
 
@@ -318,8 +337,9 @@ def test_tiled_map_passes_with_its_tile_and_broken_tiling_fails():
 
 
 def test_tiled_map_through_validate(hostile, tmp_path, capsys):
-    (tmp_path / "tiled_mod.py").write_text("import matfun\ndef ns(G):\n"
-                                           "    return matfun.tiled_newton_schulz(G, 16, 5, 'jordan')\n")
+    (tmp_path / "tiled_mod.py").write_text(
+        "import matfun\ndef ns(G):\n    return matfun.tiled_newton_schulz(G, 16, 5, 'jordan')\n"
+    )
     assert validate.main(["tiled_mod:ns", "--tile", "16", "--schedule", "jordan"]) == 0
     assert "tile=16x16" in capsys.readouterr().out
 
@@ -328,11 +348,13 @@ def test_tiled_map_through_validate(hostile, tmp_path, capsys):
 
 
 def test_help_and_list_import_neither_matplotlib_nor_scipy_stats_nor_torch():
-    code = ("import sys, contextlib, io\nfrom diagnostics import cli\n"
-            "for argv in (['--help'], ['list'], ['run', '--help'], ['validate', '--help']):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()):\n"
-            "        cli.main(argv)\n"
-            "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'torch', 'pandas') if m in sys.modules))\n")
+    code = (
+        "import sys, contextlib, io\nfrom diagnostics import cli\n"
+        "for argv in (['--help'], ['list'], ['run', '--help'], ['validate', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        cli.main(argv)\n"
+        "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'torch', 'pandas') if m in sys.modules))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 

@@ -132,8 +132,13 @@ def test_preconditioned_quotient_out_of_range():
         assert rel(out, expected) < 1e-12, (m, v)
     # tiled and float32 (quotient formed in float64 then rounded once)
     M32, V32 = (B * 1e38).astype(np.float32), (W * 1e-40).astype(np.float32)
-    assert rel(matfun.preconditioned_newton_schulz(M32, V32, 1e-30, 5, tile=4),
-               matfun.tiled_newton_schulz(as64(M32) / np.sqrt(as64(V32)), 4)) < 1e-4
+    assert (
+        rel(
+            matfun.preconditioned_newton_schulz(M32, V32, 1e-30, 5, tile=4),
+            matfun.tiled_newton_schulz(as64(M32) / np.sqrt(as64(V32)), 4),
+        )
+        < 1e-4
+    )
     # the plain quotient says it overflows instead of returning inf
     with pytest.raises(ValueError, match="overflows"):
         matfun.precondition(B * 1e300, W * 0.0, 1e-300)
@@ -202,7 +207,7 @@ def test_tiled_many_accepts_any_iterable_once():
     rng = np.random.default_rng(5)
     mats = [rng.standard_normal(s) for s in [(6, 9), (2, 5, 4), (7, 7)]]
     expected = [matfun.tiled_newton_schulz(G, 4) for G in mats]
-    for source in (mats, tuple(mats), (G for G in mats), iter(mats), map(lambda G: G, mats)):
+    for source in (mats, tuple(mats), (G for G in mats), iter(mats), (G for G in mats)):
         out = matfun.tiled_newton_schulz_many(source, 4)
         assert len(out) == 3
         for a, b in zip(out, expected):
@@ -228,9 +233,7 @@ def test_schedule_accepts_any_iterable_once():
     assert from_gen.coefficients == tuple(triples)
     assert hash(matfun.Schedule("l", [list(t) for t in triples])) == hash(matfun.Schedule("l", triples))
     G = np.random.default_rng(6).standard_normal((5, 7))
-    assert np.array_equal(
-        matfun.newton_schulz(G, 3, (t for t in triples)), matfun.newton_schulz(G, 3, triples)
-    )
+    assert np.array_equal(matfun.newton_schulz(G, 3, (t for t in triples)), matfun.newton_schulz(G, 3, triples))
 
 
 # ------------------------------------------------------------------ item 9.7: odd numpy views
@@ -248,7 +251,7 @@ def _views(A: np.ndarray):
     yield "transpose", base.T
     yield "fortran", np.asfortranarray(base)
     yield "broadcast", np.broadcast_to(base[:1], base.shape)
-    yield "broadcast batch", np.broadcast_to(base, (3,) + base.shape)
+    yield "broadcast batch", np.broadcast_to(base, (3, *base.shape))
     yield "batch flipped", np.stack([base, 2 * base])[::-1]
     yield "read-only", ro
     yield "big-endian", big
@@ -316,14 +319,22 @@ V0 = np.ones((4, 6))
 
 BAD_ARGUMENTS = [
     # (call, exception, message must name the argument and what is accepted)
-    *[(lambda e=e: matfun.smoothed_polar(G0, e), TypeError, r"eps must be a real number in \[0, inf\)")
-      for e in ("0.1", None, True, [0.1], 1j)],
-    *[(lambda e=e: matfun.smoothed_polar(G0, e), ValueError, r"eps must be a real number in \[0, inf\)")
-      for e in (-1.0, float("nan"), float("inf"))],
-    *[(lambda r=r: matfun.polar(G0, rtol=r), TypeError, r"rtol must be a real number in \[0, 1\)")
-      for r in ("1e-3", True)],
-    *[(lambda r=r: matfun.polar(G0, rtol=r), ValueError, r"rtol must be a real number in \[0, 1\)")
-      for r in (float("nan"), -0.1, 1.0)],
+    *[
+        (lambda e=e: matfun.smoothed_polar(G0, e), TypeError, r"eps must be a real number in \[0, inf\)")
+        for e in ("0.1", None, True, [0.1], 1j)
+    ],
+    *[
+        (lambda e=e: matfun.smoothed_polar(G0, e), ValueError, r"eps must be a real number in \[0, inf\)")
+        for e in (-1.0, float("nan"), float("inf"))
+    ],
+    *[
+        (lambda r=r: matfun.polar(G0, rtol=r), TypeError, r"rtol must be a real number in \[0, 1\)")
+        for r in ("1e-3", True)
+    ],
+    *[
+        (lambda r=r: matfun.polar(G0, rtol=r), ValueError, r"rtol must be a real number in \[0, 1\)")
+        for r in (float("nan"), -0.1, 1.0)
+    ],
     (lambda: matfun.polar(G0, check_finite="no"), TypeError, "check_finite must be True or False"),
     (lambda: matfun.newton_schulz(G0, check_finite=1), TypeError, "check_finite must be True or False"),
     (lambda: matfun.SecondMoment(factorized="no"), TypeError, "factorized must be True or False"),
@@ -335,40 +346,70 @@ BAD_ARGUMENTS = [
     (lambda: matfun.preconditioned_newton_schulz(G0, V0, "1e-8"), TypeError, "eps must be a real number"),
     (lambda: matfun.precondition(G0, V0, None), TypeError, "eps must be a real number"),
     # M and V: libraries, devices, shapes, kinds
-    (lambda: matfun.preconditioned_newton_schulz(torch.ones(4, 6), V0), TypeError,
-     "second_moment is a numpy array but M is a torch array"),
-    (lambda: matfun.preconditioned_newton_schulz(G0, torch.ones(4, 6)), TypeError,
-     "second_moment is a torch array but M is a numpy array"),
+    (
+        lambda: matfun.preconditioned_newton_schulz(torch.ones(4, 6), V0),
+        TypeError,
+        "second_moment is a numpy array but M is a torch array",
+    ),
+    (
+        lambda: matfun.preconditioned_newton_schulz(G0, torch.ones(4, 6)),
+        TypeError,
+        "second_moment is a torch array but M is a numpy array",
+    ),
     (lambda: matfun.precondition(G0, torch.ones(4, 6), 1e-8), TypeError, "V is a torch array but M is a numpy"),
-    (lambda: matfun.preconditioned_newton_schulz(G0, V0.tolist()), TypeError,
-     "second_moment must be an array of the same library"),
-    (lambda: matfun.preconditioned_newton_schulz(G0, np.ones((3, 6))), ValueError,
-     r"second_moment of shape \(3, 6\) does not broadcast to M of shape \(4, 6\)"),
+    (
+        lambda: matfun.preconditioned_newton_schulz(G0, V0.tolist()),
+        TypeError,
+        "second_moment must be an array of the same library",
+    ),
+    (
+        lambda: matfun.preconditioned_newton_schulz(G0, np.ones((3, 6))),
+        ValueError,
+        r"second_moment of shape \(3, 6\) does not broadcast to M of shape \(4, 6\)",
+    ),
     (lambda: matfun.preconditioned_newton_schulz(G0, V0 > 0), TypeError, "must hold real numbers"),
     (lambda: matfun.preconditioned_newton_schulz(G0, V0 + 0j), TypeError, "must hold real numbers"),
-    (lambda: matfun.preconditioned_newton_schulz(torch.ones(4, 6), torch.ones(4, 6, device="meta")),
-     ValueError, "meta"),
+    (
+        lambda: matfun.preconditioned_newton_schulz(torch.ones(4, 6), torch.ones(4, 6, device="meta")),
+        ValueError,
+        "meta",
+    ),
     # steps, tile, precision, coefficients, budget, flops shapes, schedule fields
-    *[(lambda s=s: matfun.newton_schulz(G0, s), TypeError, "steps must be a non-negative integer")
-      for s in (5.0, True, "5", None, np.bool_(True))],
+    *[
+        (lambda s=s: matfun.newton_schulz(G0, s), TypeError, "steps must be a non-negative integer")
+        for s in (5.0, True, "5", None, np.bool_(True))
+    ],
     (lambda: matfun.newton_schulz(G0, -1), ValueError, "steps must be a non-negative integer"),
     (lambda: matfun.transfer_function(0.5, 2.0), TypeError, "steps must be a non-negative integer"),
-    *[(lambda t=t: matfun.tiled_newton_schulz(G0, t), ValueError, "tile")
-      for t in (True, 2.0, "2", (2, None), np.bool_(True))],
-    *[(lambda p=p: matfun.newton_schulz(G0, precision=p), ValueError, "unknown precision")
-      for p in ("float16", 32, "bf16")],
-    *[(lambda c=c: matfun.newton_schulz(G0, coefficients=c), TypeError, r"coefficients.*real number")
-      for c in ([("3.4", -4.7, 2.0)], [(True, 0, 0)], None, (3.4, -4.7, 2.0), 3.0)],
-    (lambda: matfun.newton_schulz(G0, coefficients=[(1.0, float("nan"), 0.0)]), ValueError,
-     r"coefficients\[0\]\[1\] must be a real number"),
+    *[
+        (lambda t=t: matfun.tiled_newton_schulz(G0, t), ValueError, "tile")
+        for t in (True, 2.0, "2", (2, None), np.bool_(True))
+    ],
+    *[
+        (lambda p=p: matfun.newton_schulz(G0, precision=p), ValueError, "unknown precision")
+        for p in ("float16", 32, "bf16")
+    ],
+    *[
+        (lambda c=c: matfun.newton_schulz(G0, coefficients=c), TypeError, r"coefficients.*real number")
+        for c in ([("3.4", -4.7, 2.0)], [(True, 0, 0)], None, (3.4, -4.7, 2.0), 3.0)
+    ],
+    (
+        lambda: matfun.newton_schulz(G0, coefficients=[(1.0, float("nan"), 0.0)]),
+        ValueError,
+        r"coefficients\[0\]\[1\] must be a real number",
+    ),
     (lambda: matfun.newton_schulz(G0, coefficients=[(1.0, float("inf"), 0.0)]), ValueError, "3 finite numbers"),
     (lambda: matfun.Schedule("x", [(1, 0, 0)], "1.02"), TypeError, "normalization must be a real number"),
     (lambda: matfun.Schedule("x", [(1, 0, 0)], float("inf")), ValueError, "normalization must be a real number"),
     (lambda: matfun.Schedule(None, [(1, 0, 0)]), TypeError, "name must be a str"),
-    *[(lambda b=b: matfun.tiled_newton_schulz(G0, 2, memory_budget=b), ValueError, "memory_budget")
-      for b in (1e6, True, "1MB", 0)],
-    *[(lambda s=s: matfun.NewtonSchulz().flops(s), ValueError, "shape must be")
-      for s in ((4.5, 6), (True, 6), (4,), 7, (4, -1))],
+    *[
+        (lambda b=b: matfun.tiled_newton_schulz(G0, 2, memory_budget=b), ValueError, "memory_budget")
+        for b in (1e6, True, "1MB", 0)
+    ],
+    *[
+        (lambda s=s: matfun.NewtonSchulz().flops(s), ValueError, "shape must be")
+        for s in ((4.5, 6), (True, 6), (4,), 7, (4, -1))
+    ],
     (lambda: matfun.Tiled(matfun.Polar(), 4).flops((4, 6.0)), ValueError, "shape must be"),
     # inputs that are not plain arrays
     (lambda: matfun.newton_schulz(np.ma.masked_array(G0)), TypeError, "masked array"),
@@ -386,8 +427,9 @@ def test_good_argument_spellings_still_work():
     assert np.allclose(matfun.smoothed_polar(G0, 1), matfun.smoothed_polar(G0, 1.0))
     assert np.allclose(matfun.smoothed_polar(G0, torch.tensor(0.5)), matfun.smoothed_polar(G0, 0.5))
     assert np.allclose(matfun.newton_schulz(G0, np.int64(3)), matfun.newton_schulz(G0, 3))
-    assert np.allclose(matfun.tiled_newton_schulz(G0, 2, memory_budget=np.int64(2**20)),
-                       matfun.tiled_newton_schulz(G0, 2))
+    assert np.allclose(
+        matfun.tiled_newton_schulz(G0, 2, memory_budget=np.int64(2**20)), matfun.tiled_newton_schulz(G0, 2)
+    )
     assert matfun.SecondMoment(factorized=np.bool_(True)).factorized is True
     assert matfun.NewtonSchulz().flops(torch.Size([4, 6])) == matfun.NewtonSchulz().flops((np.int64(4), 6))
 
@@ -509,7 +551,7 @@ def test_packaging_files():
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert "## [Unreleased]" in changelog and "## [0.1.0]" in changelog
     readme = (ROOT / "README.md").read_text()
-    references = readme[readme.index("## References"):]
+    references = readme[readme.index("## References") :]
     for arxiv in ("2606.27216", "2604.09967", "2605.23871", "2505.16932"):
         assert f"arXiv:{arxiv}" in references
     assert "Amsel, D. Persson, C. Musco, R. M. Gower" in references
@@ -523,6 +565,13 @@ def test_public_docstrings_do_not_point_at_private_names():
             docs += [m.__doc__ or "" for k, m in vars(obj).items() if not k.startswith("_") and callable(m)]
         for doc in docs:
             assert not re.search(r"matfun\._|:func:`_|:mod:`_", doc), name
-    for fn in (matfun.newton_schulz, matfun.tiled_newton_schulz, matfun.tiled_newton_schulz_many,
-               matfun.polar, matfun.smoothed_polar, matfun.preconditioned_newton_schulz, matfun.transfer_function):
+    for fn in (
+        matfun.newton_schulz,
+        matfun.tiled_newton_schulz,
+        matfun.tiled_newton_schulz_many,
+        matfun.polar,
+        matfun.smoothed_polar,
+        matfun.preconditioned_newton_schulz,
+        matfun.transfer_function,
+    ):
         assert "Raises\n    ------" in fn.__doc__, fn.__name__

@@ -28,8 +28,10 @@ IDS = ["Muon", "HiMuon", "Muon2", "Muon2F", "Muon2-tiled"]
 
 def _params(dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(8, 6, generator=g, dtype=dtype)),
-            torch.nn.Parameter(torch.randn(5, 4, generator=g, dtype=dtype))]
+    return [
+        torch.nn.Parameter(torch.randn(8, 6, generator=g, dtype=dtype)),
+        torch.nn.Parameter(torch.randn(5, 4, generator=g, dtype=dtype)),
+    ]
 
 
 def _grads(params, seed=1):
@@ -76,7 +78,7 @@ def test_a_step_size_or_decay_that_overflows_is_rejected_before_anything_changes
     opt.param_groups[0].update(edit)
     _grads(params, 3)
     snap = _snapshot(opt, params)
-    with pytest.raises(ValueError, match="not finite in torch.float32.*nothing was updated"):
+    with pytest.raises(ValueError, match=r"not finite in torch.float32.*nothing was updated"):
         opt.step()
     _assert_unchanged(opt, params, snap)
 
@@ -116,7 +118,7 @@ def test_a_schedule_whose_iterates_overflow_is_rejected(cls, kw):
     opt.param_groups[0]["ns_steps"] = 16
     _grads(params, 3)
     snap = _snapshot(opt, params)
-    with pytest.raises(ValueError, match="param group 0: .*would overflow"):
+    with pytest.raises(ValueError, match=r"param group 0: .*would overflow"):
         opt.step()
     _assert_unchanged(opt, params, snap)
     opt.param_groups[0]["ns_steps"] = 14  # 3^14 ≈ 4.8e6: allowed, and the step is finite
@@ -130,8 +132,11 @@ def test_a_schedule_whose_iterates_overflow_is_rejected(cls, kw):
 @pytest.mark.parametrize("cls,kw", CLASSES, ids=IDS)
 def test_empty_matrices_are_left_alone(cls, kw):
     # a 5×0 matrix gave ZeroDivisionError (Muon, Muon²) or "tile sizes must be positive" (HiMuon)
-    empties = [torch.nn.Parameter(torch.zeros(5, 0)), torch.nn.Parameter(torch.zeros(0, 5)),
-               torch.nn.Parameter(torch.zeros(4, 0, 3, 3))]
+    empties = [
+        torch.nn.Parameter(torch.zeros(5, 0)),
+        torch.nn.Parameter(torch.zeros(0, 5)),
+        torch.nn.Parameter(torch.zeros(4, 0, 3, 3)),
+    ]
     params = _params() + empties
     opt = cls(params, lr=0.02, **kw)
     _grads(params)
@@ -160,17 +165,21 @@ def _first(sd):
 
 
 EDITS = {
-    "meta tensor": (lambda sd: _first(sd).update(momentum_buffer=_first(sd)["momentum_buffer"].to("meta")),
-                    "dense floating tensor"),
-    "sparse tensor": (lambda sd: _first(sd).update(momentum_buffer=_first(sd)["momentum_buffer"].to_sparse()),
-                      "dense floating tensor"),
+    "meta tensor": (
+        lambda sd: _first(sd).update(momentum_buffer=_first(sd)["momentum_buffer"].to("meta")),
+        "dense floating tensor",
+    ),
+    "sparse tensor": (
+        lambda sd: _first(sd).update(momentum_buffer=_first(sd)["momentum_buffer"].to_sparse()),
+        "dense floating tensor",
+    ),
     "state is a list": (lambda sd: sd.update(state=[1, 2]), "'state' must be a dict"),
-    "an id twice": (lambda sd: sd["param_groups"][0].update(params=[sd["param_groups"][0]["params"][0]] * 2),
-                    "parameter id twice"),
-    "names of another length": (lambda sd: sd["param_groups"][0].update(param_names=["a"]),
-                                "one name per parameter"),
-    "other names": (lambda sd: sd["param_groups"][0].update(param_names=["b", "a"]),
-                    "parameter 0 is 'a' here but 'b'"),
+    "an id twice": (
+        lambda sd: sd["param_groups"][0].update(params=[sd["param_groups"][0]["params"][0]] * 2),
+        "parameter id twice",
+    ),
+    "names of another length": (lambda sd: sd["param_groups"][0].update(param_names=["a"]), "one name per parameter"),
+    "other names": (lambda sd: sd["param_groups"][0].update(param_names=["b", "a"]), "parameter 0 is 'a' here but 'b'"),
 }
 
 
@@ -189,7 +198,7 @@ def test_unusable_checkpoints_are_rejected_with_a_message(cls, kw, edit):
 
 def test_muon2_state_with_both_forms_or_no_second_moment_is_rejected():
     for drop, match in ((None, "both the full and the factorized"), ("exp_avg_sq", "lacks the second moment")):
-        opt, params = _trained(mo.Muon2, {})
+        opt, _ = _trained(mo.Muon2, {})
         saved = opt.state_dict()
         st = _first(saved)
         st["exp_avg_sq_row"], st["exp_avg_sq_col"] = torch.ones(8), torch.ones(6)
@@ -310,8 +319,10 @@ def _biased_elsewhere():
 
 def _muon_and_adamw(params):
     """The usual split: Muon for the matrices, AdamW for the biases."""
-    return [mo.Muon([p for p in params if p.ndim >= 2], lr=0.02, precision="float64"),
-            torch.optim.AdamW([p for p in params if p.ndim < 2], lr=1e-2)]
+    return [
+        mo.Muon([p for p in params if p.ndim >= 2], lr=0.02, precision="float64"),
+        torch.optim.AdamW([p for p in params if p.ndim < 2], lr=1e-2),
+    ]
 
 
 def _frozen(params):
@@ -340,7 +351,7 @@ def test_sharded_check_does_not_pass_when_the_reference_does_not_move():
 
     report = check_sharded_optimizer(_biased, _frozen, world_size=2, steps=1)  # decided before any spawn
     assert not report.passed and "changed no parameter" in report["params_match_reference"].detail
-    with pytest.raises(TypeError, match="must return a torch.optim.Optimizer or a list"):
+    with pytest.raises(TypeError, match=r"must return a torch.optim.Optimizer or a list"):
         check_sharded_optimizer(_biased, _not_an_optimizer, world_size=2, steps=1)
 
 

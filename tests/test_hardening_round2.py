@@ -7,21 +7,29 @@ import dataclasses
 import functools
 import subprocess
 import sys
-import textwrap
 import uuid
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import matfun
 from diagnostics import cli, overrides, plugins, runner
 
-TINY = ["--set", "shape=16,24", "--set", "condition_numbers=10", "--set", "schedules=jordan", "--set",
-        "tiles=8", "--set", "max_steps=3"]
+TINY = [
+    "--set",
+    "shape=16,24",
+    "--set",
+    "condition_numbers=10",
+    "--set",
+    "schedules=jordan",
+    "--set",
+    "tiles=8",
+    "--set",
+    "max_steps=3",
+]
 
-USER_SOURCE = '''
+USER_SOURCE = """
 import sys
 import numpy as np
 import torch
@@ -66,7 +74,7 @@ def opt_none(params, lr):
 
 def opt_sgd(params, lr):
     return torch.optim.SGD(params, lr=lr)
-'''
+"""
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,10 +111,37 @@ def tiny_corpus(tmp_path):
 
 
 def lm_args(corpus_path) -> list[str]:
-    return ["run", "lm", "--quick", "--set", f"corpus={corpus_path}", "--set", "context=16", "--set", "width=32",
-            "--set", "depth=1", "--set", "heads=2", "--set", "batch_size=4", "--set", "steps=4", "--set",
-            "eval_every=2", "--set", "val_windows=4", "--set", "seeds=0", "--set", "timing_rounds=0",
-            "--set", "lrs=()", "--set", "lr_grid=0.01"]
+    return [
+        "run",
+        "lm",
+        "--quick",
+        "--set",
+        f"corpus={corpus_path}",
+        "--set",
+        "context=16",
+        "--set",
+        "width=32",
+        "--set",
+        "depth=1",
+        "--set",
+        "heads=2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "steps=4",
+        "--set",
+        "eval_every=2",
+        "--set",
+        "val_windows=4",
+        "--set",
+        "seeds=0",
+        "--set",
+        "timing_rounds=0",
+        "--set",
+        "lrs=()",
+        "--set",
+        "lr_grid=0.01",
+    ]
 
 
 # ------------------------------------------------------------------ item 3: silent successes
@@ -134,11 +169,18 @@ def test_optimizer_option_is_added_to_the_overridden_optimizers(usermod, tmp_pat
 
 def test_a_repeated_set_key_checks_every_value_and_a_scoped_one_wins(tmp_path, capsys):
     # the earlier value is checked too (it used to be dropped unchecked)
-    assert run_cli(["run", "ns_convergence", "--quick", *TINY, "--set", "schedules=nope", "--set",
-                    "schedules=jordan"], tmp_path) == 2
+    assert (
+        run_cli(
+            ["run", "ns_convergence", "--quick", *TINY, "--set", "schedules=nope", "--set", "schedules=jordan"],
+            tmp_path,
+        )
+        == 2
+    )
     assert "nope" in one_line(capsys)
-    assert run_cli(["run", "ns_convergence", "--quick", *TINY, "--set", "max_steps=1e9", "--set",
-                    "max_steps=3"], tmp_path) == 2
+    assert (
+        run_cli(["run", "ns_convergence", "--quick", *TINY, "--set", "max_steps=1e9", "--set", "max_steps=3"], tmp_path)
+        == 2
+    )
     assert "exceeds the size bound" in one_line(capsys)
     from diagnostics import experiments
 
@@ -154,17 +196,20 @@ def test_a_repeated_set_key_checks_every_value_and_a_scoped_one_wins(tmp_path, c
 # ------------------------------------------------------- item 5: one line instead of a traceback
 
 
-@pytest.mark.parametrize("setting, expected", [
-    ("schedules=", "empty list"),
-    ("condition_numbers=", "empty list"),
-    ("precisions=", "empty list"),
-    ("schedules=jordan,jordan", "repeated value"),
-    ("condition_numbers=10,1e1", "repeated value"),
-    ("condition_numbers=nan", "finite number"),
-    ("condition_numbers=inf", "finite number"),
-    ("max_steps=1e9", "exceeds the size bound"),
-    ("shape=16,100000000", "exceeds the size bound"),
-])
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("schedules=", "empty list"),
+        ("condition_numbers=", "empty list"),
+        ("precisions=", "empty list"),
+        ("schedules=jordan,jordan", "repeated value"),
+        ("condition_numbers=10,1e1", "repeated value"),
+        ("condition_numbers=nan", "finite number"),
+        ("condition_numbers=inf", "finite number"),
+        ("max_steps=1e9", "exceeds the size bound"),
+        ("shape=16,100000000", "exceeds the size bound"),
+    ],
+)
 def test_generic_override_checks_are_one_line(tmp_path, capsys, setting, expected):
     experiment = "precision" if setting.startswith("precisions") else "ns_convergence"
     assert run_cli(["run", experiment, "--quick", "--set", setting], tmp_path) == 2
@@ -197,10 +242,16 @@ def test_meta_or_sparse_output_is_one_line(usermod, tmp_path, capsys, attr, prob
     assert f"'{attr}'" in err and problem in err
 
 
-@pytest.mark.parametrize("attr, problem", [("opt_some", "does not optimise 3 of the 4 hidden matrices"),
-                                           ("opt_none", "optimises 1 parameter(s) it was not given")])
-def test_lm_factory_that_does_not_cover_the_hidden_matrices_is_refused(usermod, tmp_path, capsys, tiny_corpus,
-                                                                        attr, problem):
+@pytest.mark.parametrize(
+    "attr, problem",
+    [
+        ("opt_some", "does not optimise 3 of the 4 hidden matrices"),
+        ("opt_none", "optimises 1 parameter(s) it was not given"),
+    ],
+)
+def test_lm_factory_that_does_not_cover_the_hidden_matrices_is_refused(
+    usermod, tmp_path, capsys, tiny_corpus, attr, problem
+):
     args = [*lm_args(tiny_corpus), "--set", "optimizers=adamw", "--optimizer", f"x={usermod}:{attr}"]
     assert run_cli(args, tmp_path) == 2
     err = one_line(capsys)
@@ -209,8 +260,12 @@ def test_lm_factory_that_does_not_cover_the_hidden_matrices_is_refused(usermod, 
 
 def test_keyboard_interrupt_in_a_plugin_on_a_worker_is_one_line(usermod, tmp_path, capsys):
     args = ["run", "ns_convergence", "--quick", "--map", f"ki={usermod}:interrupts", *TINY, "--jobs", "2"]
-    proc = subprocess.run([sys.executable, "-m", "diagnostics", *args, "--out", str(tmp_path / "o"), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diagnostics", *args, "--out", str(tmp_path / "o"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "'ki'" in lines[0] and "KeyboardInterrupt" in lines[0], proc.stderr
@@ -269,18 +324,18 @@ def _ns(G, steps):
 def _make(steps):
     def closure(G):
         return matfun.newton_schulz(G, steps, "jordan")
+
     return closure
 
 
 PY_TINY = {"shape": (16, 24), "condition_numbers": (10,), "schedules": ("jordan",), "tiles": (8,), "max_steps": 3}
 
 
-@pytest.mark.parametrize("make", [lambda k: functools.partial(_ns, steps=k), _make],
-                         ids=["partial", "closure"])
+@pytest.mark.parametrize("make", [lambda k: functools.partial(_ns, steps=k), _make], ids=["partial", "closure"])
 def test_partials_and_closures_are_identified_by_their_values(tmp_path, make):
     import diagnostics
 
-    kw = dict(quick=True, figures_dir=None, results_dir=tmp_path / "r", set=PY_TINY)
+    kw = {"quick": True, "figures_dir": None, "results_dir": tmp_path / "r", "set": PY_TINY}
     five = diagnostics.run("ns_convergence", maps={"mine": make(5)}, **kw)
     one = diagnostics.run("ns_convergence", maps={"mine": make(1)}, **kw)
     assert five.computed == 2 and one.computed == 1 and one.cached == 1  # the plug-in's cell only
@@ -295,7 +350,7 @@ def test_unidentifiable_plugin_runs_uncached_with_one_note(tmp_path, capsys):
     import diagnostics
 
     nosource = eval("lambda G: matfun.newton_schulz(G, 3, 'jordan')")  # no readable source
-    kw = dict(quick=True, figures_dir=None, results_dir=tmp_path / "r", set=PY_TINY)
+    kw = {"quick": True, "figures_dir": None, "results_dir": tmp_path / "r", "set": PY_TINY}
     for expected_cached in (0, 1):
         result = diagnostics.run("ns_convergence", maps={"anon": nosource}, **kw)
         assert result.cached == expected_cached and result.computed == 2 - expected_cached  # built-in cell cached
@@ -314,7 +369,7 @@ def test_unidentifiable_plugin_with_jobs_is_not_cached_by_the_workers(tmp_path, 
     import diagnostics
 
     nosource = eval("lambda G: matfun.newton_schulz(G, 3, 'jordan')")
-    kw = dict(quick=True, figures_dir=None, set={**PY_TINY, "condition_numbers": (10, 1000)})
+    kw = {"quick": True, "figures_dir": None, "set": {**PY_TINY, "condition_numbers": (10, 1000)}}
     seq = diagnostics.run("ns_convergence", maps={"anon": nosource}, results_dir=tmp_path / "a", **kw)
     par = diagnostics.run("ns_convergence", maps={"anon": nosource}, results_dir=tmp_path / "b", jobs=2, **kw)
     pd.testing.assert_frame_equal(par.frame, seq.frame)
@@ -341,9 +396,21 @@ def test_lm_corpus_changed_during_the_run_is_refused(tiny_corpus):
     from diagnostics.errors import BadInput
     from diagnostics.experiments import lm
 
-    config = lm.Config(corpus=str(tiny_corpus), context=16, width=32, depth=1, heads=2, batch_size=4, steps=4,
-                       eval_every=2, val_windows=4, seeds=(0,), timing_rounds=0, optimizers=("adamw",),
-                       lr_grid=(0.01,))
+    config = lm.Config(
+        corpus=str(tiny_corpus),
+        context=16,
+        width=32,
+        depth=1,
+        heads=2,
+        batch_size=4,
+        steps=4,
+        eval_every=2,
+        val_windows=4,
+        seeds=(0,),
+        timing_rounds=0,
+        optimizers=("adamw",),
+        lr_grid=(0.01,),
+    )
     cell = lm.cells(config)[0]
     tiny_corpus.write_bytes(b"x" + tiny_corpus.read_bytes())
     with pytest.raises(BadInput, match="changed during the run"):
@@ -353,7 +420,7 @@ def test_lm_corpus_changed_during_the_run_is_refused(tiny_corpus):
 # ------------------------------------------------- item 6: --jobs against the sequential run
 
 
-NUMPY_MAP = '''
+NUMPY_MAP = """
 import numpy as np
 
 
@@ -364,7 +431,7 @@ def cubic(steps):
             X = 1.5 * X - 0.5 * X @ X.T @ X
         return X
     return ns
-'''
+"""
 
 
 def test_jobs_equal_the_sequential_run_within_the_stated_tolerance(tmp_path, monkeypatch):
@@ -377,9 +444,18 @@ def test_jobs_equal_the_sequential_run_within_the_stated_tolerance(tmp_path, mon
     (tmp_path / f"{name}.py").write_text(NUMPY_MAP)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    kw = dict(maps={"np": f"{name}:cubic"}, quick=True, figures_dir=None,
-              set={"shape": (128, 256), "condition_numbers": (10, 1000), "schedules": ("jordan",), "tiles": (32,),
-                   "max_steps": 4})
+    kw = {
+        "maps": {"np": f"{name}:cubic"},
+        "quick": True,
+        "figures_dir": None,
+        "set": {
+            "shape": (128, 256),
+            "condition_numbers": (10, 1000),
+            "schedules": ("jordan",),
+            "tiles": (32,),
+            "max_steps": 4,
+        },
+    }
     seq = diagnostics.run("ns_convergence", results_dir=tmp_path / "seq", **kw).frame
     par = diagnostics.run("ns_convergence", results_dir=tmp_path / "par", jobs=2, **kw).frame
     assert list(par.columns) == list(seq.columns) and len(par) == len(seq)

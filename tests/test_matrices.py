@@ -145,9 +145,7 @@ def test_heavy_tailed_has_heavier_tails_than_gaussian():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "shape, tile", [((12, 12), 4), ((10, 7), 3), ((13, 9), (4, 2)), ((2, 5, 9), (2, 3))]
-)
+@pytest.mark.parametrize("shape, tile", [((12, 12), 4), ((10, 7), 3), ((13, 9), (4, 2)), ((2, 5, 9), (2, 3))])
 def test_coupling_zero_is_exactly_block_diagonal(shape, tile):
     matrix = mx.tile_coupled(shape, tile, 0.0, seed=10)
     mask = mx.tile_block_mask(shape[-2], shape[-1], tile)
@@ -187,24 +185,20 @@ def test_off_diagonal_energy_grows_with_coupling():
 # ---------------------------------------------------------------------------
 
 GENERATORS = {
-    "haar": lambda shape, seed, **kw: mx.haar_orthogonal(
-        shape[-1], batch=shape[:-2], seed=seed, **kw
-    ),
+    "haar": lambda shape, seed, **kw: mx.haar_orthogonal(shape[-1], batch=shape[:-2], seed=seed, **kw),
     "geometric": lambda shape, seed, **kw: mx.geometric(shape, 100.0, seed=seed, **kw),
     "power_law": lambda shape, seed, **kw: mx.power_law(shape, 1.0, seed=seed, **kw),
     "linear": lambda shape, seed, **kw: mx.linear(shape, 10.0, seed=seed, **kw),
     "clustered": lambda shape, seed, **kw: mx.clustered(shape, seed=seed, **kw),
     "rank_deficient": lambda shape, seed, **kw: mx.rank_deficient(shape, 1, seed=seed, **kw),
-    "low_rank_plus_noise": lambda shape, seed, **kw: mx.low_rank_plus_noise(
-        shape, 1, 0.1, seed=seed, **kw
-    ),
+    "low_rank_plus_noise": lambda shape, seed, **kw: mx.low_rank_plus_noise(shape, 1, 0.1, seed=seed, **kw),
     "heavy_tailed": lambda shape, seed, **kw: mx.heavy_tailed(shape, seed=seed, **kw),
     "tile_coupled": lambda shape, seed, **kw: mx.tile_coupled(shape, 2, 0.5, seed=seed, **kw),
 }
 
-shapes = st.tuples(
-    st.lists(st.integers(1, 3), max_size=2), st.integers(1, 9), st.integers(1, 9)
-).map(lambda t: (*t[0], t[1], t[2]))
+shapes = st.tuples(st.lists(st.integers(1, 3), max_size=2), st.integers(1, 9), st.integers(1, 9)).map(
+    lambda t: (*t[0], t[1], t[2])
+)
 
 
 @pytest.mark.parametrize("name", list(GENERATORS))

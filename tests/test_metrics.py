@@ -44,7 +44,7 @@ def test_exact_polar_is_ideal(shape):
         assert np.shape(err[key]) == batch
         assert np.all(err[key] < TIGHT), key
     assert np.all(err["rank"] == min(shape[-2:]))
-    assert err["singular_values"].shape == batch + (min(shape[-2:]),)
+    assert err["singular_values"].shape == (*batch, min(shape[-2:]))
 
 
 def test_reference_polar_matches_matfun_polar():
@@ -107,7 +107,7 @@ def test_rank_deficient(shape):
 
     # X = P + a piece acting outside G's range: σᵢ on the range unchanged,
     # X − P sees the piece; duality efficiency still 1 (⟨G, Q⟩ = 0, ‖X‖₂ = 1).
-    U, S, Vh = np.linalg.svd(G)
+    U, _S, Vh = np.linalg.svd(G)
     Q = 0.5 * np.outer(U[:, k], Vh[k])  # rank one, in the orthogonal complement
     X = P + Q
     err = M.spectral_error(X, G)

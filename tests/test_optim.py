@@ -17,8 +17,13 @@ JORDAN = (3.4445, -4.7750, 2.0315)
 def make_model(seed: int = 0, conv: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
     # wide (16×32), tall (48×16: "original" lr factor √3) and wide (8×48) matrices
-    layers = [torch.nn.Linear(32, 16, bias=False), torch.nn.Tanh(), torch.nn.Linear(16, 48, bias=False),
-              torch.nn.Tanh(), torch.nn.Linear(48, 8, bias=False)]
+    layers = [
+        torch.nn.Linear(32, 16, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 48, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 8, bias=False),
+    ]
     return torch.nn.Sequential(*layers)
 
 
@@ -101,8 +106,9 @@ def test_muon_fp32_matches_reference(nesterov, adjust):
     grads_seq = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(4)]
     ref = reference_muon_fp32(params, grads_seq, 0.05, 0.1, 0.9, nesterov, 5, JORDAN, adjust)
     ps = [p.clone().requires_grad_(True) for p in params]
-    opt = mo.Muon(ps, lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov,
-                  adjust_lr_fn=adjust, precision="float32")
+    opt = mo.Muon(
+        ps, lr=0.05, weight_decay=0.1, momentum=0.9, nesterov=nesterov, adjust_lr_fn=adjust, precision="float32"
+    )
     for grads in grads_seq:
         for p, gr in zip(ps, grads):
             p.grad = gr.clone()
@@ -245,8 +251,17 @@ def test_muon2_recurrences_full_factorized_tiled():
     for factorized in (False, True):
         for tile in (None, 8):
             p = p0.clone().requires_grad_(True)
-            opt = mo.Muon2([p], lr=0.05, momentum=0.9, beta2=0.9, eps=1e-8, factorized=factorized,
-                           tile=tile, ns_steps=3, adjust_lr_fn="match_rms_adamw")
+            opt = mo.Muon2(
+                [p],
+                lr=0.05,
+                momentum=0.9,
+                beta2=0.9,
+                eps=1e-8,
+                factorized=factorized,
+                tile=tile,
+                ns_steps=3,
+                adjust_lr_fn="match_rms_adamw",
+            )
             ref, B, V, r, c = p0.clone(), torch.zeros(shape), torch.zeros(shape), torch.zeros(12), torch.zeros(20)
             for G in grads_seq:
                 p.grad = G.clone()
@@ -281,7 +296,10 @@ OPTIMIZERS = [
 def conv_model(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 4, bias=False)
+        torch.nn.Conv2d(3, 8, 3, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 4 * 4, 4, bias=False),
     )
 
 
@@ -336,8 +354,16 @@ def test_rejections(cls, kw):
     with pytest.raises(ValueError, match="AdamW"):
         cls([{"params": list(model.parameters())}, {"params": [bias]}], **kw)
     params = list(model.parameters())
-    for bad in ({"lr": -1.0}, {"momentum": 1.0}, {"momentum": -0.1}, {"weight_decay": -1.0},
-                {"adjust_lr_fn": "sqrt"}, {"ns_steps": -1}, {"precision": "fp8"}, {"ns_coefficients": "nope"}):
+    for bad in (
+        {"lr": -1.0},
+        {"momentum": 1.0},
+        {"momentum": -0.1},
+        {"weight_decay": -1.0},
+        {"adjust_lr_fn": "sqrt"},
+        {"ns_steps": -1},
+        {"precision": "fp8"},
+        {"ns_coefficients": "nope"},
+    ):
         with pytest.raises((ValueError, TypeError)):
             cls(params, **{**kw, **bad})
     with pytest.raises(ValueError):

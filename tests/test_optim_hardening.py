@@ -291,7 +291,7 @@ def test_rejected_param_group_is_not_added(cls, kw):
 @pytest.mark.parametrize("cls,kw", ALL, ids=IDS)
 def test_constructor_rejects_a_bad_second_group(cls, kw):
     params = two_group_params()
-    for label, (group, match) in _bad_groups().items():
+    for _label, (group, match) in _bad_groups().items():
         with pytest.raises((ValueError, TypeError), match=match):
             cls([{"params": params[:2]}, group], **kw)
 
@@ -375,7 +375,7 @@ def test_mismatching_state_dicts_are_rejected_at_load(cls, kw):
         no_momentum = _edit(good, lambda sd: sd["state"][0].pop("momentum_buffer"))
         cases["no momentum"] = (no_momentum, "lacks 'momentum_buffer'")
     snap = snapshot(opt, params)
-    for label, (sd, match) in cases.items():
+    for _label, (sd, match) in cases.items():
         with pytest.raises(ValueError, match=match):
             opt.load_state_dict(sd)
         assert_unchanged(opt, params, snap)
@@ -383,7 +383,7 @@ def test_mismatching_state_dicts_are_rejected_at_load(cls, kw):
 
 
 def test_muon2_half_factorized_state_is_rejected():
-    opt, params = trained(mo.Muon2, {"factorized": True})
+    opt, _params = trained(mo.Muon2, {"factorized": True})
     sd = _edit(opt.state_dict(), lambda sd: sd["state"][0].pop("exp_avg_sq_col"))
     with pytest.raises(ValueError, match="only one of"):
         opt.load_state_dict(sd)
@@ -413,7 +413,7 @@ def test_bfloat16_round_trip_keeps_float32_statistics_bit_for_bit(cls, kw):
 
 def test_v01_himuon_checkpoint_resumes_with_strict_tiling():
     """A checkpoint saved before ``small_matrix`` existed loads as ``"tile"`` (what that run did)."""
-    opt, params = trained(mo.HiMuon, {"tile": 8})
+    opt, _params = trained(mo.HiMuon, {"tile": 8})
     sd = _edit(opt.state_dict(), lambda sd: [g.pop("small_matrix") for g in sd["param_groups"]])
     opt.load_state_dict(sd)
     assert [g["small_matrix"] for g in opt.param_groups] == ["tile", "tile"]

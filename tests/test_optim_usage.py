@@ -127,8 +127,15 @@ def test_split_params_rule():
     model = TinyLM()
     hidden, rest = split = mo.split_params(model)
     assert names(hidden) == ["conv.weight", "blocks.0.weight", "blocks.2.weight"]
-    assert names(rest) == ["scale", "embed.weight", "conv.bias", "blocks.0.bias", "norm.weight", "norm.bias",
-                           "lm_head.weight"]
+    assert names(rest) == [
+        "scale",
+        "embed.weight",
+        "conv.bias",
+        "blocks.0.bias",
+        "norm.weight",
+        "norm.bias",
+        "lm_head.weight",
+    ]
     # every trainable parameter exactly once
     assert sorted(map(id, (p for part in split for _, p in part))) == sorted(map(id, model.parameters()))
     assert names(mo.split_params(model, head="lm_head")[0]) == names(hidden)
@@ -144,9 +151,9 @@ def test_split_params_tied_frozen_and_errors():
     assert "blocks.0.weight" not in names(mo.split_params(model)[0])
     with pytest.raises(ValueError, match="head='nope'"):
         mo.split_params(model, head="nope")
-    with pytest.raises(ValueError, match="no torch.nn.Linear"):
+    with pytest.raises(ValueError, match=r"no torch.nn.Linear"):
         mo.split_params(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch.nn.Module"):
         mo.split_params([torch.zeros(3, 3)])
     # what split_params returns, the optimizers accept: no bias reaches Muon
     mo.Muon(hidden, lr=0.02)

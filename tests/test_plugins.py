@@ -98,8 +98,18 @@ not_callable = 3
 '''
 
 #: Tiny sizes for every experiment run in these tests (keys an experiment lacks are not applied to it).
-TINY = ["--set", "shape=16,24", "--set", "condition_numbers=10", "--set", "schedules=jordan", "--set",
-        "tiles=8", "--set", "max_steps=4"]
+TINY = [
+    "--set",
+    "shape=16,24",
+    "--set",
+    "condition_numbers=10",
+    "--set",
+    "schedules=jordan",
+    "--set",
+    "tiles=8",
+    "--set",
+    "max_steps=4",
+]
 
 
 @pytest.fixture()
@@ -130,8 +140,13 @@ def cells_on_disk(tmp_path, experiment: str) -> int:
 def legend_texts(module, frame, config) -> list[str]:
     with plotting.capture_figures() as figs:
         module.plot(frame, config, "unused")
-    return [t.get_text() for fig, _ in figs for leg in fig.legends + [a.get_legend() for a in fig.axes]
-            if leg is not None for t in leg.get_texts()]
+    return [
+        t.get_text()
+        for fig, _ in figs
+        for leg in fig.legends + [a.get_legend() for a in fig.axes]
+        if leg is not None
+        for t in leg.get_texts()
+    ]
 
 
 # --------------------------------------------------------------------- adaptor
@@ -172,13 +187,16 @@ def test_kinds_and_curves(usermod):
     assert plain.kind == "plain" and [k for k, _ in plain.curve(G, 10)] == [5.0]
 
 
-@pytest.mark.parametrize("attr, problem", [
-    ("raises", "raised RuntimeError: the map is broken"),
-    ("wrong_shape", "returned shape (23, 40) for an input of shape (24, 40)"),
-    ("nonfinite", "non-finite"),
-    ("not_callable", "not callable"),
-    ("missing", "has no attribute 'missing'"),
-])
+@pytest.mark.parametrize(
+    "attr, problem",
+    [
+        ("raises", "raised RuntimeError: the map is broken"),
+        ("wrong_shape", "returned shape (23, 40) for an input of shape (24, 40)"),
+        ("nonfinite", "non-finite"),
+        ("not_callable", "not callable"),
+        ("missing", "has no attribute 'missing'"),
+    ],
+)
 def test_broken_plugins_raise_one_line_naming_them(usermod, attr, problem):
     with pytest.raises(plugins.PluginError) as info:
         plugins.collect(options=[f"bad={usermod}:{attr}"])
@@ -227,16 +245,26 @@ def test_measured_transfer_equals_the_analytic_one_and_flags_tiled_maps(usermod)
 
 
 def test_run_with_maps_names_them_in_rows_and_legends_and_caches_per_plugin(usermod, tmp_path, capsys):
-    args = ["run", "ns_convergence", "--quick", "--map", f"cubic={usermod}:schedule", "--map",
-            f"tiled={usermod}:tiled", *TINY]
+    args = [
+        "run",
+        "ns_convergence",
+        "--quick",
+        "--map",
+        f"cubic={usermod}:schedule",
+        "--map",
+        f"tiled={usermod}:tiled",
+        *TINY,
+    ]
     assert run_cli(args, tmp_path) == 0
     frame = pd.read_csv(tmp_path / "out" / "results" / "ns_convergence" / "results.csv")
     assert set(frame["plugin"].dropna()) == {"cubic", "tiled"}
     cubic = frame[frame["plugin"] == "cubic"]
     assert sorted(cubic["step"]) == [1, 2, 3, 4]  # a factory: one point per K
     module = experiments.get("ns_convergence")
-    config = overrides.apply(module.Config.quick(), [("shape", "16,24"), ("condition_numbers", "10"),
-                                                     ("schedules", "jordan"), ("tiles", "8"), ("max_steps", "4")])
+    config = overrides.apply(
+        module.Config.quick(),
+        [("shape", "16,24"), ("condition_numbers", "10"), ("schedules", "jordan"), ("tiles", "8"), ("max_steps", "4")],
+    )
     texts = legend_texts(module, frame, config)
     assert any("cubic" in t for t in texts) and any("tiled" in t for t in texts)
     capsys.readouterr()
@@ -261,8 +289,16 @@ def test_broken_plugins_exit_2_and_builtin_cells_kept(usermod, tmp_path, capsys)
 
 
 def test_plugin_failing_mid_run_leaves_none_of_its_cells(usermod, tmp_path, capsys):
-    args = ["run", "ns_convergence", "--quick", *TINY, "--set", "condition_numbers=10,1000",
-            "--map", f"late={usermod}:third_call_raises"]
+    args = [
+        "run",
+        "ns_convergence",
+        "--quick",
+        *TINY,
+        "--set",
+        "condition_numbers=10,1000",
+        "--map",
+        f"late={usermod}:third_call_raises",
+    ]
     assert run_cli(args, tmp_path) == 2  # probe: call 1, κ=10: call 2 (cached), κ=1e3: call 3 raises
     err = one_line(capsys)
     assert "'late'" in err and "fails on its third call" in err
@@ -271,8 +307,22 @@ def test_plugin_failing_mid_run_leaves_none_of_its_cells(usermod, tmp_path, caps
 
 
 def test_figures_with_maps_and_seeds_show_spread(usermod, tmp_path, capsys):
-    args = ["figures", "--quick", "--only", "ns_convergence", "duality", "--map", f"cubic={usermod}:schedule",
-            "--seeds", "0,1", *TINY, "--set", "stream_steps=5", "--set", "duality.matrices=geometric"]
+    args = [
+        "figures",
+        "--quick",
+        "--only",
+        "ns_convergence",
+        "duality",
+        "--map",
+        f"cubic={usermod}:schedule",
+        "--seeds",
+        "0,1",
+        *TINY,
+        "--set",
+        "stream_steps=5",
+        "--set",
+        "duality.matrices=geometric",
+    ]
     assert run_cli(args, tmp_path) == 0
     for name in ("ns_convergence", "duality"):
         frame = pd.read_csv(tmp_path / "out" / "results" / name / "results.csv")
@@ -280,9 +330,25 @@ def test_figures_with_maps_and_seeds_show_spread(usermod, tmp_path, capsys):
         assert (tmp_path / "out" / "figures" / name).glob("*.png")
     # seeds are part of the cache key: seed 1 alone is now fully cached, seed 2 is not
     capsys.readouterr()
-    duality = ["run", "duality", "--quick", "--set", "shape=16,24", "--set", "schedules=jordan", "--set", "tiles=8",
-               "--set", "max_steps=4", "--set", "stream_steps=5", "--set", "matrices=geometric",
-               "--map", f"cubic={usermod}:schedule"]
+    duality = [
+        "run",
+        "duality",
+        "--quick",
+        "--set",
+        "shape=16,24",
+        "--set",
+        "schedules=jordan",
+        "--set",
+        "tiles=8",
+        "--set",
+        "max_steps=4",
+        "--set",
+        "stream_steps=5",
+        "--set",
+        "matrices=geometric",
+        "--map",
+        f"cubic={usermod}:schedule",
+    ]
     assert run_cli([*duality, "--seed", "1"], tmp_path) == 0
     assert "0 computed" in capsys.readouterr().out
     assert run_cli([*duality, "--seed", "2"], tmp_path) == 0
@@ -290,8 +356,19 @@ def test_figures_with_maps_and_seeds_show_spread(usermod, tmp_path, capsys):
 
 
 def test_overrides_change_the_cache_key(tmp_path, capsys):
-    args = ["run", "transfer", "--quick", "--set", "schedules=jordan", "--set", "steps=2,3", "--set",
-            "panel_steps=3", "--set", "n_sigma=16"]
+    args = [
+        "run",
+        "transfer",
+        "--quick",
+        "--set",
+        "schedules=jordan",
+        "--set",
+        "steps=2,3",
+        "--set",
+        "panel_steps=3",
+        "--set",
+        "n_sigma=16",
+    ]
     assert run_cli(args, tmp_path) == 0
     assert run_cli([*args, "--set", "n_sigma=17"], tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
@@ -303,12 +380,15 @@ def test_overrides_change_the_cache_key(tmp_path, capsys):
     assert (frame["n_sigma"] == 17).all() and frame["sigma"].nunique() == len(grid)
 
 
-@pytest.mark.parametrize("setting, expected", [
-    ("nope=1", "unknown key 'nope'"),
-    ("max_steps=abc", "expected an integer"),
-    ("schedules=not_a_schedule", "unknown schedule"),
-    ("shape=1,2,3", "expected 2 comma-separated values"),
-])
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("nope=1", "unknown key 'nope'"),
+        ("max_steps=abc", "expected an integer"),
+        ("schedules=not_a_schedule", "unknown schedule"),
+        ("shape=1,2,3", "expected 2 comma-separated values"),
+    ],
+)
 def test_bad_set_is_one_line_listing_valid_keys(tmp_path, capsys, setting, expected):
     assert run_cli(["run", "ns_convergence", "--quick", "--set", setting], tmp_path) == 2
     err = one_line(capsys)
@@ -325,10 +405,14 @@ def test_python_api(usermod, tmp_path):
     import diagnostics
 
     mod = importlib.import_module(usermod)
-    result = diagnostics.run("ns_convergence", maps={"mine": mod.schedule}, quick=True,
-                             set={"shape": (16, 24), "condition_numbers": (10,), "schedules": ("jordan",),
-                                  "tiles": (8,), "max_steps": 3},
-                             results_dir=tmp_path / "r", figures_dir=tmp_path / "f")
+    result = diagnostics.run(
+        "ns_convergence",
+        maps={"mine": mod.schedule},
+        quick=True,
+        set={"shape": (16, 24), "condition_numbers": (10,), "schedules": ("jordan",), "tiles": (8,), "max_steps": 3},
+        results_dir=tmp_path / "r",
+        figures_dir=tmp_path / "f",
+    )
     assert "mine" in set(result.frame["plugin"].dropna()) and result.figures
     with pytest.raises(overrides.OverrideError, match="valid keys"):
         diagnostics.run("ns_convergence", set={"bogus": 1}, quick=True, results_dir=tmp_path / "r")
@@ -385,8 +469,17 @@ def results(tmp_path, out: str, experiment: str = "ns_convergence") -> pd.DataFr
 
 
 def test_map_with_jobs_two_equals_jobs_one(usermod, tmp_path, capsys):
-    args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"cubic={usermod}:schedule",
-            "--map", f"f32={usermod}:float32_on_cells", *TWO_KAPPAS]
+    args = [
+        "run",
+        "ns_convergence",
+        "--quick",
+        "--no-progress",
+        "--map",
+        f"cubic={usermod}:schedule",
+        "--map",
+        f"f32={usermod}:float32_on_cells",
+        *TWO_KAPPAS,
+    ]
     for jobs in ("1", "2"):
         assert cli.main([*args, "--jobs", jobs, "--out", str(tmp_path / f"jobs{jobs}")]) == 0
         out = capsys.readouterr().out
@@ -408,9 +501,18 @@ def test_python_object_plugin_with_jobs_two(usermod, tmp_path):
         return matfun.newton_schulz(G, steps, "jordan")
 
     closure.steps = steps
-    kw = dict(maps={"closure": closure}, quick=True, figures_dir=None,
-              set={"shape": (16, 24), "condition_numbers": (10, 1000), "schedules": ("jordan",), "tiles": (8,),
-                   "max_steps": 3})
+    kw = {
+        "maps": {"closure": closure},
+        "quick": True,
+        "figures_dir": None,
+        "set": {
+            "shape": (16, 24),
+            "condition_numbers": (10, 1000),
+            "schedules": ("jordan",),
+            "tiles": (8,),
+            "max_steps": 3,
+        },
+    }
     sequential = diagnostics.run("ns_convergence", results_dir=tmp_path / "r1", **kw)
     parallel = diagnostics.run("ns_convergence", results_dir=tmp_path / "r2", jobs=2, **kw)
     assert parallel.computed == sequential.computed == 4
@@ -433,8 +535,9 @@ def test_unpicklable_plugin_with_jobs_fails_before_anything_runs(usermod, tmp_pa
 
     monkeypatch.setattr(parallel, "open_client", lambda *a: pytest.fail("a cluster was started"))
     with pytest.raises(plugins.PluginError) as info:
-        diagnostics.run("ns_convergence", maps={"locked": locked}, quick=True, jobs=2, results_dir=tmp_path / "r",
-                        figures_dir=None)
+        diagnostics.run(
+            "ns_convergence", maps={"locked": locked}, quick=True, jobs=2, results_dir=tmp_path / "r", figures_dir=None
+        )
     message = str(info.value)
     assert "'locked'" in message and "cannot be pickled" in message and "--jobs" in message
     assert "MODULE:ATTR" in message and "\n" not in message
@@ -442,8 +545,15 @@ def test_unpicklable_plugin_with_jobs_fails_before_anything_runs(usermod, tmp_pa
 
 
 def test_plugin_failing_on_a_worker_is_reported_as_in_process(usermod, tmp_path, capsys):
-    args = ["run", "ns_convergence", "--quick", "--no-progress", "--map", f"bad={usermod}:fails_ill_conditioned",
-            *TWO_KAPPAS]
+    args = [
+        "run",
+        "ns_convergence",
+        "--quick",
+        "--no-progress",
+        "--map",
+        f"bad={usermod}:fails_ill_conditioned",
+        *TWO_KAPPAS,
+    ]
     from distributed import LocalCluster
 
     errors = []
@@ -492,8 +602,17 @@ def test_override_values_parse_by_field_type():
         names: tuple[str, ...] = ("a",)
         lrs: tuple[tuple[str, float], ...] = ()
 
-    changed = overrides.apply(Config(), [("n", "4"), ("rate", "none"), ("flag", "true"), ("shape", "8,16"),
-                                         ("names", "x,y"), ("lrs", "adamw:3e-3,muon:0.02")])
+    changed = overrides.apply(
+        Config(),
+        [
+            ("n", "4"),
+            ("rate", "none"),
+            ("flag", "true"),
+            ("shape", "8,16"),
+            ("names", "x,y"),
+            ("lrs", "adamw:3e-3,muon:0.02"),
+        ],
+    )
     assert changed == Config(4, None, True, (8, 16), ("x", "y"), (("adamw", 0.003), ("muon", 0.02)))
     for bad in (("n", "1.5"), ("flag", "maybe"), ("shape", "8"), ("lrs", "adamw")):
         with pytest.raises(overrides.OverrideError, match="valid keys: n \\(int\\)"):

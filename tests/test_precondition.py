@@ -19,12 +19,12 @@ seeds = st.integers(0, 2**32 - 1)
 shapes = st.tuples(st.sampled_from([(), (2,)]), st.integers(1, 20), st.integers(1, 20))
 
 
-from _numeric import as64, rel  # noqa: E402
+from _numeric import rel  # noqa: E402
 
 
 def _matrix(shape, seed):
     lead, H, W = shape
-    return np.random.default_rng(seed).standard_normal(lead + (H, W))
+    return np.random.default_rng(seed).standard_normal((*lead, H, W))
 
 
 # ----------------------------------------------------------------------------- maps
@@ -105,13 +105,13 @@ def test_factorised_equals_full_for_rank_one_second_moment(shape, seed, n):
     rng = np.random.default_rng(seed)
     lead, H, W = shape
     full, fact = matfun.SecondMoment(0.8), matfun.SecondMoment(0.8, factorized=True)
-    u, v = rng.uniform(0.1, 3, lead + (H, 1)), rng.uniform(0.1, 3, lead + (1, W))
+    u, v = rng.uniform(0.1, 3, (*lead, H, 1)), rng.uniform(0.1, 3, (*lead, 1, W))
     for _ in range(n):
-        G = u * v * rng.choice([-1.0, 1.0], lead + (H, W)) * rng.uniform(0.5, 2)  # same rank-1 pattern, varying scale
+        G = u * v * rng.choice([-1.0, 1.0], (*lead, H, W)) * rng.uniform(0.5, 2)  # same rank-1 pattern, varying scale
         full.update(G)
         fact.update(G)
     assert rel(fact.V, full.V) < 1e-12
-    M = rng.standard_normal(lead + (H, W))
+    M = rng.standard_normal((*lead, H, W))
     assert rel(fact.precondition(M), full.precondition(M)) < 1e-12
 
 
@@ -123,9 +123,7 @@ def test_beta2_zero_closed_form(shape, seed, eps):
     state.update(G)
     assert rel(state.V, G * G) == 0
     assert rel(state.precondition(G), G / (np.abs(G) + eps)) < 1e-15
-    assert rel(
-        matfun.preconditioned_newton_schulz(G, state), matfun.newton_schulz(G / (np.abs(G) + eps))
-    ) < 1e-12
+    assert rel(matfun.preconditioned_newton_schulz(G, state), matfun.newton_schulz(G / (np.abs(G) + eps))) < 1e-12
 
 
 def test_zero_gradient_factorised_state_is_zero():
@@ -186,7 +184,7 @@ def test_errors():
         matfun.precondition(M, np.zeros((4, 5)), 0.0)
     state = matfun.SecondMoment()
     with pytest.raises(RuntimeError, match="update"):
-        state.V
+        _ = state.V
     state.update(M)
     with pytest.raises(ValueError, match="shape"):
         state.update(np.ones((5, 4)))

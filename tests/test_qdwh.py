@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import matfun
 from diagnostics.threads import torch_threads
@@ -119,8 +120,7 @@ def test_rank_cutoff_rtol_is_respected(path):
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**31 - 1), m=st.integers(2, 24), n=st.integers(2, 24),
-       log_kappa=st.floats(0, 8))
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(2, 24), n=st.integers(2, 24), log_kappa=st.floats(0, 8))
 def test_orthogonal_equivariance_and_transpose(seed, m, n, log_kappa, path):
     G = prescribed((m, n), 10.0**log_kappa, seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -295,10 +295,15 @@ def test_input_is_never_changed_and_its_layout_does_not_matter(shape, path):
     G *= 0.9 / np.abs(G).max(axis=(-2, -1), keepdims=True)  # largest entry in [0.5, 1): no rescaled copy
     readonly = G.copy()
     readonly.flags.writeable = False
-    layouts = {"C": G.copy(), "F": np.swapaxes(np.swapaxes(G, -1, -2).copy(), -1, -2),
-               "negative strides": G[:, ::-1, ::-1].copy()[:, ::-1, ::-1], "read-only": readonly,
-               "strided view": np.repeat(G, 2, axis=-1)[..., ::2],
-               "torch": torch.from_numpy(G.copy()), "torch F": torch.from_numpy(G.copy()).mT.contiguous().mT}
+    layouts = {
+        "C": G.copy(),
+        "F": np.swapaxes(np.swapaxes(G, -1, -2).copy(), -1, -2),
+        "negative strides": G[:, ::-1, ::-1].copy()[:, ::-1, ::-1],
+        "read-only": readonly,
+        "strided view": np.repeat(G, 2, axis=-1)[..., ::2],
+        "torch": torch.from_numpy(G.copy()),
+        "torch F": torch.from_numpy(G.copy()).mT.contiguous().mT,
+    }
     expected = matfun.qdwh_polar(G.copy())
     for name, X in layouts.items():
         as_numpy = (lambda Y: Y.numpy()) if torch.is_tensor(X) else np.asarray
@@ -328,7 +333,9 @@ def test_lapack_polish_judges_rounding_noise_by_the_iterate_it_measured(monkeypa
     # measured at 8192 × 1024 with ℓ₀ 10× too high).
     seen = []
     original = qdwh._Plan.polish_terms
-    monkeypatch.setattr(qdwh._Plan, "polish_terms", lambda self, ell, e, m, n: seen.append((m, n)) or original(self, ell, e, m, n))
+    monkeypatch.setattr(
+        qdwh._Plan, "polish_terms", lambda self, ell, e, m, n: seen.append((m, n)) or original(self, ell, e, m, n)
+    )
     monkeypatch.setattr(_qdwh_lapack, "MIN_SIZE", 1)
     matfun.qdwh_polar(prescribed((200, 8), 10.0, seed=16).astype(np.float32))
     assert seen and all(size == (8, 8) for size in seen)

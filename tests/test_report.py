@@ -16,7 +16,7 @@ import pytest
 
 from diagnostics import cli, report_card
 
-SOURCE = '''
+SOURCE = """
 import numpy as np
 import matfun
 
@@ -36,7 +36,7 @@ cubic5 = cubic(5)  # the factory at the card's K, as a plain callable for valida
 
 def broken(G):
     return G[:1]
-'''
+"""
 
 TINY = {
     "transfer": {"steps": (2, 5), "n_sigma": 24},
@@ -140,8 +140,9 @@ def test_declared_tile_is_read_from_the_map_or_from_what_its_factory_builds():
 
     import matfun
 
-    assert report_card._declared_tile(SimpleNamespace(target=matfun.Tiled(matfun.NewtonSchulz(5), 8),
-                                                      is_factory=False)) == (8, 8)
+    assert report_card._declared_tile(
+        SimpleNamespace(target=matfun.Tiled(matfun.NewtonSchulz(5), 8), is_factory=False)
+    ) == (8, 8)
     factory = SimpleNamespace(target=lambda steps: matfun.Tiled(matfun.NewtonSchulz(steps), (4, 6)), is_factory=True)
     assert report_card._declared_tile(factory) == (4, 6)
     # a plain callable declares nothing: the card then skips orthogonal equivariance instead
@@ -162,7 +163,7 @@ def test_report_schedule_option_runs_the_same_battery_as_validate(tiny, tmp_path
     monkeypatch.setattr(testing, "check_orthogonalizer", spy)
     code, out, io = build(tmp_path, f"{tiny}:cubic", capsys, "--schedule", "cubic", "--steps", "5")
     assert code == 0, io.err
-    (kwargs, card_battery), = seen
+    ((kwargs, card_battery),) = seen
     assert kwargs["schedule"] == "cubic" and kwargs["steps"] == 5
     page = Page()
     page.feed((out / "report.html").read_text())

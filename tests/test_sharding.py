@@ -6,6 +6,9 @@ run computes the same tiles / whole matrices as the single-device map, so the
 results agree to rounding (batched products sum in another order: 1e-12).
 """
 
+import itertools
+
+import _sharding_workers as workers
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,8 +19,6 @@ from matfun._spawn import DistributedRunError, run_distributed
 from matfun.sharding import plan_owners, plan_tiles, row_partition
 from matfun.testing import check_sharded_optimizer
 
-import _sharding_workers as workers
-
 SHAPES = [(10, 7), (5, 12), (3, 6), (64, 48), (33, 20)]  # 3 rows < 4 ranks; 33 and 5 uneven
 
 
@@ -26,21 +27,24 @@ SHAPES = [(10, 7), (5, 12), (3, 6), (64, 48), (33, 20)]  # 3 rows < 4 ranks; 33 
 def test_row_partition_covers_rows_in_order(rows, world):
     parts = row_partition(rows, world)
     assert len(parts) == world and parts[0][0] == 0 and parts[-1][1] == rows
-    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
     # torch.chunk semantics (what FSDP2's Shard(0) uses)
     chunks = torch.arange(rows).chunk(world) if rows else []
     assert [p[1] - p[0] for p in parts[: len(chunks)]] == [len(c) for c in chunks]
 
 
-@given(st.lists(st.tuples(st.integers(1, 70), st.integers(1, 9)), min_size=1, max_size=4),
-       st.integers(1, 20), st.integers(1, 6))
+@given(
+    st.lists(st.tuples(st.integers(1, 70), st.integers(1, 9)), min_size=1, max_size=4),
+    st.integers(1, 20),
+    st.integers(1, 6),
+)
 @settings(max_examples=60, deadline=None)
 def test_plan_tiles_covers_every_row_once_on_tile_boundaries(shapes, th, world):
     units = plan_tiles(shapes, [th] * len(shapes), world)
     for i, (H, _) in enumerate(shapes):
         mine = sorted((u.start, u.stop) for u in units if u.matrix == i)
         assert mine[0][0] == 0 and mine[-1][1] == H
-        assert all(a[1] == b[0] for a, b in zip(mine, mine[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(mine))
         assert all(s % th == 0 for s, _ in mine)
 
 
@@ -86,7 +90,7 @@ def test_tile_aligned_shards_communicate_nothing():
 
 
 def test_a_failing_rank_raises_instead_of_hanging():
-    with pytest.raises(DistributedRunError, match="(?s)rank 1 of 2 raised.*boom on rank 1"):
+    with pytest.raises(DistributedRunError, match=r"(?s)rank 1 of 2 raised.*boom on rank 1"):
         run_distributed(workers.fail_on_rank_one, 2, timeout=60)
 
 
@@ -95,8 +99,9 @@ def test_check_passes_a_correct_optimizer_and_names_the_per_shard_bug():
     assert good.passed, good.table()
     # still fails at float32's tolerance (1.2e-4, a thousand times float64's): the bug's error is
     # ~lr × steps (4e-2 at 2 ranks), far above any rounding
-    bad = check_sharded_optimizer(workers.two_layer, workers.per_shard_ns, world_size=2, steps=2,
-                                  compute_dtype=torch.float32)
+    bad = check_sharded_optimizer(
+        workers.two_layer, workers.per_shard_ns, world_size=2, steps=2, compute_dtype=torch.float32
+    )
     assert bad.failed_names == ["params_match_reference"], bad.table()
     assert bad["params_match_reference"].value > 100 * bad["params_match_reference"].threshold
     assert "float32 rounding" not in bad["params_match_reference"].detail
@@ -131,8 +136,13 @@ def test_sharded_optimizers_equal_single_device(world):
             for pname, p_ref in ref.items():
                 # float64: sharded and single-device runs differ only in summation order
                 torch.testing.assert_close(got["params"][pname], p_ref, rtol=0, atol=1e-12, msg=f"{name} {pname}")
-                torch.testing.assert_close(got["resumed"][pname], got["params"][pname], rtol=0, atol=1e-13,
-                                           msg=f"{name} {pname} resumed from state_dict")
+                torch.testing.assert_close(
+                    got["resumed"][pname],
+                    got["params"][pname],
+                    rtol=0,
+                    atol=1e-13,
+                    msg=f"{name} {pname} resumed from state_dict",
+                )
     # HiMuon with tile-cutting shards moves only cut tiles' rows; full matrices go to owners
     assert 0 < runs[0]["himuon"]["comm"].bytes_total < runs[0]["himuon"]["comm"].baseline_bytes_total
     assert runs[0]["muon"]["comm"].bytes_total > 0

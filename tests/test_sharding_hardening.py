@@ -7,10 +7,12 @@ are sent to the ranks by reference.
 
 import math
 
+import _sharding_workers as workers
 import pytest
 import torch
 
 from matfun._spawn import run_distributed
+from matfun.testing import check_sharded_optimizer
 from matfun.testing.sharded import (
     TOL_FACTOR,
     _precision_hint,
@@ -18,9 +20,6 @@ from matfun.testing.sharded import (
     _worst,
     default_tol,
 )
-from matfun.testing import check_sharded_optimizer
-
-import _sharding_workers as workers
 
 
 class Biased(torch.nn.Module):
@@ -46,8 +45,10 @@ def biased_bf16():
 def muon_and_adamw(params):
     from matfun.optim import Muon
 
-    return [Muon([p for p in params if p.ndim >= 2], lr=0.02, precision="float64"),
-            torch.optim.AdamW([p for p in params if p.ndim < 2], lr=1e-2)]
+    return [
+        Muon([p for p in params if p.ndim >= 2], lr=0.02, precision="float64"),
+        torch.optim.AdamW([p for p in params if p.ndim < 2], lr=1e-2),
+    ]
 
 
 class SkipsDTensors(torch.optim.Optimizer):
@@ -90,8 +91,9 @@ class RankDependentState(torch.optim.Optimizer):
                 if rank == 1:
                     st["only_on_rank_1"] = torch.zeros(())
                 if isinstance(p, DTensor):
-                    st["scale"] = DTensor.from_local(torch.full((2,), float(rank)), p.device_mesh, [Replicate()],
-                                                     run_check=False)
+                    st["scale"] = DTensor.from_local(
+                        torch.full((2,), float(rank)), p.device_mesh, [Replicate()], run_check=False
+                    )
 
 
 def rank_dependent_state(params):
@@ -111,12 +113,14 @@ def muon2_factorized_default(params):
 def test_replicated_state_compares_the_union_of_keys_shapes_dtypes_and_types():
     t = torch.arange(3.0)
     ok = {"a": t, "b": 1, "nan": torch.tensor([math.nan]), "f": math.nan, "l": [t, {"x": t}]}
-    assert _state_mismatches([ok, {k: v for k, v in ok.items()}]) == []
-    lines = _state_mismatches([
-        {"a": t, "b": 1, "c": t, "d": t, "e": t, "g": [t]},
-        {"a": t, "b": 1, "extra": 0, "c": t[:2], "d": t.double(), "e": 2.0, "g": [t + 1]},
-        {"a": t + 1, "b": 2, "extra": 0, "c": t, "d": t, "e": t, "g": [t]},
-    ])
+    assert _state_mismatches([ok, dict(ok.items())]) == []
+    lines = _state_mismatches(
+        [
+            {"a": t, "b": 1, "c": t, "d": t, "e": t, "g": [t]},
+            {"a": t, "b": 1, "extra": 0, "c": t[:2], "d": t.double(), "e": 2.0, "g": [t + 1]},
+            {"a": t + 1, "b": 2, "extra": 0, "c": t, "d": t, "e": t, "g": [t]},
+        ]
+    )
     text = "\n".join(lines)
     assert "'extra' missing on rank 0 (present on 1, 2)".replace("'extra'", "extra") in text, text
     assert "a: rank 2 differs from rank 0 (values differ)" in text
@@ -145,16 +149,31 @@ def test_default_tolerance_follows_the_compute_dtype_and_refuses_half_precision(
     assert _worst([("a", 1.0, 1e-3), ("b", math.nan, 1.0)])[0] == "b"
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"timeout": math.nan}, "timeout"), ({"timeout": math.inf}, "timeout"), ({"timeout": 0}, "timeout"),
-    ({"timeout": -5}, "timeout"), ({"timeout": "60"}, "timeout"), ({"timeout": True}, "timeout"),
-    ({"world_size": 0}, "world_size"), ({"world_size": 1.0}, "world_size"), ({"world_size": True}, "world_size"),
-    ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"batch": -1}, "batch"), ({"seed": 1.5}, "seed"),
-    ({"tol": math.nan}, "tol"), ({"tol": -1e-9}, "tol"), ({"tol": math.inf}, "tol"),
-    ({"compute_dtype": torch.int64}, "compute_dtype"), ({"compute_dtype": "float8"}, "compute_dtype"),
-    ({"inputs": [torch.zeros(2, 6)], "steps": 2}, "inputs"),
-    ({"compute_dtype": torch.bfloat16}, "no default tolerance in bfloat16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"timeout": math.nan}, "timeout"),
+        ({"timeout": math.inf}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -5}, "timeout"),
+        ({"timeout": "60"}, "timeout"),
+        ({"timeout": True}, "timeout"),
+        ({"world_size": 0}, "world_size"),
+        ({"world_size": 1.0}, "world_size"),
+        ({"world_size": True}, "world_size"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"batch": -1}, "batch"),
+        ({"seed": 1.5}, "seed"),
+        ({"tol": math.nan}, "tol"),
+        ({"tol": -1e-9}, "tol"),
+        ({"tol": math.inf}, "tol"),
+        ({"compute_dtype": torch.int64}, "compute_dtype"),
+        ({"compute_dtype": "float8"}, "compute_dtype"),
+        ({"inputs": [torch.zeros(2, 6)], "steps": 2}, "inputs"),
+        ({"compute_dtype": torch.bfloat16}, "no default tolerance in bfloat16"),
+    ],
+)
 def test_every_numeric_argument_is_validated_before_anything_runs(kwargs, match):
     with pytest.raises(ValueError, match=match):
         check_sharded_optimizer(biased, muon_and_adamw, **kwargs)
@@ -203,8 +222,9 @@ def test_float32_compute_on_a_float64_model_is_named_and_passes_at_its_tolerance
     assert strict.failed_names == ["params_match_reference"], strict.table()
     assert 1e-8 < check.value < 1e-5 and check.threshold == default_tol(torch.float64)
     assert "float32 rounding" in check.detail and "compute_dtype=torch.float32" in check.detail
-    loose = check_sharded_optimizer(workers.net, muon2_factorized_default, world_size=4, steps=3,
-                                    compute_dtype=torch.float32)
+    loose = check_sharded_optimizer(
+        workers.net, muon2_factorized_default, world_size=4, steps=3, compute_dtype=torch.float32
+    )
     assert loose.passed, loose.table()
     assert loose["params_match_reference"].threshold == default_tol(torch.float32)
     assert "eps of float32" in loose["params_match_reference"].detail

@@ -13,7 +13,6 @@ import pytest
 
 from diagnostics import experiments, plotting, store
 
-
 # --------------------------------------------------------------------- fakes
 
 
@@ -24,7 +23,7 @@ class FakeConfig:
     sizes: tuple[int, ...] = (2, 3)
 
     @classmethod
-    def quick(cls) -> "FakeConfig":
+    def quick(cls) -> FakeConfig:
         return cls(n=5, label="quick")
 
 
@@ -70,8 +69,14 @@ def cell_files(tmp_path, name="fake"):
 
 
 def test_cell_hash_is_stable_and_sensitive():
-    key = {"store_format": 1, "experiment": "x", "config": {"a": [1, 2], "b": 0.5}, "cell": {"i": 3}, "seed": 0,
-           "device": "cpu"}
+    key = {
+        "store_format": 1,
+        "experiment": "x",
+        "config": {"a": [1, 2], "b": 0.5},
+        "cell": {"i": 3},
+        "seed": 0,
+        "device": "cpu",
+    }
     # Pinned: a change here silently invalidates every cache on disk (bump STORE_FORMAT instead).
     assert store.cell_hash(key) == "7c2033fd920d8b05b33e"
     assert store.cell_hash(dict(reversed(list(key.items())))) == store.cell_hash(key)
@@ -99,8 +104,21 @@ def test_rows_carry_config_cell_seed_device_versions(tmp_path):
     assert mod.calls == [0, 1, 2, 3, 4] and mod.plots == 1
     f = res.frame
     assert len(f) == 10
-    for col in ("j", "value", "n", "label", "sizes", "i", "kind", "experiment", "seed", "device",
-                "numpy_version", "torch_version", "matfun_version"):
+    for col in (
+        "j",
+        "value",
+        "n",
+        "label",
+        "sizes",
+        "i",
+        "kind",
+        "experiment",
+        "seed",
+        "device",
+        "numpy_version",
+        "torch_version",
+        "matfun_version",
+    ):
         assert col in f.columns, col
     assert set(f["label"]) == {"quick"} and set(f["seed"]) == {7} and set(f["device"]) == {"cpu"}
     assert json.loads(f["sizes"].iloc[0]) == [2, 3]  # non-scalars stored as JSON
@@ -216,7 +234,7 @@ def test_bad_experiments_are_rejected(tmp_path):
         experiments.check_experiment(bad)
     with pytest.raises(ValueError, match="already registered"):
         experiments.register(make_fake("transfer"))
-    with pytest.raises(KeyError, match="valid: .*transfer"):
+    with pytest.raises(KeyError, match=r"valid: .*transfer"):
         experiments.get("no_such_experiment")
 
 
@@ -264,8 +282,13 @@ def _tiny_figure():
         fig = plotting.figure("single")
         ax = fig.axes[0]
         for name in ("cubic", "jordan", "you", "polar_express", "other"):
-            ax.plot([1e-3, 1e-1, 1], [0.1, 0.5, 1.0], color=plotting.schedule_color(name),
-                    label=plotting.schedule_label(name), **plotting.tile_style(128))
+            ax.plot(
+                [1e-3, 1e-1, 1],
+                [0.1, 0.5, 1.0],
+                color=plotting.schedule_color(name),
+                label=plotting.schedule_label(name),
+                **plotting.tile_style(128),
+            )
         ax.set_xscale("log")
         ax.set_xlabel(r"$\sigma$ (dimensionless)")
         ax.legend()

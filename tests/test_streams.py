@@ -9,11 +9,9 @@ import torch
 from diagnostics import streams as gs
 
 TINY = {
-    "teacher_student": dict(d_in=24, d_out=12, batch=16),
-    "mlp": dict(sizes=(12, 24, 16, 4), batch=32, teacher_width=8, lr=3e-3),
-    "transformer": dict(
-        d_model=16, heads=2, feedforward=32, vocab=6, seq_len=5, batch=16, lr=1e-2
-    ),
+    "teacher_student": {"d_in": 24, "d_out": 12, "batch": 16},
+    "mlp": {"sizes": (12, 24, 16, 4), "batch": 32, "teacher_width": 8, "lr": 3e-3},
+    "transformer": {"d_model": 16, "heads": 2, "feedforward": 32, "vocab": 6, "seq_len": 5, "batch": 16, "lr": 1e-2},
 }
 SHAPES = {
     "teacher_student": {"weight": (12, 24)},
@@ -49,9 +47,7 @@ def test_recorded_steps_names_and_shapes(kind):
     stream = tiny_stream(kind, steps=12, record_steps=[11, 0, 4, 4])
     assert stream.record_steps == (0, 4, 11)
     assert stream.names == tuple(SHAPES[kind])
-    assert [(s.step, s.name) for s in stream] == [
-        (step, name) for step in (0, 4, 11) for name in SHAPES[kind]
-    ]
+    assert [(s.step, s.name) for s in stream] == [(step, name) for step in (0, 4, 11) for name in SHAPES[kind]]
     for sample in stream:
         for matrix in (sample.G, sample.M, sample.V):
             assert isinstance(matrix, np.ndarray) and matrix.dtype == np.float64

@@ -51,20 +51,28 @@ def failed(report: Report) -> set[str]:
 @pytest.mark.parametrize(
     "fn, kwargs",
     [
-        (lambda G: matfun.newton_schulz(G, 5, "jordan"), dict(schedule="jordan")),
+        (lambda G: matfun.newton_schulz(G, 5, "jordan"), {"schedule": "jordan"}),
         (matfun.polar, {}),
-        (lambda G: matfun.newton_schulz(G, 5, "polar_express"), dict(schedule="polar_express")),
-        (lambda G: matfun.newton_schulz(G, 5, "you"), dict(schedule="you")),
+        (lambda G: matfun.newton_schulz(G, 5, "polar_express"), {"schedule": "polar_express"}),
+        (lambda G: matfun.newton_schulz(G, 5, "you"), {"schedule": "you"}),
         (
             lambda G: matfun.newton_schulz(G, 5, "jordan", precision="bfloat16-emulated"),
-            dict(precision_profile="bf16", schedule="jordan"),
+            {"precision_profile": "bf16", "schedule": "jordan"},
         ),
-        (lambda G: matfun.newton_schulz(G, 5, "jordan"), dict(backend="numpy", schedule="jordan")),
-        (matfun.polar, dict(backend="numpy", dtype="float64")),
-        (hand_jordan, dict(schedule="jordan")),  # the reference loop the broken variants start from
+        (lambda G: matfun.newton_schulz(G, 5, "jordan"), {"backend": "numpy", "schedule": "jordan"}),
+        (matfun.polar, {"backend": "numpy", "dtype": "float64"}),
+        (hand_jordan, {"schedule": "jordan"}),  # the reference loop the broken variants start from
     ],
-    ids=["jordan-fp32", "polar", "polar_express", "you", "jordan-bf16-emulated", "numpy-jordan",
-         "numpy-polar-f64", "hand-jordan"],
+    ids=[
+        "jordan-fp32",
+        "polar",
+        "polar_express",
+        "you",
+        "jordan-bf16-emulated",
+        "numpy-jordan",
+        "numpy-polar-f64",
+        "hand-jordan",
+    ],
 )
 def test_toolkit_maps_pass(fn, kwargs):
     report = check_orthogonalizer(fn, shapes=SHAPES, **kwargs)
@@ -75,8 +83,11 @@ def test_toolkit_maps_pass(fn, kwargs):
 
 def test_native_bf16_input_passes_bf16_profile():
     report = check_orthogonalizer(
-        lambda G: matfun.newton_schulz(G, 5, "jordan"), dtype="bfloat16", precision_profile="bf16",
-        schedule="jordan", shapes=SHAPES,
+        lambda G: matfun.newton_schulz(G, 5, "jordan"),
+        dtype="bfloat16",
+        precision_profile="bf16",
+        schedule="jordan",
+        shapes=SHAPES,
     )
     assert report.passed, report.table()
 
@@ -84,8 +95,11 @@ def test_native_bf16_input_passes_bf16_profile():
 def test_jordan_alignment_is_high_but_not_exact_and_has_margin():
     """The calibration the defaults rest on: Jordan-5 ≈ 0.96 worst case, well above 0.85, below 0.999."""
     for precision, profile in (("float32", "fp32"), ("bfloat16-emulated", "bf16")):
-        r = check_orthogonalizer(lambda G: matfun.newton_schulz(G, 5, "jordan", precision=precision),
-                                 precision_profile=profile, shapes=SHAPES)
+        r = check_orthogonalizer(
+            lambda G, precision=precision: matfun.newton_schulz(G, 5, "jordan", precision=precision),
+            precision_profile=profile,
+            shapes=SHAPES,
+        )
         a = r["alignment"]
         assert PROFILES[profile].min_alignment + 0.05 < a.value < 0.999
         assert "kappa=1e3" in a.detail  # the worst case is named
@@ -106,14 +120,16 @@ def test_wrong_coefficient_fails_schedule_agreement_only():
     assert failed(r) == {"schedule_agreement", "direction_gain", "output_spectrum"}, r.table()
     assert r["schedule_agreement"].value > 0.1
     # the same wrong map in bf16 is still caught under the looser bf16 profile
-    r = check_orthogonalizer(lambda G: hand_jordan(G.bfloat16(), a=3.0).float(), schedule="jordan",
-                             precision_profile="bf16", shapes=SHAPES)
+    r = check_orthogonalizer(
+        lambda G: hand_jordan(G.bfloat16(), a=3.0).float(), schedule="jordan", precision_profile="bf16", shapes=SHAPES
+    )
     assert "schedule_agreement" in failed(r)
 
 
 def test_plain_bf16_torch_loop_passes_bf16_profile():
-    r = check_orthogonalizer(lambda G: hand_jordan(G.bfloat16()).float(), schedule="jordan",
-                             precision_profile="bf16", shapes=SHAPES)
+    r = check_orthogonalizer(
+        lambda G: hand_jordan(G.bfloat16()).float(), schedule="jordan", precision_profile="bf16", shapes=SHAPES
+    )
     assert r.passed, r.table()
 
 
@@ -195,11 +211,11 @@ def test_report_table_and_assert():
     table = r.table()
     assert str(r) == table
     lines = table.splitlines()
-    header, rule = lines[1], lines[2]
+    header = lines[1]
     assert header.split()[:4] == ["check", "result", "value", "threshold"]
     col = header.index("result")
-    for line in lines[3:3 + len(r.checks)]:  # fixed width: the result column lines up
-        assert line[col:col + 4] in ("PASS", "FAIL")
+    for line in lines[3 : 3 + len(r.checks)]:  # fixed width: the result column lines up
+        assert line[col : col + 4] in ("PASS", "FAIL")
     assert lines[-1].startswith("FAILED: ") and "alignment" in lines[-1]
     assert isinstance(r.checks[0], CheckResult)
     with pytest.raises(AssertionError) as info:
@@ -216,8 +232,14 @@ def test_skip_seed_and_bad_arguments():
     a = check_orthogonalizer(fn, seed=3, shapes=SHAPES)["alignment"].value
     assert a == check_orthogonalizer(fn, seed=3, shapes=SHAPES)["alignment"].value
     assert a != check_orthogonalizer(fn, seed=4, shapes=SHAPES)["alignment"].value
-    for kwargs in (dict(precision_profile="fp8"), dict(schedule="nope"), dict(backend="jax"),
-                   dict(backend="numpy", dtype="bfloat16"), dict(skip=("bogus",)), dict(dtype="int32")):
+    for kwargs in (
+        {"precision_profile": "fp8"},
+        {"schedule": "nope"},
+        {"backend": "jax"},
+        {"backend": "numpy", "dtype": "bfloat16"},
+        {"skip": ("bogus",)},
+        {"dtype": "int32"},
+    ):
         with pytest.raises(ValueError):
             check_orthogonalizer(fn, **kwargs)
 

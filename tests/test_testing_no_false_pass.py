@@ -43,14 +43,20 @@ CORRECT = {
     "you": (lambda G: matfun.newton_schulz(G, 5, "you"), {"schedule": "you"}),
     "polar-express": (lambda G: matfun.newton_schulz(G, 5, "polar_express"), {"schedule": "polar_express"}),
     "polar-express-undeclared": (lambda G: matfun.newton_schulz(G, 5, "polar_express"), {}),
-    "jordan-bf16-emulated": (lambda G: matfun.newton_schulz(G, 5, "jordan", precision="bfloat16-emulated"),
-                             {"schedule": "jordan", "precision_profile": "bf16"}),
+    "jordan-bf16-emulated": (
+        lambda G: matfun.newton_schulz(G, 5, "jordan", precision="bfloat16-emulated"),
+        {"schedule": "jordan", "precision_profile": "bf16"},
+    ),
     "torch-muon-bf16-loop": (_torch_muon_loop, {"schedule": "jordan", "precision_profile": "bf16"}),
-    "torch-muon-bf16-input": (_torch_muon_loop, {"schedule": "jordan", "precision_profile": "bf16",
-                                                 "dtype": "bfloat16"}),
+    "torch-muon-bf16-input": (
+        _torch_muon_loop,
+        {"schedule": "jordan", "precision_profile": "bf16", "dtype": "bfloat16"},
+    ),
     "tiled-16-jordan": (lambda G: matfun.tiled_newton_schulz(G, 16), {"tile": 16, "schedule": "jordan"}),
-    "tiled-16x32-polar-express": (lambda G: matfun.tiled_newton_schulz(G, (16, 32), coefficients="polar_express"),
-                                  {"tile": (16, 32), "schedule": "polar_express"}),
+    "tiled-16x32-polar-express": (
+        lambda G: matfun.tiled_newton_schulz(G, (16, 32), coefficients="polar_express"),
+        {"tile": (16, 32), "schedule": "polar_express"},
+    ),
     "tiled-polar": (matfun.Tiled(matfun.Polar(), 24), {"tile": 24}),
     "numpy-jordan": (lambda G: matfun.newton_schulz(G, 5, "jordan"), {"backend": "numpy", "schedule": "jordan"}),
 }
@@ -90,8 +96,17 @@ def test_planted_non_orthogonalisers_fail(name, seed):
 
 def test_planted_maps_pass_what_the_old_battery_checked():
     """They are real adversaries: the checks of 0.2 alone (on its fixed shapes) pass them."""
-    old = {"shape", "dtype", "device", "input_unchanged", "zero", "finite", "scale_invariance",
-           "orthogonal_equivariance", "transpose_equivariance"}
+    old = {
+        "shape",
+        "dtype",
+        "device",
+        "input_unchanged",
+        "zero",
+        "finite",
+        "scale_invariance",
+        "orthogonal_equivariance",
+        "transpose_equivariance",
+    }
     for name in ("times_1000", "times_1e_6", "negate_two_smallest", "top_75_percent", "naive_svd_polar"):
         report = check_orthogonalizer(broken.BROKEN[name], seed=0)
         assert not old & set(report.failed_names), (name, report.table())
@@ -148,6 +163,7 @@ def test_same_seed_same_report():
 def test_user_shapes_are_added_and_checked():
     report = check_orthogonalizer(matfun.polar, seed=0, shapes=[(130, 70)])
     assert report.passed and report.settings["shapes"].endswith("130x70")
+
     # a map that breaks only on the user's (larger) layer shape is caught there
     def breaks_at_130(G):
         return torch.full_like(G, float("nan")) if 130 in G.shape else matfun.polar(G)
@@ -191,8 +207,13 @@ def test_report_card_verdict_does_not_praise_a_failing_map():
     class Plugin:
         name = "mine"
 
-    acc = pd.DataFrame({"map": ["mine", "jordan", "polar_express"] * 2, "kappa": [10.0] * 3 + [1e3] * 3,
-                        "misalignment": [0.0, 0.1, 0.05, 0.0, 0.2, 0.1]})
+    acc = pd.DataFrame(
+        {
+            "map": ["mine", "jordan", "polar_express"] * 2,
+            "kappa": [10.0] * 3 + [1e3] * 3,
+            "misalignment": [0.0, 0.1, 0.05, 0.0, 0.2, 0.1],
+        }
+    )
     facts = {"spectral": True, "spectral_residual": 1e-7, "accuracy": acc, "bf16": {}, "time_ratio": float("nan")}
     failing = Report([CheckResult("output_spectrum", False, 999.0, 0, "singular values [1000, 1000]")])
     text = " ".join(report_card._verdict(Plugin(), facts, failing, 5))
@@ -204,8 +225,9 @@ def test_report_card_verdict_does_not_praise_a_failing_map():
 def test_rank_deficient_null_space_is_judged_in_fp32_only():
     """bf16 rounding lifts null-space singular values to O(1) through NS's slope: not judged there."""
     fp32 = check_orthogonalizer(matfun.polar, seed=0)["output_spectrum"]
-    bf16 = check_orthogonalizer(lambda G: matfun.newton_schulz(G, 5, "jordan", precision="bfloat16-emulated"),
-                                seed=0, precision_profile="bf16")["output_spectrum"]
+    bf16 = check_orthogonalizer(
+        lambda G: matfun.newton_schulz(G, 5, "jordan", precision="bfloat16-emulated"), seed=0, precision_profile="bf16"
+    )["output_spectrum"]
     assert "null space" in fp32.detail and "null space" not in bf16.detail and bf16.passed
     assert np.isfinite(fp32.value)
 

@@ -15,11 +15,13 @@ while still catching any real mix-up of tiles (errors O(1)).
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import numpy as np
 import pytest
 import torch
+from _numeric import rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,9 +34,6 @@ prop = settings(deadline=None, max_examples=12, derandomize=True)
 seeds = st.integers(0, 2**32 - 1)
 SCHEDULES = ["cubic", "jordan", "polar_express"]
 TOL = {np.float64: 1e-12, np.float32: 1e-4, torch.float64: 1e-12, torch.float32: 1e-4}
-
-
-from _numeric import as64, rel  # noqa: E402
 
 
 def haar(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -72,7 +71,7 @@ def ragged_case(draw):
 @given(ragged_case(), st.sampled_from(SCHEDULES), st.integers(0, 6), seeds)
 def test_every_tile_equals_ns_on_that_block_alone(case, schedule, steps, seed):
     lead, H, W, (Th, Tw) = case
-    G = np.random.default_rng(seed).standard_normal(lead + (H, W))
+    G = np.random.default_rng(seed).standard_normal((*lead, H, W))
     out = matfun.tiled_newton_schulz(G, (Th, Tw), steps, schedule)
     assert out.shape == G.shape and out.dtype == G.dtype
     for i in range(0, H, Th):
@@ -93,7 +92,9 @@ def test_tile_groups_cover_the_matrix_once():
 
 
 @prop
-@given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 10), st.integers(0, 10), st.sampled_from(SCHEDULES), seeds)
+@given(
+    st.integers(1, 30), st.integers(1, 30), st.integers(0, 10), st.integers(0, 10), st.sampled_from(SCHEDULES), seeds
+)
 def test_tile_at_least_matrix_is_full_ns(H, W, extra_h, extra_w, schedule, seed):
     G = np.random.default_rng(seed).standard_normal((H, W))
     expected = matfun.newton_schulz(G, 5, schedule)
@@ -113,7 +114,11 @@ def block_diagonal(draw):
     Th, Tw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     n = draw(st.integers(1, 4))
     ragged = draw(st.booleans())
-    rh, rw = (draw(st.integers(1, Th - 1)) if Th > 1 else 0, draw(st.integers(1, Tw - 1)) if Tw > 1 else 0) if ragged else (0, 0)
+    rh, rw = (
+        (draw(st.integers(1, Th - 1)) if Th > 1 else 0, draw(st.integers(1, Tw - 1)) if Tw > 1 else 0)
+        if ragged
+        else (0, 0)
+    )
     if (rh == 0) != (rw == 0):  # equal numbers of tile rows and columns
         rh = rw = 0
     rng = np.random.default_rng(draw(seeds))
@@ -171,7 +176,7 @@ def test_block_diagonal_tilewise_polar_and_cubic_convergence(case):
     assert rel(PT, P) < 1e-12
     assert (PT[off_blocks_mask(G, blocks)] == 0).all()
     errors = [rel(matfun.tiled_newton_schulz(G, tile, K, "cubic"), P) for K in (1, 3, 6, 12, 24, 48)]
-    assert all(b <= a + 1e-14 for a, b in zip(errors, errors[1:])), errors
+    assert all(b <= a + 1e-14 for a, b in itertools.pairwise(errors)), errors
     assert errors[-1] < 1e-12, errors
     if any(min(G[rs, cs].shape) > 1 for rs, cs in blocks):  # rank-1 blocks are exact after normalisation
         assert errors[0] > 1e-3, errors
@@ -224,7 +229,7 @@ def test_many_mixed_dtypes_and_empty_list():
 @given(ragged_case(), st.sampled_from(["float32", "float64"]), st.booleans(), seeds)
 def test_chunking_does_not_change_the_result(case, dtype, use_torch, seed):
     lead, H, W, tile = case
-    G = np.random.default_rng(seed).standard_normal(lead + (H, W)).astype(dtype)
+    G = np.random.default_rng(seed).standard_normal((*lead, H, W)).astype(dtype)
     if use_torch:
         G = torch.from_numpy(G)
     ref = matfun.tiled_newton_schulz(G, tile, memory_budget=None)
@@ -272,8 +277,11 @@ def test_memory_budget_bounds_peak_on_generic_path(shape, tile, ratio):
         peak = run(budget)
         assert peak <= budget + copies, (budget, peak / G.nbytes)
         assert unchunked > ratio * peak
+
     # and the results agree
-    m = lambda b: matfun.Tiled(generic(matfun.NewtonSchulz(5)), tile, memory_budget=b)(G)
+    def m(b):
+        return matfun.Tiled(generic(matfun.NewtonSchulz(5)), tile, memory_budget=b)(G)
+
     assert rel(m(2**14), m(None)) < 1e-12
 
 
@@ -304,7 +312,7 @@ def _measured_flops(m: matfun.Map, X: torch.Tensor) -> int:
     st.integers(0, 4),
 )
 def test_measured_flops_equal_model(lead, H, W, tile, schedule, steps):
-    X = torch.randn(lead + (H, W))
+    X = torch.randn((*lead, H, W))
     tiled = matfun.Tiled(matfun.NewtonSchulz(steps, schedule), tile)
     assert _measured_flops(tiled, X) == tiled.flops(X.shape)
     full = matfun.NewtonSchulz(steps, schedule)
@@ -419,9 +427,11 @@ class TestCuda:
 
     def test_memory_budget_respected(self):
         G = torch.randn(4096, 4096, device="cuda")
+
         # the torch path's chunking (Triton's fused kernel keeps tiles on chip: see
         # tests/test_triton_backend.py::test_cuda_fused_kernel_memory)
-        m = lambda b: matfun.Tiled(matfun.NewtonSchulz(5, backend="torch"), 128, memory_budget=b)
+        def m(b):
+            return matfun.Tiled(matfun.NewtonSchulz(5, backend="torch"), 128, memory_budget=b)
 
         def peak(budget):
             m(budget)(G)  # warm-up (cuBLAS workspaces)

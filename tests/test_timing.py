@@ -74,12 +74,12 @@ def test_cuda_tensor_timing():
 @pytest.mark.parametrize(
     "options",
     [
-        dict(n=64),
-        dict(n=48, dtype="float64"),
-        dict(n=32, dtype=torch.bfloat16, repeats=2),
-        dict(n=64, backend="numpy", dtype="float64"),
-        dict(n=64, backend="numpy", dtype=np.float32),
-        dict(n=1, repeats=1, warmup=0),
+        {"n": 64},
+        {"n": 48, "dtype": "float64"},
+        {"n": 32, "dtype": torch.bfloat16, "repeats": 2},
+        {"n": 64, "backend": "numpy", "dtype": "float64"},
+        {"n": 64, "backend": "numpy", "dtype": np.float32},
+        {"n": 1, "repeats": 1, "warmup": 0},
     ],
 )
 def test_gemm_roofline_is_positive_and_finite(options):

@@ -13,8 +13,8 @@ import torch
 
 pytest.importorskip("triton")
 
-import matfun  # noqa: E402
-from matfun import _triton_ns  # noqa: E402
+import matfun
+from matfun import _triton_ns
 
 
 def cuda(test):
@@ -201,7 +201,7 @@ def test_cuda_fused_kernel_memory():
 
 def _signature(kernel, pointers, floats, constexprs):
     names = kernel.arg_names
-    sig = {n: "i32" for n in names}
+    sig = dict.fromkeys(names, "i32")
     sig.update(pointers)
     sig.update(dict.fromkeys(floats, "fp32"))
     sig.update(dict.fromkeys(constexprs, "constexpr"))

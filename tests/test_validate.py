@@ -10,7 +10,7 @@ import torch
 from diagnostics import validate
 
 GOOD_AND_BROKEN = textwrap.dedent(
-    '''
+    """
     import matfun
 
     def good(G):
@@ -34,7 +34,7 @@ GOOD_AND_BROKEN = textwrap.dedent(
             return matfun.newton_schulz(G)
 
     not_callable = 3
-    '''
+    """
 )
 
 

@@ -114,7 +114,7 @@ class LazyExperiment:
     description: str
 
     @classmethod
-    def from_source(cls, module: str) -> "LazyExperiment":
+    def from_source(cls, module: str) -> LazyExperiment:
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             raise ImportError(f"experiment module {module} not found (or not a .py file)")
@@ -130,8 +130,10 @@ class LazyExperiment:
                 literals.setdefault(match.group(1), value)
         missing = [k for k in ("NAME", "DESCRIPTION") if k not in literals]
         if missing:
-            raise TypeError(f"experiment module {module}: {' and '.join(missing)} must be assigned a one-line "
-                            "string literal at module level (read without importing, see diagnostics.experiments)")
+            raise TypeError(
+                f"experiment module {module}: {' and '.join(missing)} must be assigned a one-line "
+                "string literal at module level (read without importing, see diagnostics.experiments)"
+            )
         if "\n" in literals["DESCRIPTION"].strip():
             raise TypeError(f"experiment module {module}: DESCRIPTION must be one line")
         return cls(module, literals["NAME"], literals["DESCRIPTION"].strip())
@@ -140,8 +142,9 @@ class LazyExperiment:
         """Import the module and check it against the protocol and its source literals."""
         module = check_experiment(importlib.import_module(self.module))
         if module.NAME != self.name:
-            raise TypeError(f"experiment module {self.module}: NAME is {module.NAME!r} at run time "
-                            f"but {self.name!r} in its source")
+            raise TypeError(
+                f"experiment module {self.module}: NAME is {module.NAME!r} at run time but {self.name!r} in its source"
+            )
         return module
 
 

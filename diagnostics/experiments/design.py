@@ -101,14 +101,22 @@ class Config:
             raise ValueError("condition numbers must be > 1")
 
     @classmethod
-    def quick(cls) -> "Config":
-        return cls(shape=(64, 128), condition_numbers=(1e1, 1e2, 1e3, 1e4), stream_steps=60,
-                   record_steps=(30, 59), width=128, tiles=(0, 64, 32))
+    def quick(cls) -> Config:
+        return cls(
+            shape=(64, 128),
+            condition_numbers=(1e1, 1e2, 1e3, 1e4),
+            stream_steps=60,
+            record_steps=(30, 59),
+            width=128,
+            tiles=(0, 64, 32),
+        )
 
 
 def cells(config: Config) -> list[dict]:
-    return ([{"part": "controlled", "condition_number": float(k)} for k in config.condition_numbers]
-            + [{"part": "momenta"}, {"part": "precision"}])
+    return [{"part": "controlled", "condition_number": float(k)} for k in config.condition_numbers] + [
+        {"part": "momenta"},
+        {"part": "precision"},
+    ]
 
 
 def class_interval(shape: tuple[int, int], kappa: float) -> tuple[float, float, np.ndarray]:
@@ -129,7 +137,7 @@ def tile_spectra(matrices: list[np.ndarray], tile: int) -> np.ndarray:
         th, tw = (H, W) if tile == 0 else (min(tile, H), min(tile, W))
         for i in range(0, H, th):
             for j in range(0, W, tw):
-                block = M[i:i + th, j:j + tw]
+                block = M[i : i + th, j : j + tw]
                 s = np.linalg.svd(block, compute_uv=False)
                 if s.size == 0 or s[0] == 0:
                     continue
@@ -149,8 +157,9 @@ def _designs(config: Config, lower: float, upper: float, prior: np.ndarray) -> d
     K = config.steps
     return {
         "designed": matfun.design_schedule(lower, upper, K, precision="float32", name="designed"),
-        "designed_mean": matfun.design_schedule(lower, upper, K, precision="float32", objective="mean_alignment",
-                                                prior=prior, name="designed_mean"),
+        "designed_mean": matfun.design_schedule(
+            lower, upper, K, precision="float32", objective="mean_alignment", prior=prior, name="designed_mean"
+        ),
     }
 
 
@@ -164,8 +173,11 @@ def _misalignments(X_iterates: list, ref: metrics.Reference) -> list[float]:
 
 def _schedule_columns(schedule: matfun.Schedule) -> dict:
     designed = isinstance(schedule, matfun.DesignedSchedule)
-    return {"lower": schedule.lower if designed else np.nan, "upper": schedule.upper if designed else np.nan,
-            "safety": schedule.safety if designed else np.nan}
+    return {
+        "lower": schedule.lower if designed else np.nan,
+        "upper": schedule.upper if designed else np.nan,
+        "safety": schedule.safety if designed else np.nan,
+    }
 
 
 def _controlled(config: Config, kappa: float, seed: int) -> pd.DataFrame:
@@ -178,8 +190,16 @@ def _controlled(config: Config, kappa: float, seed: int) -> pd.DataFrame:
         with cpu_threads_for(config.shape, "cpu"):
             iterates = list(matfun.NewtonSchulz(config.steps, schedule, "float64").iterates(G))
         for k, value in enumerate(_misalignments(iterates, ref)):
-            rows.append({"schedule": name, "precision": "float64", "condition_number": kappa, "step": k,
-                         "misalignment": value, **_schedule_columns(schedule)})
+            rows.append(
+                {
+                    "schedule": name,
+                    "precision": "float64",
+                    "condition_number": kappa,
+                    "step": k,
+                    "misalignment": value,
+                    **_schedule_columns(schedule),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -202,13 +222,26 @@ def _momenta(config: Config, seed: int) -> pd.DataFrame:
                     if tile == 0:
                         X = matfun.newton_schulz(M, config.steps, schedule, precision="float64")
                     else:
-                        X = matfun.tiled_newton_schulz(M, tile, steps=config.steps, coefficients=schedule,
-                                                       precision="float64")
+                        X = matfun.tiled_newton_schulz(
+                            M, tile, steps=config.steps, coefficients=schedule, precision="float64"
+                        )
                 X = np.asarray(X)
-                value = (float(1 - np.vdot(X, target) / (np.linalg.norm(X) * np.linalg.norm(target)))
-                         if np.all(np.isfinite(X)) and np.linalg.norm(X) > 0 else np.nan)
-                rows.append({"schedule": name, "precision": "float64", "tile": tile, "matrix": matrix,
-                             "step": config.steps, "misalignment": value, **_schedule_columns(schedule)})
+                value = (
+                    float(1 - np.vdot(X, target) / (np.linalg.norm(X) * np.linalg.norm(target)))
+                    if np.all(np.isfinite(X)) and np.linalg.norm(X) > 0
+                    else np.nan
+                )
+                rows.append(
+                    {
+                        "schedule": name,
+                        "precision": "float64",
+                        "tile": tile,
+                        "matrix": matrix,
+                        "step": config.steps,
+                        "misalignment": value,
+                        **_schedule_columns(schedule),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -222,10 +255,15 @@ def _precision(config: Config, device: str, seed: int) -> pd.DataFrame:
         from .. import matrices
 
         G = matrices.to_backend(G64, backend="torch", device=device)
-    safeties = {"safety 0": 0.0, "float32 margin": PRECISION_SAFETY["float32"],
-                "bf16 margin": PRECISION_SAFETY["bfloat16"]}
-    schedules = {f"designed ({label})": matfun.design_schedule(lower, upper, config.steps, safety=s)
-                 for label, s in safeties.items()}
+    safeties = {
+        "safety 0": 0.0,
+        "float32 margin": PRECISION_SAFETY["float32"],
+        "bf16 margin": PRECISION_SAFETY["bfloat16"],
+    }
+    schedules = {
+        f"designed ({label})": matfun.design_schedule(lower, upper, config.steps, safety=s)
+        for label, s in safeties.items()
+    }
     schedules["polar_express"] = matfun.get_schedule("polar_express")
     rows = []
     for name, schedule in schedules.items():
@@ -234,8 +272,16 @@ def _precision(config: Config, device: str, seed: int) -> pd.DataFrame:
             with cpu_threads_for(config.shape, device):
                 iterates = list(matfun.NewtonSchulz(config.steps, schedule, used).iterates(G))
             for k, value in enumerate(_misalignments(iterates, ref)):
-                rows.append({"schedule": name, "precision": precision, "condition_number": kappa, "step": k,
-                             "misalignment": value, **_schedule_columns(schedule)})
+                rows.append(
+                    {
+                        "schedule": name,
+                        "precision": precision,
+                        "condition_number": kappa,
+                        "step": k,
+                        "misalignment": value,
+                        **_schedule_columns(schedule),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -279,8 +325,14 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         d = frame[(frame["part"] == "controlled") & (frame["step"] == K)]
         for name, g in d.groupby("schedule", sort=False):
             g = g.sort_values("condition_number")
-            ax_c.plot(g["condition_number"], _drawn(g["misalignment"]), marker="o", markersize=3,
-                      color=_color(name), label=_label(name))
+            ax_c.plot(
+                g["condition_number"],
+                _drawn(g["misalignment"]),
+                marker="o",
+                markersize=3,
+                color=_color(name),
+                label=_label(name),
+            )
         ax_c.set_xscale("log")
         ax_c.set_xlabel(r"condition number $\kappa$")
         ax_c.set_ylabel(rf"$1 - \cos(X_K, P)$ at $K = {K}$")
@@ -290,8 +342,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         tiles = [t for t in config.tiles if (d["tile"] == t).any()]
         for name, g in d.groupby("schedule", sort=False):
             mean = [np.nanmean(_drawn(g[g["tile"] == t]["misalignment"])) for t in tiles]
-            ax_m.plot(range(len(tiles)), mean, marker="o", markersize=3, color=_color(name),
-                      label=_label(name))
+            ax_m.plot(range(len(tiles)), mean, marker="o", markersize=3, color=_color(name), label=_label(name))
         ax_m.set_xticks(range(len(tiles)), ["full" if t == 0 else str(t) for t in tiles])
         ax_m.set_xlabel("tile size $T$")
         ax_m.set_ylabel(r"mean $1 - \cos(NS_{T,K}(M), P_T(M))$")
@@ -303,9 +354,15 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         for (name, precision), g in d.groupby(["schedule", "precision"], sort=False):
             g = g.sort_values("step")
             marker = _SAFETY_STYLE[name[10:-1]][1] if name.startswith("designed (") else "o"
-            ax_p.plot(g["step"], _drawn(g["misalignment"]), color=_color(name), marker=marker, markersize=3,
-                      linestyle="-" if precision == "bfloat16" else "--",
-                      label=_label(name) if precision == "bfloat16" else None)
+            ax_p.plot(
+                g["step"],
+                _drawn(g["misalignment"]),
+                color=_color(name),
+                marker=marker,
+                markersize=3,
+                linestyle="-" if precision == "bfloat16" else "--",
+                label=_label(name) if precision == "bfloat16" else None,
+            )
         ax_p.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_p.set_xlabel("step $k$")
         ax_p.set_ylabel(r"$1 - \cos(X_k, P)$")

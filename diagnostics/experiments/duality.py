@@ -94,7 +94,7 @@ class Config:
             raise ValueError(f"precision must be one of {matfun.PRECISIONS}")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(shape=(64, 128), tiles=(16, 32), stream_steps=50, max_steps=12)
 
 
@@ -139,14 +139,16 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
         with cpu_threads_for(config.shape, device):
             curve = plugin.curve(G, config.max_steps)
         for k, X in curve:
-            rows.append({"map": "plugin", "schedule": None, "tile": 0, "eps": np.nan, "step": k,
-                         **_scores(to_float64(X), ref)})
+            rows.append(
+                {"map": "plugin", "schedule": None, "tile": 0, "eps": np.nan, "step": k, **_scores(to_float64(X), ref)}
+            )
     elif family == "polar":
         scale = float(np.linalg.norm(G64))  # ε relative to ‖G‖_F (the units NS normalises to)
         for eps in config.smoothing_eps:
             X = to_float64(matfun.SmoothedPolar(eps * scale, precision="float64")(G))
-            rows.append({"map": "smoothed_polar", "schedule": None, "tile": 0, "eps": eps, "step": np.nan,
-                         **_scores(X, ref)})
+            rows.append(
+                {"map": "smoothed_polar", "schedule": None, "tile": 0, "eps": eps, "step": np.nan, **_scores(X, ref)}
+            )
         X = to_float64(matfun.Polar(precision="float64")(G))
         rows.append({"map": "polar", "schedule": None, "tile": 0, "eps": np.nan, "step": np.nan, **_scores(X, ref)})
     else:
@@ -156,8 +158,16 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
             with cpu_threads_for(config.shape, device):
                 iterates = [to_float64(X) for X in map_.iterates(G)]  # one run: X_0 … X_K
             for k, X in enumerate(iterates):
-                rows.append({"map": "tiled_ns" if tile else "full_ns", "schedule": family, "tile": tile,
-                             "eps": np.nan, "step": k, **_scores(X, ref)})
+                rows.append(
+                    {
+                        "map": "tiled_ns" if tile else "full_ns",
+                        "schedule": family,
+                        "tile": tile,
+                        "eps": np.nan,
+                        "step": k,
+                        **_scores(X, ref),
+                    }
+                )
     frame = pd.DataFrame(rows)
     frame["input_condition"] = float(ref.S[0] / ref.S[-1]) if ref.S[-1] > 0 else np.inf
     return frame
@@ -166,7 +176,7 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
 def _matrix_title(kind: str, config: Config, cond: float) -> str:
     if kind == "geometric":
         e = np.log10(config.condition_number)
-        k = rf"10^{{{int(round(e))}}}" if abs(e - round(e)) < 1e-9 and e >= 2 else f"{config.condition_number:g}"
+        k = rf"10^{{{round(e)}}}" if abs(e - round(e)) < 1e-9 and e >= 2 else f"{config.condition_number:g}"
         return rf"geometric spectrum, $\kappa = {k}$"
     return rf"{MATRIX_LABELS.get(kind, kind)}, $\kappa$ = {cond:.0f}"
 
@@ -180,9 +190,19 @@ def _label_right(ax, labels: list[tuple[float, str]], gap: float = 0.055) -> Non
     placed: list[float] = []
     for y, _ in ys[::-1]:  # from the top down
         placed.append(min(y, placed[-1] - gap) if placed else y)
-    for (y, text), yp in zip(ys[::-1], placed):
-        ax.annotate(text, (1.0, yp), xycoords="axes fraction", xytext=(2, 0), textcoords="offset points",
-                    ha="left", va="center", fontsize=6, color="0.35", annotation_clip=False)
+    for (_, text), yp in zip(ys[::-1], placed):
+        ax.annotate(
+            text,
+            (1.0, yp),
+            xycoords="axes fraction",
+            xytext=(2, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=6,
+            color="0.35",
+            annotation_clip=False,
+        )
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
@@ -214,9 +234,15 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                         d = ns[(ns["schedule"] == name) & (ns["tile"] == tile)].sort_values("step")
                         if d.empty:
                             continue
-                        ax.plot(d["step"], d[col], color=plotting.schedule_color(name),
-                                linewidth=1.3 if tile == 0 else 0.9, markersize=3, markevery=mark_every,
-                                **plotting.tile_style(tile))
+                        ax.plot(
+                            d["step"],
+                            d[col],
+                            color=plotting.schedule_color(name),
+                            linewidth=1.3 if tile == 0 else 0.9,
+                            markersize=3,
+                            markevery=mark_every,
+                            **plotting.tile_style(tile),
+                        )
                 shown = pd.concat([ns, d_m[d_m["map"].isin(["smoothed_polar", "polar", "plugin"])]])
                 lo, hi = float(np.nanmin(shown[col])), float(np.nanmax(shown[col]))
                 pad = 0.05 * max(hi - lo, 0.2)
@@ -224,20 +250,30 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 sm = d_m[d_m["map"] == "smoothed_polar"].sort_values("eps")
                 labels = []
                 for n, (_, r) in enumerate(sm.iterrows()):
-                    ax.axhline(r[col], color="0.5", linewidth=0.8, linestyle=smooth_styles[n % len(smooth_styles)],
-                               zorder=1)
+                    ax.axhline(
+                        r[col], color="0.5", linewidth=0.8, linestyle=smooth_styles[n % len(smooth_styles)], zorder=1
+                    )
                     labels.append((float(r[col]), rf"$\varepsilon$={r['eps']:g}"))
                 _label_right(ax, labels)
                 draw_plugins(ax, d_m, col, names, config.max_steps)
                 pol = d_m[d_m["map"] == "polar"]
                 if not pol.empty:
-                    ax.axhline(float(pol[col].iloc[0]), color=plotting.REFERENCE_COLOR, linestyle=":",
-                               linewidth=1.0, zorder=2)
+                    ax.axhline(
+                        float(pol[col].iloc[0]), color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, zorder=2
+                    )
                 tiled = d_m[d_m["map"] == "tiled_ns"]
                 if col != "duality_efficiency" and not tiled.empty:
-                    ax.text(0.97, 0.04, f"tiled NS (not drawn): {tiled[col].min():.2f} to {tiled[col].max():.2f}\n"
-                            r"(per-tile normalisation: $\|X\|_2 > 1$)", transform=ax.transAxes,
-                            ha="right", va="bottom", fontsize=6.5, color="0.3")
+                    ax.text(
+                        0.97,
+                        0.04,
+                        f"tiled NS (not drawn): {tiled[col].min():.2f} to {tiled[col].max():.2f}\n"
+                        r"(per-tile normalisation: $\|X\|_2 > 1$)",
+                        transform=ax.transAxes,
+                        ha="right",
+                        va="bottom",
+                        fontsize=6.5,
+                        color="0.3",
+                    )
                 ax.set_xlim(0, config.max_steps)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_ylabel(ylabel)
@@ -245,16 +281,25 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                     ax.set_xlabel("Newton–Schulz steps $K$")
                 ax.set_title(_matrix_title(kind, config, cond))
                 plotting.panel_label(ax, "abcdefgh"[i * 2 + j])
-        handles = [
-            Line2D([], [], color=plotting.schedule_color(s), label=plotting.schedule_label(s)) for s in schedules
-        ] + [
-            Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
-            for t in tiles
-        ] + [
-            Line2D([], [], color="0.5", linestyle=smooth_styles[0], linewidth=0.8,
-                   label=r"smoothed polar $P_\varepsilon$ ($\varepsilon$ / $\|G\|_F$)"),
-            Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
-        ] + plugin_handles(frame, names)
+        handles = (
+            [Line2D([], [], color=plotting.schedule_color(s), label=plotting.schedule_label(s)) for s in schedules]
+            + [
+                Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
+                for t in tiles
+            ]
+            + [
+                Line2D(
+                    [],
+                    [],
+                    color="0.5",
+                    linestyle=smooth_styles[0],
+                    linewidth=0.8,
+                    label=r"smoothed polar $P_\varepsilon$ ($\varepsilon$ / $\|G\|_F$)",
+                ),
+                Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
+            ]
+            + plugin_handles(frame, names)
+        )
         ncols = (len(handles) + 1) // 2
         fig.legend(handles=handles, loc="outside upper center", ncols=min(ncols, 5) if names else ncols)
         stem = out_dir / "duality"

@@ -260,20 +260,20 @@ class Config:
     @classmethod
     def quick_sweep(cls, **overrides) -> Config:
         """The quick model swept over the whole grid on one seed (how :data:`QUICK_LRS` was found)."""
-        base = dict(
-            context=64,
-            width=64,
-            depth=2,
-            heads=4,
-            batch_size=16,
-            steps=300,
-            eval_every=25,
-            val_windows=64,
-            optimizers=QUICK_OPTIMIZERS,
-            lr_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-            seeds=(0,),
-            timing_rounds=20,
-        )
+        base = {
+            "context": 64,
+            "width": 64,
+            "depth": 2,
+            "heads": 4,
+            "batch_size": 16,
+            "steps": 300,
+            "eval_every": 25,
+            "val_windows": 64,
+            "optimizers": QUICK_OPTIMIZERS,
+            "lr_grid": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+            "seeds": (0,),
+            "timing_rounds": 20,
+        }
         base.update(overrides)
         return cls(**base)
 

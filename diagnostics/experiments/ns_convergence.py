@@ -92,7 +92,7 @@ class Config:
             raise ValueError(f"precision must be one of {matfun.PRECISIONS}")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(shape=(64, 128), tiles=(16, 32), max_steps=15)
 
 
@@ -105,7 +105,9 @@ def cells(config: Config) -> list[dict]:
 
 def geometric_input(shape: tuple[int, int], condition_number: float, seed: int) -> np.ndarray:
     """The float64 test matrix of one condition number (shared by every schedule of a run)."""
-    return matrices.geometric(tuple(shape), condition_number, seed=cell_seed(seed, {"condition_number": float(condition_number)}))
+    return matrices.geometric(
+        tuple(shape), condition_number, seed=cell_seed(seed, {"condition_number": float(condition_number)})
+    )
 
 
 @contextlib.contextmanager
@@ -148,14 +150,22 @@ def plugin_rows(plugin: plugins.Plugin, G: Any, ref: metrics.Reference, max_step
     steps, outputs = zip(*plugin.curve(G, max_steps))
     iterates = [to_float64(X) for X in outputs]
     err = metrics.per_step(metrics.spectral_error, iterates, ref)
-    return pd.DataFrame({
-        "map": "plugin", "tile": 0, "step": np.asarray(steps, dtype=float),
-        "alignment": metrics.per_step(metrics.alignment, iterates, ref),
-        "misalignment": [misalignment(X, ref.P) for X in iterates],
-        "rel_error": [relative_error(X, ref.P) for X in iterates],
-        "tiling_loss": 0.0, "spectral_error": err["spectral"], "sv_worst": err["worst"],
-        "tile_alignment_mean": np.nan, "tile_alignment_min": np.nan, "tile_misalignment_worst": np.nan,
-    })
+    return pd.DataFrame(
+        {
+            "map": "plugin",
+            "tile": 0,
+            "step": np.asarray(steps, dtype=float),
+            "alignment": metrics.per_step(metrics.alignment, iterates, ref),
+            "misalignment": [misalignment(X, ref.P) for X in iterates],
+            "rel_error": [relative_error(X, ref.P) for X in iterates],
+            "tiling_loss": 0.0,
+            "spectral_error": err["spectral"],
+            "sv_worst": err["worst"],
+            "tile_alignment_mean": np.nan,
+            "tile_alignment_min": np.nan,
+            "tile_misalignment_worst": np.nan,
+        }
+    )
 
 
 def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
@@ -213,8 +223,9 @@ def draw_plugins(ax: Any, frame: pd.DataFrame, column: str, names: list[str], ma
         elif len(d) == 1:
             lines += ax.plot(d["step"], y, color=color, marker="*", markersize=8, linestyle="none")
         else:
-            lines += ax.plot(d["step"], y, color=color, linewidth=1.6, marker="*", markersize=5,
-                             markevery=max(1, max_steps // 6))
+            lines += ax.plot(
+                d["step"], y, color=color, linewidth=1.6, marker="*", markersize=5, markevery=max(1, max_steps // 6)
+            )
     return lines
 
 
@@ -224,14 +235,15 @@ def plugin_handles(frame: pd.DataFrame, names: list[str]) -> list[Line2D]:
     for name in names:
         d = frame[frame["plugin"] == name]
         how = "" if len(set(d["step"])) > 1 else (" (K unknown)" if d["step"].isna().all() else " (own K)")
-        out.append(Line2D([], [], color=plugins.color(name, names), marker="*", linewidth=1.6,
-                          label=f"{name} (plug-in){how}"))
+        out.append(
+            Line2D([], [], color=plugins.color(name, names), marker="*", linewidth=1.6, label=f"{name} (plug-in){how}")
+        )
     return out
 
 
 def _fmt_kappa(k: float) -> str:
     e = np.log10(k)
-    return rf"$\kappa = 10^{{{int(round(e))}}}$" if abs(e - round(e)) < 1e-9 and k >= 100 else rf"$\kappa = {k:g}$"
+    return rf"$\kappa = 10^{{{round(e)}}}$" if abs(e - round(e)) < 1e-9 and k >= 100 else rf"$\kappa = {k:g}$"
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
@@ -263,9 +275,13 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                         if d.empty:
                             continue
                         ax.plot(
-                            d["step"], np.maximum(d[col].to_numpy(dtype=float), FLOOR),
-                            color=plotting.schedule_color(name), linewidth=1.0 if tile else 1.3,
-                            markersize=3, markevery=mark_every, **plotting.tile_style(tile),
+                            d["step"],
+                            np.maximum(d[col].to_numpy(dtype=float), FLOOR),
+                            color=plotting.schedule_color(name),
+                            linewidth=1.0 if tile else 1.3,
+                            markersize=3,
+                            markevery=mark_every,
+                            **plotting.tile_style(tile),
                         )
                 if col != "tile_misalignment_worst":
                     draw_plugins(ax, d_k, col, names, config.max_steps)
@@ -278,12 +294,14 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                     ax.set_xlabel("Newton–Schulz steps $K$")
                 ax.set_ylabel(ylabel if j else f"{_fmt_kappa(kappa)}\n{ylabel}")
                 plotting.panel_label(ax, "abcdefghijklmnopqrstuvwxyz"[i * 3 + j])
-        handles = [
-            Line2D([], [], color=plotting.schedule_color(s), label=plotting.schedule_label(s)) for s in schedules
-        ] + [
-            Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
-            for t in tiles
-        ] + plugin_handles(frame, names)
+        handles = (
+            [Line2D([], [], color=plotting.schedule_color(s), label=plotting.schedule_label(s)) for s in schedules]
+            + [
+                Line2D([], [], color="0.35", markersize=3, label=plotting.tile_label(t), **plotting.tile_style(t))
+                for t in tiles
+            ]
+            + plugin_handles(frame, names)
+        )
         ncols = min(len(handles), 6) if names else len(handles)  # plug-in labels are long: wrap
         fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "ns_convergence"

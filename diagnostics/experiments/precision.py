@@ -42,11 +42,22 @@ from matplotlib.ticker import LogLocator, MaxNLocator
 import matfun
 
 from .. import matrices, metrics, plotting, plugins
-from .ns_convergence import (FLOOR, cpu_threads_for, draw_plugins, geometric_input, misalignment, plugin_handles,
-                             plugin_rows, relative_error, to_float64)
+from .ns_convergence import (
+    FLOOR,
+    cpu_threads_for,
+    draw_plugins,
+    geometric_input,
+    misalignment,
+    plugin_handles,
+    plugin_rows,
+    relative_error,
+    to_float64,
+)
 
 NAME = "precision"
-DESCRIPTION = "alignment of full Newton-Schulz vs step K in float64, float32 and bfloat16 (native on CUDA, emulated on CPU)"
+DESCRIPTION = (
+    "alignment of full Newton-Schulz vs step K in float64, float32 and bfloat16 (native on CUDA, emulated on CPU)"
+)
 
 PRECISION_LABELS = {"float64": "float64", "float32": "float32", "bfloat16": "bfloat16"}
 PRECISION_STYLES = {"float64": "-", "float32": "--", "bfloat16": ":"}
@@ -77,7 +88,7 @@ class Config:
             raise ValueError("max_steps must be >= 1")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(condition_numbers=(10.0, 1e3), shape=(64, 128), max_steps=15)
 
 
@@ -122,8 +133,9 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
             with cpu_threads_for(config.shape, device):
                 rows = plugin_rows(plugin, plugin_input(G64, precision, device), ref, config.max_steps)
             keep = ["map", "step", "alignment", "misalignment", "rel_error"]
-            frames.append(rows[keep].assign(precision=precision, compute_precision="input " + precision,
-                                            bf16_mode="input"))
+            frames.append(
+                rows[keep].assign(precision=precision, compute_precision="input " + precision, bf16_mode="input")
+            )
         return pd.concat(frames, ignore_index=True)
     for precision in config.precisions:
         used = compute_precision(precision, device)
@@ -158,7 +170,7 @@ def precision_floor(frame: pd.DataFrame, precision: str) -> float:
 
 def _fmt_kappa(k: float) -> str:
     e = np.log10(k)
-    return rf"$\kappa = 10^{{{int(round(e))}}}$" if abs(e - round(e)) < 1e-9 and k >= 100 else rf"$\kappa = {k:g}$"
+    return rf"$\kappa = 10^{{{round(e)}}}$" if abs(e - round(e)) < 1e-9 and k >= 100 else rf"$\kappa = {k:g}$"
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
@@ -177,19 +189,32 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                     d = d_k[(d_k["schedule"] == name) & (d_k["precision"] == precision)].sort_values("step")
                     if d.empty:
                         continue
-                    ax.plot(d["step"], np.maximum(d["misalignment"].to_numpy(dtype=float), FLOOR),
-                            color=plotting.schedule_color(name), linestyle=PRECISION_STYLES[precision],
-                            linewidth=1.6 if precision == "bfloat16" else 1.1)
+                    ax.plot(
+                        d["step"],
+                        np.maximum(d["misalignment"].to_numpy(dtype=float), FLOOR),
+                        color=plotting.schedule_color(name),
+                        linestyle=PRECISION_STYLES[precision],
+                        linewidth=1.6 if precision == "bfloat16" else 1.1,
+                    )
             for precision in precisions:
-                for line in draw_plugins(ax, d_k[d_k["precision"] == precision], "misalignment", names,
-                                         config.max_steps):
+                for line in draw_plugins(
+                    ax, d_k[d_k["precision"] == precision], "misalignment", names, config.max_steps
+                ):
                     line.set_linestyle(PRECISION_STYLES[precision])
             floor = precision_floor(d_k, "bfloat16")
             if np.isfinite(floor) and floor > 0:
                 # a broad translucent band, not a thin line: no legend entry (float64 is a solid line) looks like it
                 ax.axhline(floor, color="0.5", linewidth=4.0, alpha=0.3, zorder=0.8, solid_capstyle="butt")
-                ax.text(0.02, floor / 1.5, f"bf16 floor {floor:.1e}", transform=ax.get_yaxis_transform(),
-                        ha="left", va="top", fontsize=6.5, color="0.25")
+                ax.text(
+                    0.02,
+                    floor / 1.5,
+                    f"bf16 floor {floor:.1e}",
+                    transform=ax.get_yaxis_transform(),
+                    ha="left",
+                    va="top",
+                    fontsize=6.5,
+                    color="0.25",
+                )
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -200,13 +225,21 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 ax.set_ylabel(r"$1 - \cos(X_K, P)$, $P$ = float64 polar factor")
             plotting.panel_label(ax, "abcdefgh"[i])
         mode_note = "/".join(modes)
-        handles = [
-            Line2D([], [], color=plotting.schedule_color(s), label=plotting.schedule_label(s)) for s in schedules
-        ] + [
-            Line2D([], [], color="0.3", linestyle=PRECISION_STYLES[p], linewidth=1.6 if p == "bfloat16" else 1.1,
-                   label=f"bfloat16 ({mode_note})" if p == "bfloat16" else PRECISION_LABELS[p])
-            for p in precisions
-        ] + plugin_handles(frame, names)
+        handles = (
+            [Line2D([], [], color=plotting.schedule_color(s), label=plotting.schedule_label(s)) for s in schedules]
+            + [
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    linestyle=PRECISION_STYLES[p],
+                    linewidth=1.6 if p == "bfloat16" else 1.1,
+                    label=f"bfloat16 ({mode_note})" if p == "bfloat16" else PRECISION_LABELS[p],
+                )
+                for p in precisions
+            ]
+            + plugin_handles(frame, names)
+        )
         ncols = min(len(handles), 6) if names else len(handles)  # plug-in labels are long: wrap
         fig.legend(handles=handles, loc="outside upper center", ncols=ncols)
         stem = out_dir / "precision"

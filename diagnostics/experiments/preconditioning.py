@@ -78,18 +78,26 @@ from matplotlib.patches import Patch
 
 import matfun
 
-from ..threads import torch_threads
 from .. import metrics, plotting, streams
 from ..store import cell_seed
+from ..threads import torch_threads
 
 NAME = "preconditioning"
-DESCRIPTION = "Muon2: spectra, condition numbers and NS steps-to-alignment of realistic momenta with and without M/(sqrt V+eps)"
+DESCRIPTION = (
+    "Muon2: spectra, condition numbers and NS steps-to-alignment of realistic momenta with and without M/(sqrt V+eps)"
+)
 
 VARIANTS = ("none", "full", "factorized")
-VARIANT_LABELS = {"none": "M (Muon)", "full": r"$M \oslash (\sqrt{V}+\varepsilon)$ (Muon²)",
-                  "factorized": r"factorised $\hat V$ (Muon²-F)"}
-VARIANT_COLORS = {"none": plotting.OKABE_ITO["black"], "full": plotting.OKABE_ITO["blue"],
-                  "factorized": plotting.OKABE_ITO["orange"]}
+VARIANT_LABELS = {
+    "none": "M (Muon)",
+    "full": r"$M \oslash (\sqrt{V}+\varepsilon)$ (Muon²)",
+    "factorized": r"factorised $\hat V$ (Muon²-F)",
+}
+VARIANT_COLORS = {
+    "none": plotting.OKABE_ITO["black"],
+    "full": plotting.OKABE_ITO["blue"],
+    "factorized": plotting.OKABE_ITO["orange"],
+}
 SCHEDULE_STYLES = {"cubic": "-", "jordan": "--", "you": "-.", "polar_express": ":"}
 PUBLISHED_REDUCTION = 0.40
 
@@ -120,7 +128,7 @@ class Config:
             raise ValueError("need max_steps >= 1, thresholds in (0, 1), eps >= 0, width >= 4")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(stream_steps=80, record_steps=(20, 79), width=128, max_steps=25)
 
 
@@ -131,11 +139,17 @@ def cells(config: Config) -> list[dict]:
 def _samples(config: Config, kind: str, seed: int) -> list:
     w = config.width
     if kind == "teacher_student":
-        run = streams.teacher_student_stream(config.stream_steps, record_steps=config.record_steps,
-                                             d_in=w, d_out=w // 2, seed=seed)
+        run = streams.teacher_student_stream(
+            config.stream_steps, record_steps=config.record_steps, d_in=w, d_out=w // 2, seed=seed
+        )
     else:
-        run = streams.mlp_stream(config.stream_steps, record_steps=config.record_steps, sizes=(64, w, w, 10),
-                                 record=["fc1.weight", "fc2.weight"], seed=seed)
+        run = streams.mlp_stream(
+            config.stream_steps,
+            record_steps=config.record_steps,
+            sizes=(64, w, w, 10),
+            record=["fc1.weight", "fc2.weight"],
+            seed=seed,
+        )
     return list(run)
 
 
@@ -176,40 +190,72 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
             S = ref.S[ref.keep]
             if polar_M is None:
                 polar_M = ref.P
-            rows += [{**base, "record": "spectrum", "variant": variant, "index": i, "sigma_normalised": v}
-                     for i, v in enumerate(ref.S / ref.S[0])]
-            rows.append({
-                **base, "record": "summary", "variant": variant, "H": X64.shape[0], "W": X64.shape[1],
-                "rank": int(ref.rank), "condition_number": float(S[0] / S[-1]),
-                "stable_rank": float(np.sum(ref.S**2) / ref.S[0] ** 2),
-                "sigma_min_frob": float(S[-1] / np.sqrt(np.sum(ref.S**2))),
-                "direction_vs_polar_M": float(metrics.cosine(ref.P, polar_M)),
-            })
+            rows += [
+                {**base, "record": "spectrum", "variant": variant, "index": i, "sigma_normalised": v}
+                for i, v in enumerate(ref.S / ref.S[0])
+            ]
+            rows.append(
+                {
+                    **base,
+                    "record": "summary",
+                    "variant": variant,
+                    "H": X64.shape[0],
+                    "W": X64.shape[1],
+                    "rank": int(ref.rank),
+                    "condition_number": float(S[0] / S[-1]),
+                    "stable_rank": float(np.sum(ref.S**2) / ref.S[0] ** 2),
+                    "sigma_min_frob": float(S[-1] / np.sqrt(np.sum(ref.S**2))),
+                    "direction_vs_polar_M": float(metrics.cosine(ref.P, polar_M)),
+                }
+            )
             for schedule in config.schedules:
                 ns = matfun.NewtonSchulz(config.max_steps, schedule)  # float32 on the device, as X
                 curve = np.asarray(metrics.per_step(metrics.alignment, ns.iterates(X), ref), dtype=np.float64)
-                rows += [{**base, "record": "alignment", "variant": variant, "schedule": schedule, "steps": k,
-                          "alignment": float(a)} for k, a in enumerate(curve)]
+                rows += [
+                    {
+                        **base,
+                        "record": "alignment",
+                        "variant": variant,
+                        "schedule": schedule,
+                        "steps": k,
+                        "alignment": float(a),
+                    }
+                    for k, a in enumerate(curve)
+                ]
                 for tau in config.thresholds:
                     k = _steps_to(curve, tau)
                     needed[(variant, schedule, tau)] = k
                     k0 = needed[("none", schedule, tau)]
-                    rows.append({
-                        **base, "record": "steps_to", "variant": variant, "schedule": schedule, "threshold": tau,
-                        "steps_needed": k, "best_alignment": float(curve.max()),
-                        "reduction": float(1.0 - k / k0) if variant != "none" and np.isfinite(k) and
-                        np.isfinite(k0) and k0 > 0 else float("nan"),
-                    })
+                    rows.append(
+                        {
+                            **base,
+                            "record": "steps_to",
+                            "variant": variant,
+                            "schedule": schedule,
+                            "threshold": tau,
+                            "steps_needed": k,
+                            "best_alignment": float(curve.max()),
+                            "reduction": float(1.0 - k / k0)
+                            if variant != "none" and np.isfinite(k) and np.isfinite(k0) and k0 > 0
+                            else float("nan"),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 def steps_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per matrix, schedule and threshold: steps needed for each variant and the reductions."""
     st = frame[frame["record"] == "steps_to"]
-    table = st.pivot_table(index=["matrix", "schedule", "threshold"], columns="variant", values="steps_needed",
-                           aggfunc="first", dropna=False)
-    red = st[st["variant"] != "none"].pivot_table(index=["matrix", "schedule", "threshold"], columns="variant",
-                                                  values="reduction", aggfunc="first", dropna=False)
+    table = st.pivot_table(
+        index=["matrix", "schedule", "threshold"],
+        columns="variant",
+        values="steps_needed",
+        aggfunc="first",
+        dropna=False,
+    )
+    red = st[st["variant"] != "none"].pivot_table(
+        index=["matrix", "schedule", "threshold"], columns="variant", values="reduction", aggfunc="first", dropna=False
+    )
     red.columns = [f"reduction_{c}" for c in red.columns]
     return table.join(red).reset_index()
 
@@ -220,8 +266,10 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
             return "—"
         return f"{100 * v:.0f}%" if pct else f"{int(v)}"
 
-    lines = ["| matrix | schedule | threshold | K none | K full | K factorised | reduction full | reduction fact. |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| matrix | schedule | threshold | K none | K full | K factorised | reduction full | reduction fact. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in table.iterrows():
         lines.append(
             f"| {matrix_label(r['matrix'])} | {r['schedule']} | {r['threshold']:g} | {fmt(r.get('none', np.nan))} | "
@@ -286,12 +334,24 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 d = d.sort_values("index")
                 y = d["sigma_normalised"].to_numpy(float)
                 floored |= bool(np.any(y < SPECTRUM_FLOOR))
-                ax.plot(d["index"].to_numpy(float) / max(len(d) - 1, 1), np.maximum(y, SPECTRUM_FLOOR),
-                        color=VARIANT_COLORS[variant], linestyle=step_style[_parse_matrix(matrix)[2]], linewidth=1.0)
+                ax.plot(
+                    d["index"].to_numpy(float) / max(len(d) - 1, 1),
+                    np.maximum(y, SPECTRUM_FLOOR),
+                    color=VARIANT_COLORS[variant],
+                    linestyle=step_style[_parse_matrix(matrix)[2]],
+                    linewidth=1.0,
+                )
             if floored:
                 ax.axhline(SPECTRUM_FLOOR, color="0.5", linewidth=0.6, linestyle=":")
-                ax.text(0.03, SPECTRUM_FLOOR * 2, r"$<10^{-8}$ drawn here", transform=ax.get_yaxis_transform(),
-                        fontsize=6, color="0.35", va="bottom")
+                ax.text(
+                    0.03,
+                    SPECTRUM_FLOOR * 2,
+                    r"$<10^{-8}$ drawn here",
+                    transform=ax.get_yaxis_transform(),
+                    fontsize=6,
+                    color="0.35",
+                    va="bottom",
+                )
             h, w = shapes[(stream, name)]
             ax.set_title(f"{parameter_label(stream, name)}, {h}×{w}", fontsize=6, loc="right")
             ax.set_yscale("log")
@@ -299,9 +359,16 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax.set_xlabel(r"$(i-1)/(r-1)$")
         spectra_axes[0].set_ylim(SPECTRUM_FLOOR / 3, 2.0)
         spectra_axes[0].set_ylabel(r"normalised singular value $\sigma_i/\sigma_1$")
-        spectra_axes[0].legend(handles=[Line2D([], [], color="0.3", linestyle=step_style[st], linewidth=1.0,
-                                               label=f"step {st}") for st in recorded],
-                               loc="lower left", fontsize=6, title="recorded at", title_fontsize=6)
+        spectra_axes[0].legend(
+            handles=[
+                Line2D([], [], color="0.3", linestyle=step_style[st], linewidth=1.0, label=f"step {st}")
+                for st in recorded
+            ],
+            loc="lower left",
+            fontsize=6,
+            title="recorded at",
+            title_fontsize=6,
+        )
         plotting.panel_label(spectra_axes[0], "a")
 
         # (b) condition numbers: per parameter, colour = variant, filled marker = last recorded step.
@@ -314,18 +381,41 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                         continue
                     filled = st == last
                     x = i + (j - (len(variants) - 1) / 2) * width + (0.06 if filled else -0.06)
-                    ax_c.plot(x, float(row["condition_number"].iloc[0]), marker="o", markersize=4, linestyle="none",
-                              color=VARIANT_COLORS[variant], markerfacecolor=VARIANT_COLORS[variant] if filled else
-                              "white", markeredgewidth=1.0)
+                    ax_c.plot(
+                        x,
+                        float(row["condition_number"].iloc[0]),
+                        marker="o",
+                        markersize=4,
+                        linestyle="none",
+                        color=VARIANT_COLORS[variant],
+                        markerfacecolor=VARIANT_COLORS[variant] if filled else "white",
+                        markeredgewidth=1.0,
+                    )
         ax_c.set_yscale("log")
         ax_c.set_xlim(-0.5, len(params) - 0.5)
-        ax_c.set_xticks(np.arange(len(params)), [parameter_label(*sp).replace(" ", "\n", 1) for sp in params],
-                        fontsize=6)
+        ax_c.set_xticks(
+            np.arange(len(params)), [parameter_label(*sp).replace(" ", "\n", 1) for sp in params], fontsize=6
+        )
         ax_c.grid(axis="x", visible=False)
         ax_c.set_ylabel(r"condition number $\sigma_1/\sigma_r$")
-        ax_c.legend(handles=[Line2D([], [], marker="o", linestyle="none", color="0.3", markersize=4,
-                                    markerfacecolor="0.3" if st == last else "white", label=f"step {st}")
-                             for st in recorded], loc="upper left", fontsize=6, handletextpad=0.2)
+        ax_c.legend(
+            handles=[
+                Line2D(
+                    [],
+                    [],
+                    marker="o",
+                    linestyle="none",
+                    color="0.3",
+                    markersize=4,
+                    markerfacecolor="0.3" if st == last else "white",
+                    label=f"step {st}",
+                )
+                for st in recorded
+            ],
+            loc="upper left",
+            fontsize=6,
+            handletextpad=0.2,
+        )
         plotting.panel_label(ax_c, "b")
 
         # (c) 1 - alignment vs K, median over matrices.
@@ -336,22 +426,50 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 if d.empty:
                     continue
                 med = d.groupby("steps")["alignment"].median()
-                ax_a.plot(med.index, np.maximum(1.0 - med.to_numpy(), ALIGNMENT_FLOOR), color=VARIANT_COLORS[variant],
-                          linestyle=SCHEDULE_STYLES.get(schedule, "-"), linewidth=1.1)
+                ax_a.plot(
+                    med.index,
+                    np.maximum(1.0 - med.to_numpy(), ALIGNMENT_FLOOR),
+                    color=VARIANT_COLORS[variant],
+                    linestyle=SCHEDULE_STYLES.get(schedule, "-"),
+                    linewidth=1.1,
+                )
         for tau in config.thresholds:
             ax_a.axhline(1 - tau, color="0.5", linestyle=":", linewidth=0.8)
-            ax_a.text(config.max_steps - 0.3, (1 - tau) / 1.2, f"alignment {tau:g}", ha="right", va="top",
-                      fontsize=6.5, color="0.35")
+            ax_a.text(
+                config.max_steps - 0.3,
+                (1 - tau) / 1.2,
+                f"alignment {tau:g}",
+                ha="right",
+                va="top",
+                fontsize=6.5,
+                color="0.35",
+            )
         ax_a.axhline(ALIGNMENT_FLOOR, color="0.5", linewidth=0.6, linestyle=":")
-        ax_a.text(0.3, ALIGNMENT_FLOOR * 1.3, r"$\leq 10^{-7}$ (float32 resolution) drawn here",
-                  ha="left", va="bottom", fontsize=6, color="0.35")
+        ax_a.text(
+            0.3,
+            ALIGNMENT_FLOOR * 1.3,
+            r"$\leq 10^{-7}$ (float32 resolution) drawn here",
+            ha="left",
+            va="bottom",
+            fontsize=6,
+            color="0.35",
+        )
         ax_a.set_yscale("log")
         ax_a.set_ylim(ALIGNMENT_FLOOR / 3, 1.5)
         ax_a.set_xlim(0, config.max_steps)
         ax_a.set_xlabel("Newton–Schulz steps $K$")
         ax_a.set_ylabel(r"$1 - \cos(\mathrm{NS}_K(\tilde M), \mathrm{polar}(\tilde M))$, median")
-        sched_handles = [Line2D([], [], color="0.3", linestyle=SCHEDULE_STYLES.get(s, "-"), linewidth=1.1,
-                                label=plotting.schedule_label(s)) for s in config.schedules]
+        sched_handles = [
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                linestyle=SCHEDULE_STYLES.get(s, "-"),
+                linewidth=1.1,
+                label=plotting.schedule_label(s),
+            )
+            for s in config.schedules
+        ]
         ax_a.legend(handles=sched_handles, loc="lower left", fontsize=6.5, bbox_to_anchor=(0.0, 0.12))
         plotting.panel_label(ax_a, "c")
 
@@ -369,29 +487,51 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
                 if len(vals):
                     y = 100 * float(vals.median())
                     ax_r.bar(x, y, width=width, color=VARIANT_COLORS[variant])
-                    ax_r.plot(np.full(len(vals), x), 100 * vals, linestyle="none", marker=".", color="0.25",
-                              markersize=3)
+                    ax_r.plot(
+                        np.full(len(vals), x), 100 * vals, linestyle="none", marker=".", color="0.25", markersize=3
+                    )
                 top_ = 100 * float(vals.max()) if len(vals) else 0.0
                 ax_r.text(x, max(top_, 0.0) + 1.5, f"{len(vals)}/{n_mat}", ha="center", va="bottom", fontsize=5.5)
-        ax_r.axhline(100 * PUBLISHED_REDUCTION, color=plotting.OKABE_ITO["vermillion"], linestyle="--",
-                     linewidth=1.0)
-        ax_r.text(len(groups) - 0.5, 100 * PUBLISHED_REDUCTION + 1, "published ≈40%", ha="right", va="bottom",
-                  fontsize=6.5, color=plotting.OKABE_ITO["vermillion"])
+        ax_r.axhline(100 * PUBLISHED_REDUCTION, color=plotting.OKABE_ITO["vermillion"], linestyle="--", linewidth=1.0)
+        ax_r.text(
+            len(groups) - 0.5,
+            100 * PUBLISHED_REDUCTION + 1,
+            "published ≈40%",
+            ha="right",
+            va="bottom",
+            fontsize=6.5,
+            color=plotting.OKABE_ITO["vermillion"],
+        )
         ax_r.axhline(0, color="0.3", linewidth=0.6)
-        ax_r.set_xticks(np.arange(len(groups)),
-                        [f"{_SHORT_SCHEDULE.get(s, s)}\n≥ {t:g}" for s, t in groups], fontsize=6)
+        ax_r.set_xticks(
+            np.arange(len(groups)), [f"{_SHORT_SCHEDULE.get(s, s)}\n≥ {t:g}" for s, t in groups], fontsize=6
+        )
         ax_r.grid(axis="x", visible=False)
-        ax_r.set_ylim(min(-10.0, float(100 * st["reduction"].min()) - 5 if st["reduction"].notna().any() else -10),
-                      max(60.0, float(100 * st["reduction"].max()) + 12 if st["reduction"].notna().any() else 60))
+        ax_r.set_ylim(
+            min(-10.0, float(100 * st["reduction"].min()) - 5 if st["reduction"].notna().any() else -10),
+            max(60.0, float(100 * st["reduction"].max()) + 12 if st["reduction"].notna().any() else 60),
+        )
         ax_r.set_ylabel("fewer NS steps to threshold (%)\nbars: median; dots: each matrix")
-        ax_r.text(0.01, 0.99, "n/N: matrices where both variants reach it (PE: Polar Express)",
-                  transform=ax_r.transAxes, fontsize=6, color="0.35", va="top")
+        ax_r.text(
+            0.01,
+            0.99,
+            "n/N: matrices where both variants reach it (PE: Polar Express)",
+            transform=ax_r.transAxes,
+            fontsize=6,
+            color="0.35",
+            va="top",
+        )
         plotting.panel_label(ax_r, "d")
 
         handles = [Patch(color=VARIANT_COLORS[v], label=VARIANT_LABELS[v]) for v in variants]
-        top.legend(handles=handles, loc="outside upper center", ncols=len(handles),
-                   title="colour: the matrix NS is applied to (momentum M, second moment V recorded along a "
-                   "training run at the steps shown)", title_fontsize=7)
+        top.legend(
+            handles=handles,
+            loc="outside upper center",
+            ncols=len(handles),
+            title="colour: the matrix NS is applied to (momentum M, second moment V recorded along a "
+            "training run at the steps shown)",
+            title_fontsize=7,
+        )
         stem = out_dir / "preconditioning"
         plotting.save_figure(fig, stem)
     _write_table(steps_table(frame), out_dir / "steps_to_threshold.md")

@@ -96,12 +96,12 @@ class Config:
             raise ValueError("cpu_threads must be >= 0 (0: leave torch's setting)")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         """CPU-sized: seven sizes 96–768 (ratios 1.33–1.5; slopes fitted on the top four), 7 interleaved rounds."""
         return cls(ns=(96, 128, 192, 256, 384, 512, 768), tiles=(64, 128), warmup=1, repeats=7, min_time=0.02)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         """GPU-sized: up to 8192 (the SVD only up to ``polar_max_n``)."""
         return cls(ns=(256, 512, 1024, 2048, 4096, 8192))
 
@@ -136,18 +136,31 @@ def plugin_row(plugin: plugins.Plugin, config: Config, G: torch.Tensor, device: 
     if plugin.library == "numpy":  # numpy's BLAS threads are invisible to one thread's CPU clock
         clock, read_clock = "wall", time.perf_counter
     on_cuda = torch.device(device).type == "cuda"
-    t, t_ns = interleaved_timings([lambda: mine(X), lambda: ns(G)], warmup=config.warmup, repeats=config.repeats,
-                                  min_time=config.min_time, clock=read_clock,
-                                  sync=(lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None))
+    t, t_ns = interleaved_timings(
+        [lambda: mine(X), lambda: ns(G)],
+        warmup=config.warmup,
+        repeats=config.repeats,
+        min_time=config.min_time,
+        clock=read_clock,
+        sync=(lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None),
+    )
     flops, source = plugin.flops((n, n), config.steps), "flops()"
     if np.isnan(flops):
         flops, source = counted_flops(lambda A: plugin.final(A, config.steps), G), "torch FLOP counter"
     k = f"K = {config.steps}" if plugin.is_factory else (f"K = {plugin.steps}" if plugin.steps else "own K")
-    return {"map": "plugin", "tile": 0, "label": f"{plugin.name} (plug-in, {k})", "flops": flops,
-            "flops_source": source if np.isfinite(flops) else "not counted: no torch ops (define flops(shape))",
-            "seconds": t.median, "spread": t.spread, "ns_seconds_same_cell": t_ns.median,
-            "gflops": timing.achieved_gflops(flops, t.median) if np.isfinite(flops) else np.nan,
-            "dtype": config.dtype, "clock": clock}
+    return {
+        "map": "plugin",
+        "tile": 0,
+        "label": f"{plugin.name} (plug-in, {k})",
+        "flops": flops,
+        "flops_source": source if np.isfinite(flops) else "not counted: no torch ops (define flops(shape))",
+        "seconds": t.median,
+        "spread": t.spread,
+        "ns_seconds_same_cell": t_ns.median,
+        "gflops": timing.achieved_gflops(flops, t.median) if np.isfinite(flops) else np.nan,
+        "dtype": config.dtype,
+        "clock": clock,
+    }
 
 
 def _maps(config: Config, n: int) -> list[tuple[str, int, str, matfun.Map]]:
@@ -161,9 +174,15 @@ def _maps(config: Config, n: int) -> list[tuple[str, int, str, matfun.Map]]:
     return out
 
 
-def interleaved_timings(calls: list, *, warmup: int, repeats: int, min_time: float,
-                        clock: Callable[[], float] = time.perf_counter,
-                        sync: Callable[[], object] = lambda: None) -> list[timing.Timing]:
+def interleaved_timings(
+    calls: list,
+    *,
+    warmup: int,
+    repeats: int,
+    min_time: float,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], object] = lambda: None,
+) -> list[timing.Timing]:
     """Time zero-argument callables in interleaved rounds (ABC ABC …), one :class:`~diagnostics.timing.Timing` each.
 
     Each callable first gets ``warmup`` untimed calls and one timed call that fixes how
@@ -173,6 +192,7 @@ def interleaved_timings(calls: list, *, warmup: int, repeats: int, min_time: flo
     thread's CPU time, ``time.thread_time``, for single-threaded CPU work on a loaded
     machine); ``sync`` runs before and after each sample (e.g. CUDA synchronisation).
     """
+
     def sample(fn: Callable[[], object], number: int) -> float:
         sync()
         start = clock()
@@ -193,8 +213,11 @@ def interleaved_timings(calls: list, *, warmup: int, repeats: int, min_time: flo
     out = []
     for values, number in zip(samples, numbers):
         q25, q50, q75 = np.percentile(values, [25, 50, 75])
-        out.append(timing.Timing(median=float(q50), spread=float(q75 - q25), samples=tuple(values),
-                                 repeats=repeats, number=number))
+        out.append(
+            timing.Timing(
+                median=float(q50), spread=float(q75 - q25), samples=tuple(values), repeats=repeats, number=number
+            )
+        )
     return out
 
 
@@ -213,37 +236,58 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
     if plugin is not None:
         return pd.DataFrame([plugin_row(plugin, config, G, device)])
     B = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    entries = [(kind, tile, label, int(map_.flops((n, n))), (lambda map_=map_: map_(G)))
-               for kind, tile, label, map_ in _maps(config, n)]
+    entries = [
+        (kind, tile, label, int(map_.flops((n, n))), (lambda map_=map_: map_(G)))
+        for kind, tile, label, map_ in _maps(config, n)
+    ]
     entries.append(("gemm", 0, "dense GEMM", timing.gemm_flops(n), lambda: torch.matmul(G, B)))
     clock, read_clock = timing.pick_clock(device, config.cpu_threads)
     on_cuda = torch.device(device).type == "cuda"
-    times = interleaved_timings([e[-1] for e in entries], warmup=config.warmup, repeats=config.repeats,
-                                min_time=config.min_time, clock=read_clock,
-                                sync=(lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None))
-    rows = [{"map": kind, "tile": tile, "label": label, "flops": flops, "seconds": t.median, "spread": t.spread,
-             "gflops": timing.achieved_gflops(flops, t.median), "dtype": config.dtype, "clock": clock}
-            for (kind, tile, label, flops, _), t in zip(entries, times)]
+    times = interleaved_timings(
+        [e[-1] for e in entries],
+        warmup=config.warmup,
+        repeats=config.repeats,
+        min_time=config.min_time,
+        clock=read_clock,
+        sync=(lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None),
+    )
+    rows = [
+        {
+            "map": kind,
+            "tile": tile,
+            "label": label,
+            "flops": flops,
+            "seconds": t.median,
+            "spread": t.spread,
+            "gflops": timing.achieved_gflops(flops, t.median),
+            "dtype": config.dtype,
+            "clock": clock,
+        }
+        for (kind, tile, label, flops, _), t in zip(entries, times)
+    ]
     return pd.DataFrame(rows)
 
 
 def _series(frame: pd.DataFrame, config: Config) -> list[tuple[str, pd.DataFrame, dict]]:
     out = []
-    styles = {"polar": {"color": plotting.REFERENCE_COLOR, "marker": "o", "linestyle": "-"},
-              "ns": {"color": plotting.schedule_color(config.schedule), "marker": "o", "linestyle": "-"}}
+    styles = {
+        "polar": {"color": plotting.REFERENCE_COLOR, "marker": "o", "linestyle": "-"},
+        "ns": {"color": plotting.schedule_color(config.schedule), "marker": "o", "linestyle": "-"},
+    }
     for kind in ("polar", "ns"):
         d = frame[frame["map"] == kind].sort_values("n")
         if not d.empty:
             out.append((str(d["label"].iloc[0]), d, styles[kind]))
     tiled = frame[frame["map"] == "tiled"]
-    for i, T in enumerate(sorted(set(int(t) for t in tiled["tile"]))):
+    for i, T in enumerate(sorted({int(t) for t in tiled["tile"]})):
         d = tiled[tiled["tile"] == T].sort_values("n")
-        out.append((str(d["label"].iloc[0]), d, {"color": _TILE_COLORS[i % len(_TILE_COLORS)], **plotting.tile_style(T)}))
+        out.append(
+            (str(d["label"].iloc[0]), d, {"color": _TILE_COLORS[i % len(_TILE_COLORS)], **plotting.tile_style(T)})
+        )
     names = plugins.names_in(frame)
     for name in names:
         d = frame[frame["plugin"] == name].sort_values("n")
-        out.append((str(d["label"].iloc[0]), d, {"color": plugins.color(name, names), "marker": "*",
-                                                 "linestyle": "-"}))
+        out.append((str(d["label"].iloc[0]), d, {"color": plugins.color(name, names), "marker": "*", "linestyle": "-"}))
     return out
 
 
@@ -257,11 +301,11 @@ def fit_sizes(ns: list[int]) -> list[int]:
     """The sizes the slopes are fitted on: the upper half, but at least :data:`MIN_FIT_SIZES`
     (all sizes if there are fewer), where launch and call overheads no longer dominate
     (on a GPU, small tiled calls all take the same ~1 ms)."""
-    ns = sorted(set(int(n) for n in ns))
-    return ns[max(min(len(ns) // 2, len(ns) - MIN_FIT_SIZES), 0):]
+    ns = sorted({int(n) for n in ns})
+    return ns[max(min(len(ns) // 2, len(ns) - MIN_FIT_SIZES), 0) :]
 
 
-def reliable_slope(ns, values) -> float | None:  # noqa: ANN001
+def reliable_slope(ns, values) -> float | None:
     """Least-squares log–log slope of ``values`` against ``ns``, or ``None`` when unreliable.
 
     Unreliable: fewer than :data:`MIN_FIT_SIZES` distinct sizes, or r² below
@@ -282,13 +326,13 @@ def _slope(d: pd.DataFrame, column: str, sizes: list[int]) -> str:
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     series = _series(frame, config)
-    ns = sorted(set(int(n) for n in frame["n"]))
+    ns = sorted({int(n) for n in frame["n"]})
     device = str(frame["device"].iloc[0]) if "device" in frame else "?"
     sizes = fit_sizes(ns)
     with plotting.style():
         fig = plotting.figure("double", 3.4, ncols=3)
         ax_f, ax_t, ax_g = fig.axes
-        for label, d, st in series:
+        for _label, d, st in series:
             kw = {"color": st["color"], "marker": st["marker"], "linestyle": st["linestyle"], "linewidth": 1.1}
             ax_f.plot(d["n"], d["flops"], **kw)
             ax_t.plot(d["n"], d["seconds"], **kw)
@@ -302,14 +346,31 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax_g.plot(gemm["n"], gemm["gflops"], linestyle="none", marker="x", color="0.6", markersize=4)
             # above every marker, so the label never covers one
             label_y = max(roof, float(np.nanmax(frame["gflops"].to_numpy(float)))) * 1.25
-            ax_g.text(ns[0], label_y, f"GEMM roofline {roof:.0f} GFLOP/s\n(best GEMM, {device}, n = {int(best['n'])})",
-                      fontsize=6.5, color="0.3", va="bottom")
+            ax_g.text(
+                ns[0],
+                label_y,
+                f"GEMM roofline {roof:.0f} GFLOP/s\n(best GEMM, {device}, n = {int(best['n'])})",
+                fontsize=6.5,
+                color="0.3",
+                va="bottom",
+            )
         clocks = set(frame["clock"]) if "clock" in frame else {"wall"}
         what = "CPU time of 1 thread" if clocks == {"thread_cpu"} else "wall time"
-        ax_t.text(0.97, 0.03, f"{what},\nmedian of {config.repeats} interleaved rounds", transform=ax_t.transAxes,
-                  ha="right", va="bottom", fontsize=6.5, color="0.3")
-        for ax, ylabel, letter in ((ax_f, "model FLOPs", "a"), (ax_t, "time per call (s)", "b"),
-                                   (ax_g, "achieved GFLOP/s (model FLOPs / time)", "c")):
+        ax_t.text(
+            0.97,
+            0.03,
+            f"{what},\nmedian of {config.repeats} interleaved rounds",
+            transform=ax_t.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=6.5,
+            color="0.3",
+        )
+        for ax, ylabel, letter in (
+            (ax_f, "model FLOPs", "a"),
+            (ax_t, "time per call (s)", "b"),
+            (ax_g, "achieved GFLOP/s (model FLOPs / time)", "c"),
+        ):
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xticks(ns, [str(n) for n in ns], rotation=45 if len(ns) > 5 else 0)
@@ -319,13 +380,26 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             plotting.panel_label(ax, letter)
         rates = frame["gflops"].to_numpy(float)
         ax_g.set_ylim(float(np.nanmin(rates)) / 2, float(np.nanmax(rates)) * 4)
-        handles = [Line2D([], [], color=st["color"], marker=st["marker"], linestyle=st["linestyle"],
-                          label=f"{label}: slope FLOPs {_slope(d, 'flops', sizes)}, time {_slope(d, 'seconds', sizes)}")
-                   for label, d, st in series]
+        handles = [
+            Line2D(
+                [],
+                [],
+                color=st["color"],
+                marker=st["marker"],
+                linestyle=st["linestyle"],
+                label=f"{label}: slope FLOPs {_slope(d, 'flops', sizes)}, time {_slope(d, 'seconds', sizes)}",
+            )
+            for label, d, st in series
+        ]
         handles.append(Line2D([], [], color="0.6", marker="x", linestyle="none", label="dense GEMM (same cell)"))
-        fig.legend(handles=handles, loc="outside upper center", ncols=2,
-                   title=f"log–log slopes fitted on n = {', '.join(map(str, sizes))} "
-                         f"(— : fewer than {MIN_FIT_SIZES} sizes or r² < {MIN_R_SQUARED:g})", title_fontsize=7)
+        fig.legend(
+            handles=handles,
+            loc="outside upper center",
+            ncols=2,
+            title=f"log–log slopes fitted on n = {', '.join(map(str, sizes))} "
+            f"(— : fewer than {MIN_FIT_SIZES} sizes or r² < {MIN_R_SQUARED:g})",
+            title_fontsize=7,
+        )
         stem = out_dir / "scaling"
         plotting.save_figure(fig, stem)
     return [stem]

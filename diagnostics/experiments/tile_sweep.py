@@ -63,9 +63,9 @@ from scipy.stats import spearmanr
 
 import matfun
 
-from ..threads import torch_threads
 from .. import matrices, metrics, plotting, plugins, streams
 from ..store import cell_seed
+from ..threads import torch_threads
 from .ns_convergence import misalignment
 
 NAME = "tile_sweep"
@@ -82,7 +82,9 @@ STREAM_STYLE = {
     "teacher_student": {"color": plotting.OKABE_ITO["black"], "marker": "o"},
     "mlp": {"color": plotting.OKABE_ITO["reddish_purple"], "marker": "D"},
 }
-_COUPLING_COLORS = [plotting.OKABE_ITO[k] for k in ("sky_blue", "bluish_green", "orange", "vermillion", "blue", "yellow")]
+_COUPLING_COLORS = [
+    plotting.OKABE_ITO[k] for k in ("sky_blue", "bluish_green", "orange", "vermillion", "blue", "yellow")
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +120,15 @@ class Config:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {sorted(matfun.SCHEDULES)}")
 
     @classmethod
-    def quick(cls) -> "Config":
-        return cls(shape=(256, 256), tiles=(16, 32, 64, 128, 256), reference_tile=64, samples=1,
-                   stream_steps=60, stream_width=256)
+    def quick(cls) -> Config:
+        return cls(
+            shape=(256, 256),
+            tiles=(16, 32, 64, 128, 256),
+            reference_tile=64,
+            samples=1,
+            stream_steps=60,
+            stream_width=256,
+        )
 
 
 def cells(config: Config) -> list[dict]:
@@ -138,11 +146,11 @@ def _stream_momentum(config: Config, kind: str, seed: int) -> np.ndarray:
     w = config.stream_width
     last = config.stream_steps - 1
     if kind == "teacher_student":
-        run = streams.teacher_student_stream(config.stream_steps, record_steps=[last], d_in=w, d_out=w // 2,
-                                             seed=seed)
+        run = streams.teacher_student_stream(config.stream_steps, record_steps=[last], d_in=w, d_out=w // 2, seed=seed)
     else:
-        run = streams.mlp_stream(config.stream_steps, record_steps=[last], sizes=(64, w, w, 10),
-                                 record=[STREAM_MATRIX[kind]], seed=seed)
+        run = streams.mlp_stream(
+            config.stream_steps, record_steps=[last], sizes=(64, w, w, 10), record=[STREAM_MATRIX[kind]], seed=seed
+        )
     return np.asarray(run.get(STREAM_MATRIX[kind], last).M, dtype=np.float64)
 
 
@@ -184,10 +192,20 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
         per_tile = plugins.PluginMap(plugin, config.steps)
         for T in config.tiles:
             X = matfun.Tiled(per_tile, T)(G)
-            rows.append({"matrix": label, "map": "plugin", "tile": int(T), "H": H, "W": W,
-                         "whole": bool(T >= max(H, W)), "tiling": float(metrics.tiling_loss(ref, T)),
-                         "truncation": misalignment(X, ref.tile_polar(T)), "total": misalignment(X, ref.P),
-                         "worst_tile_alignment": float(metrics.per_tile_alignment(X, ref, T)["min"])})
+            rows.append(
+                {
+                    "matrix": label,
+                    "map": "plugin",
+                    "tile": int(T),
+                    "H": H,
+                    "W": W,
+                    "whole": bool(T >= max(H, W)),
+                    "tiling": float(metrics.tiling_loss(ref, T)),
+                    "truncation": misalignment(X, ref.tile_polar(T)),
+                    "total": misalignment(X, ref.P),
+                    "worst_tile_alignment": float(metrics.per_tile_alignment(X, ref, T)["min"]),
+                }
+            )
         return pd.DataFrame(rows)
     for T in config.tiles:
         loss = metrics.information_loss(ref, T, config.steps, config.schedule)
@@ -228,8 +246,14 @@ def _inputs(frame: pd.DataFrame, config: Config) -> list[tuple]:
     for kind in config.streams:
         d = frame[frame["source"] == kind]
         if not d.empty:
-            out.append((STREAM_LABELS[kind], d.sort_values("tile"), STREAM_STYLE[kind],
-                        lambda f, kind=kind: f["source"] == kind))
+            out.append(
+                (
+                    STREAM_LABELS[kind],
+                    d.sort_values("tile"),
+                    STREAM_STYLE[kind],
+                    lambda f, kind=kind: f["source"] == kind,
+                )
+            )
     return out
 
 
@@ -240,14 +264,20 @@ def _floor_plot(ax, x, y, style: dict, linestyle: str = "-") -> None:
     ax.plot(x, np.maximum(y, FLOOR), color=style["color"], linestyle=linestyle, linewidth=1.0)
     ax.plot(x[~low], y[~low], color=style["color"], marker=style["marker"], linestyle="none")
     if low.any():
-        ax.plot(x[low], np.full(low.sum(), FLOOR), color=style["color"], marker=style["marker"], linestyle="none",
-                markerfacecolor="white")
+        ax.plot(
+            x[low],
+            np.full(low.sum(), FLOOR),
+            color=style["color"],
+            marker=style["marker"],
+            linestyle="none",
+            markerfacecolor="white",
+        )
 
 
 def _scatter(ax, frame: pd.DataFrame, families, config: Config, x: str) -> None:
     """Tiling loss against predictor column ``x`` for tiles below the matrix size."""
     sub = frame[~frame["whole"].astype(bool)]
-    for label, _, st, select in families:
+    for _label, _, st, select in families:
         d = sub[select(sub)]
         ax.plot(d[x], d["tiling"], linestyle="none", color=st["color"], marker=st["marker"], alpha=0.8)
     ax.set_ylim(-0.03, max(1.0, float(sub["tiling"].max()) * 1.05) if len(sub) else 1.0)
@@ -255,8 +285,16 @@ def _scatter(ax, frame: pd.DataFrame, families, config: Config, x: str) -> None:
     ax.set_ylabel(r"tiling loss $1-\cos(P_T, P)$")
     if len(sub) >= 3:
         rho = spearmanr(sub[x], sub["tiling"]).statistic
-        ax.text(0.03, 0.97, rf"Spearman $\rho = {rho:.2f}$ ($n = {len(sub)}$)", transform=ax.transAxes,
-                ha="left", va="top", fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+        ax.text(
+            0.03,
+            0.97,
+            rf"Spearman $\rho = {rho:.2f}$ ($n = {len(sub)}$)",
+            transform=ax.transAxes,
+            ha="left",
+            va="top",
+            fontsize=7,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+        )
 
 
 #: Dash patterns of plug-in per-tile maps in panels (b) and (c), one per plug-in.
@@ -269,8 +307,15 @@ def _draw_plugins(ax, frame: pd.DataFrame, families, key: str, names: list[str])
         rows = frame[frame["plugin"] == name]
         for _, _, st, select in families:
             d = rows[select(rows)].groupby("tile", as_index=False)[key].mean()
-            ax.plot(d["tile"], np.maximum(d[key].to_numpy(float), FLOOR), color=st["color"], marker="*",
-                    linestyle=_PLUGIN_DASHES[i % len(_PLUGIN_DASHES)], linewidth=1.0, markersize=6)
+            ax.plot(
+                d["tile"],
+                np.maximum(d[key].to_numpy(float), FLOOR),
+                color=st["color"],
+                marker="*",
+                linestyle=_PLUGIN_DASHES[i % len(_PLUGIN_DASHES)],
+                linewidth=1.0,
+                markersize=6,
+            )
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
@@ -278,7 +323,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     names = plugins.names_in(frame)
     everything, frame = frame, plugins.builtin_rows(frame)
     families = _inputs(frame, config)
-    tiles = sorted(set(int(t) for t in frame["tile"]))
+    tiles = sorted({int(t) for t in frame["tile"]})
     with plotting.style():
         fig = plotting.figure("double", 4.6, nrows=2, ncols=3)
         axes = fig.axes
@@ -314,25 +359,60 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         # Legend and notes in the sixth slot.
         lax = axes[5]
         lax.axis("off")
-        handles = [Line2D([], [], color=st["color"], marker=st["marker"], linewidth=1.0, label=label)
-                   for label, _, st, _sel in families]
-        handles += [
-            Line2D([], [], color="0.45", linestyle=":", linewidth=1.0,
-                   label=rf"coupling grid $T_0 = {config.reference_tile}$"),
-            Line2D([], [], color="0.5", marker="s", markerfacecolor="white", linestyle="none",
-                   label=rf"(a–c) below $10^{{{int(np.log10(FLOOR))}}}$: exact 0 up to rounding"),
+        handles = [
+            Line2D([], [], color=st["color"], marker=st["marker"], linewidth=1.0, label=label)
+            for label, _, st, _sel in families
         ]
-        handles += [Line2D([], [], color="0.3", marker="*", linestyle=_PLUGIN_DASHES[i % len(_PLUGIN_DASHES)],
-                           label=f"(b, c) {name} (plug-in) per tile") for i, name in enumerate(names)]
-        lax.legend(handles=handles, loc="upper left", frameon=False, borderaxespad=0.0,
-                   **({"fontsize": 6, "labelspacing": 0.25} if names else {}))
-        lax.text(0.0, 0.02,
-                 f"{config.schedule} schedule, K = {config.steps}, float32 NS\n"
-                 f"coupled inputs {config.shape[0]}×{config.shape[1]} ("
-                 + ("1" if config.samples == 1 else f"mean of {config.samples}")
-                 + " per\ncoupling and seed); "
-                 f"momenta after {config.stream_steps} steps",
-                 transform=lax.transAxes, fontsize=6.5, color="0.35", va="bottom")
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="0.45",
+                linestyle=":",
+                linewidth=1.0,
+                label=rf"coupling grid $T_0 = {config.reference_tile}$",
+            ),
+            Line2D(
+                [],
+                [],
+                color="0.5",
+                marker="s",
+                markerfacecolor="white",
+                linestyle="none",
+                label=rf"(a–c) below $10^{{{int(np.log10(FLOOR))}}}$: exact 0 up to rounding",
+            ),
+        ]
+        handles += [
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="*",
+                linestyle=_PLUGIN_DASHES[i % len(_PLUGIN_DASHES)],
+                label=f"(b, c) {name} (plug-in) per tile",
+            )
+            for i, name in enumerate(names)
+        ]
+        lax.legend(
+            handles=handles,
+            loc="upper left",
+            frameon=False,
+            borderaxespad=0.0,
+            **({"fontsize": 6, "labelspacing": 0.25} if names else {}),
+        )
+        lax.text(
+            0.0,
+            0.02,
+            f"{config.schedule} schedule, K = {config.steps}, float32 NS\n"
+            f"coupled inputs {config.shape[0]}×{config.shape[1]} ("
+            + ("1" if config.samples == 1 else f"mean of {config.samples}")
+            + " per\ncoupling and seed); "
+            f"momenta after {config.stream_steps} steps",
+            transform=lax.transAxes,
+            fontsize=6.5,
+            color="0.35",
+            va="bottom",
+        )
         stem = out_dir / "tile_sweep"
         plotting.save_figure(fig, stem)
     return [stem]

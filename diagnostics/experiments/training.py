@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from pathlib import Path
 
@@ -124,7 +125,11 @@ _COLORS = {
     "muon2_f": plotting.OKABE_ITO["orange"],
 }
 # HiMuon tiles: smallest tile first.
-_HIMUON_COLORS = [plotting.OKABE_ITO["bluish_green"], plotting.OKABE_ITO["sky_blue"], plotting.OKABE_ITO["reddish_purple"]]
+_HIMUON_COLORS = [
+    plotting.OKABE_ITO["bluish_green"],
+    plotting.OKABE_ITO["sky_blue"],
+    plotting.OKABE_ITO["reddish_purple"],
+]
 _LABELS = {"adamw": "AdamW", "muon": "Muon", "muon2": "Muon²", "muon2_f": "Muon²-F"}
 
 
@@ -175,13 +180,23 @@ class Config:
             raise ValueError("warmup_frac must lie in [0, 1)")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         # lr grid: in a {5e-3, 1e-2, 2e-2} sweep of this config (2 seeds) most optimizers' best lr was the
         # edge 2e-2 (5e-3 clearly worse), so the quick grid is the factor-2 grid {1e-2, 2e-2, 4e-2}.
         # 128-wide and 150 steps keep the quick run near 30 CPU-seconds (256-wide, 300 steps took
         # 110-130 s, most of it in Muon's 256×256 Newton–Schulz).
-        return cls(hidden=(128, 128), teacher_hidden=128, n_train=65536, n_eval=2048, batch_size=128,
-                   steps=150, eval_every=25, lrs=(1e-2, 2e-2, 4e-2), n_seeds=2, himuon_tiles=(32, 64))
+        return cls(
+            hidden=(128, 128),
+            teacher_hidden=128,
+            n_train=65536,
+            n_eval=2048,
+            batch_size=128,
+            steps=150,
+            eval_every=25,
+            lrs=(1e-2, 2e-2, 4e-2),
+            n_seeds=2,
+            himuon_tiles=(32, 64),
+        )
 
 
 def _run_name(family: str, tile: int = 0) -> str:
@@ -201,7 +216,7 @@ def cells(config: Config) -> list[dict]:
 
 def _parse(name: str) -> tuple[str, int]:
     if name.startswith("himuon_t"):
-        return "himuon", int(name[len("himuon_t"):])
+        return "himuon", int(name[len("himuon_t") :])
     if name not in FAMILIES:
         raise ValueError(f"unknown optimizer {name!r}")
     return name, 0
@@ -222,8 +237,15 @@ def make_data(config: Config, seed: int) -> dict[str, torch.Tensor]:
 @functools.lru_cache(maxsize=2)
 def _data(fields: tuple, seed: int) -> dict[str, torch.Tensor]:
     d, output_dim, teacher_hidden, input_alpha, n_train, n_eval = fields
-    config = Config(input_dim=d, output_dim=output_dim, teacher_hidden=teacher_hidden, input_alpha=input_alpha,
-                    n_train=n_train, n_eval=n_eval, batch_size=min(256, n_train))
+    config = Config(
+        input_dim=d,
+        output_dim=output_dim,
+        teacher_hidden=teacher_hidden,
+        input_alpha=input_alpha,
+        n_train=n_train,
+        n_eval=n_eval,
+        batch_size=min(256, n_train),
+    )
     g = torch.Generator().manual_seed(seed)
     d = config.input_dim
     lam = torch.arange(1, d + 1, dtype=torch.float64) ** (-config.input_alpha)
@@ -242,8 +264,10 @@ def _data(fields: tuple, seed: int) -> dict[str, torch.Tensor]:
     x_eval, y_eval = sample(config.n_eval)
     mean, std = y_train.mean(0), y_train.std(0)
     return {
-        "x_train": x_train.float(), "y_train": ((y_train - mean) / std).float(),
-        "x_eval": x_eval.float(), "y_eval": ((y_eval - mean) / std).float(),
+        "x_train": x_train.float(),
+        "y_train": ((y_train - mean) / std).float(),
+        "x_eval": x_eval.float(),
+        "y_eval": ((y_eval - mean) / std).float(),
     }
 
 
@@ -253,7 +277,7 @@ def make_model(config: Config, seed: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for a, b in zip(widths, widths[1:]):
+        for a, b in itertools.pairwise(widths):
             layers += [nn.Linear(a, b), nn.GELU()]
         layers.append(nn.Linear(widths[-1], config.output_dim))
     return nn.Sequential(*layers)
@@ -272,8 +296,13 @@ def make_optimizers(config: Config, name: str, lr: float, model: nn.Sequential) 
     if family == "adamw":
         return [torch.optim.AdamW(model.parameters(), **adamw_kw)]
     matrix, other = split_params(model, config.head_to_adamw)
-    common = {"lr": lr, "weight_decay": config.weight_decay, "momentum": config.momentum,
-              "ns_steps": config.ns_steps, "adjust_lr_fn": "match_rms_adamw"}
+    common = {
+        "lr": lr,
+        "weight_decay": config.weight_decay,
+        "momentum": config.momentum,
+        "ns_steps": config.ns_steps,
+        "adjust_lr_fn": "match_rms_adamw",
+    }
     if family == "muon":
         main = matfun.optim.Muon(matrix, **common)
     elif family == "himuon":
@@ -285,7 +314,7 @@ def make_optimizers(config: Config, name: str, lr: float, model: nn.Sequential) 
 
 def lr_factor(config: Config, step: int) -> float:
     """Linear warm-up then cosine decay to 0; ``step`` is the 1-based update index."""
-    warm = max(int(round(config.warmup_frac * config.steps)), 0)
+    warm = max(round(config.warmup_frac * config.steps), 0)
     if warm and step <= warm:
         return step / warm
     progress = (step - warm) / max(config.steps - warm, 1)
@@ -330,7 +359,7 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
     for k in range(1, config.steps + 1):
         if pos + bs > n:
             perm, pos = torch.randperm(n, generator=order), 0
-        idx = perm[pos:pos + bs].to(device)
+        idx = perm[pos : pos + bs].to(device)
         pos += bs
         factor = lr_factor(config, k)
         for o, lrs in zip(opts, base_lrs):
@@ -395,8 +424,11 @@ _STYLES = {
     "muon2": {"linestyle": (0, (5, 2)), "marker": "^"},
     "muon2_f": {"linestyle": (0, (1, 1.5)), "marker": "v"},
 }
-_HIMUON_STYLES = [{"linestyle": (0, (6, 2, 1.5, 2)), "marker": "D"}, {"linestyle": (0, (3, 1.5)), "marker": "P"},
-                  {"linestyle": (0, (1, 1, 4, 1)), "marker": "X"}]
+_HIMUON_STYLES = [
+    {"linestyle": (0, (6, 2, 1.5, 2)), "marker": "D"},
+    {"linestyle": (0, (3, 1.5)), "marker": "P"},
+    {"linestyle": (0, (1, 1, 4, 1)), "marker": "X"},
+]
 
 
 def optimizer_style(name: str, config: Config) -> dict:
@@ -404,8 +436,11 @@ def optimizer_style(name: str, config: Config) -> dict:
     family, tile = _parse(name)
     if family == "himuon":
         i = sorted(config.himuon_tiles).index(tile) if tile in config.himuon_tiles else 0
-        return {"color": _HIMUON_COLORS[i % len(_HIMUON_COLORS)], "label": f"HiMuon T = {tile}",
-                **_HIMUON_STYLES[i % len(_HIMUON_STYLES)]}
+        return {
+            "color": _HIMUON_COLORS[i % len(_HIMUON_COLORS)],
+            "label": f"HiMuon T = {tile}",
+            **_HIMUON_STYLES[i % len(_HIMUON_STYLES)],
+        }
     return {"color": _COLORS[family], "label": _LABELS[family], **_STYLES[family]}
 
 
@@ -442,7 +477,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return pd.Series(values).rolling(window, center=True, min_periods=1).mean().to_numpy()
 
 
-def _curves(d: pd.DataFrame, column: str, transform=None) -> pd.DataFrame:  # noqa: ANN001
+def _curves(d: pd.DataFrame, column: str, transform=None) -> pd.DataFrame:
     """Step × replicate table of ``column`` (rows with a value only), optionally transformed per replicate."""
     d = d.dropna(subset=[column])
     d = d.assign(rep_id=_replicate_ids(d))
@@ -456,7 +491,7 @@ def _lr_text(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _fit_labels(fig, ax, labels) -> None:  # noqa: ANN001
+def _fit_labels(fig, ax, labels) -> None:
     """Widen ``ax``'s log x-axis on the right until every ``(text, x)`` label ends inside the axes."""
     fig.draw_without_rendering()  # lay the figure out, so the axes and text extents are final
     width = ax.get_window_extent().width
@@ -465,7 +500,7 @@ def _fit_labels(fig, ax, labels) -> None:  # noqa: ANN001
     for text, x in labels:
         share = min(text.get_window_extent().width / width + 0.03, 0.9)  # of the axes' width, with a margin
         need = max(need, (np.log10(x) - share * lo) / (1 - share))
-    ax.set_xlim(10.0 ** lo, 10.0 ** need)
+    ax.set_xlim(10.0**lo, 10.0**need)
 
 
 def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
@@ -476,8 +511,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     ref = "muon" if "muon" in lrs else names[0]
     ref_label = optimizer_style(ref, config)["label"]
     n_reps = int(_replicate_ids(frame).nunique())
-    grid = sorted(set(float(v) for v in frame["lr"]))
-    window = max(1, int(round(config.steps / 30)))  # ~3% of the run
+    grid = sorted({float(v) for v in frame["lr"]})
+    window = max(1, round(config.steps / 30))  # ~3% of the run
     ref_eval = _curves(best[best["optimizer"] == ref], "eval_loss")
     finals = final_losses(best).pivot_table(index="rep_id", columns="optimizer", values="final_eval_loss")
     ratio = finals.div(finals[ref], axis=0)  # paired: same replicate, same data and initial weights
@@ -498,26 +533,47 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             tr = _curves(d[d["step"] > 0], "train_loss", lambda c: pd.Series(_smooth(c.to_numpy(), window), c.index))
             ax_tr.fill_between(tr.index, tr.min(axis=1), tr.max(axis=1), color=st["color"], alpha=0.15, linewidth=0)
             every = max(1, config.steps // 8)
-            ax_tr.plot(tr.index, tr.mean(axis=1), marker=st["marker"], markersize=3,
-                       markevery=(1 + (i * every) // max(len(names), 1), every), **line)
+            ax_tr.plot(
+                tr.index,
+                tr.mean(axis=1),
+                marker=st["marker"],
+                markersize=3,
+                markevery=(1 + (i * every) // max(len(names), 1), every),
+                **line,
+            )
 
             # (b) eval loss relative to the reference optimizer, paired per replicate.
             ev = _curves(d, "eval_loss")
             steps = ev.index.intersection(ref_eval.index)
             rel = (ev.loc[steps] / ref_eval.loc[steps, ev.columns])[steps > 0]
-            ax_ev.fill_between(rel.index, rel.min(axis=1), rel.max(axis=1), color=st["color"], alpha=0.15,
-                               linewidth=0)
+            ax_ev.fill_between(rel.index, rel.min(axis=1), rel.max(axis=1), color=st["color"], alpha=0.15, linewidth=0)
             ax_ev.plot(rel.index, rel.mean(axis=1), marker=st["marker"], markersize=3, **line)
 
             # (c) the lr sweep: final eval loss against lr, mean and min–max over replicates.
             sweep = final_losses(frame[frame["optimizer"] == name]).groupby("lr")["final_eval_loss"]
             mean, lo, hi = sweep.mean(), sweep.min(), sweep.max()
             x = mean.index.to_numpy(float) * (1 + 0.04 * (i - (len(names) - 1) / 2))  # dodge overlapping points
-            ax_lr.errorbar(x, mean, yerr=[mean - lo, hi - mean], marker=st["marker"], markersize=3.5, capsize=1.5,
-                           elinewidth=0.7, **line)
+            ax_lr.errorbar(
+                x,
+                mean,
+                yerr=[mean - lo, hi - mean],
+                marker=st["marker"],
+                markersize=3.5,
+                capsize=1.5,
+                elinewidth=0.7,
+                **line,
+            )
             j = list(mean.index).index(lrs[name])
-            ax_lr.plot(x[j], mean.iloc[j], marker=st["marker"], markersize=8, color=st["color"], markerfacecolor="none",
-                       markeredgewidth=1.0, linestyle="none")
+            ax_lr.plot(
+                x[j],
+                mean.iloc[j],
+                marker=st["marker"],
+                markersize=8,
+                color=st["color"],
+                markerfacecolor="none",
+                markeredgewidth=1.0,
+                linestyle="none",
+            )
 
         dev = str(frame["device"].iloc[0]) if "device" in frame.columns and len(frame) else "cpu"
         widths = "→".join(str(w) for w in (config.input_dim, *config.hidden, config.output_dim))
@@ -525,15 +581,24 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         ax_tr.set_xlabel("step")
         ax_tr.set_ylabel(f"training loss (MSE, {window}-step moving avg.)")
         ax_tr.set_xlim(0, config.steps)
-        ax_tr.text(0.97, 0.97, f"MLP {widths}, batch {config.batch_size}, {dev}\n"
-                   f"lines: mean of {n_reps} seeds; bands: min–max", transform=ax_tr.transAxes, ha="right", va="top",
-                   fontsize=6.5, color="0.3")
+        ax_tr.text(
+            0.97,
+            0.97,
+            f"MLP {widths}, batch {config.batch_size}, {dev}\nlines: mean of {n_reps} seeds; bands: min–max",
+            transform=ax_tr.transAxes,
+            ha="right",
+            va="top",
+            fontsize=6.5,
+            color="0.3",
+        )
         ax_ev.set_yscale("log")
         ax_ev.axhline(1.0, color=plotting.REFERENCE_COLOR, linewidth=0.6, linestyle=":")
         ax_ev.set_xlabel("step")
         ax_ev.set_ylabel(f"eval loss ÷ {ref_label}'s (same seed)")
         ax_ev.set_xlim(0, config.steps)
-        ax_ev.yaxis.set_major_locator(LogLocator(base=10, subs=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0)))
+        ax_ev.yaxis.set_major_locator(
+            LogLocator(base=10, subs=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0))
+        )
         ax_ev.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(0.5, 4.0, 0.05)))
         ax_ev.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax_ev.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
@@ -566,8 +631,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         ax_t.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         clocks = set(frame["clock"]) if "clock" in frame.columns else {"wall"}
         what = "1-thread CPU" if clocks == {"thread_cpu"} else "wall time"
-        ax_t.set_xlabel(f"optimizer step, ms ({what}; median, IQR)\n"
-                        f"loss: final eval loss ÷ {ref_label}'s (mean over seeds)")
+        ax_t.set_xlabel(
+            f"optimizer step, ms ({what}; median, IQR)\nloss: final eval loss ÷ {ref_label}'s (mean over seeds)"
+        )
         for ax, letter in ((ax_tr, "a"), (ax_ev, "b"), (ax_lr, "c"), (ax_t, "d")):
             plotting.panel_label(ax, letter)
 

@@ -78,7 +78,7 @@ class Config:
             raise ValueError("n_sigma must be at least 8")
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         # Only fewer step counts: the σ grid stays dense (a scalar map is cheap to evaluate).
         return cls(steps=(2, 5))
 
@@ -121,12 +121,22 @@ def measure_transfer(plugin: plugins.Plugin, config: Config, seed: int, device: 
         residual = float(np.linalg.norm(X64 - (U * p) @ V.T) / max(np.linalg.norm(X64), 1e-300))
         order = np.argsort(x)
         fit = smoothing_level(np.abs(p[order]), x[order])
-        frames.append(pd.DataFrame({
-            "sigma": x[order], "p": p[order], "smoothed_fit": smoothed_polar_scalar(x[order], fit["eps"]),
-            "eps_hat": fit["eps"], "fit_rmse": fit["residual"], "fit_max_residual": fit["max_residual"],
-            "eps_resolved": bool(fit["eps"] >= RESOLUTION * float(x.min())), "steps": k,
-            "spectral_residual": residual, "spectral": residual <= SPECTRAL_TOL,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sigma": x[order],
+                    "p": p[order],
+                    "smoothed_fit": smoothed_polar_scalar(x[order], fit["eps"]),
+                    "eps_hat": fit["eps"],
+                    "fit_rmse": fit["residual"],
+                    "fit_max_residual": fit["max_residual"],
+                    "eps_resolved": bool(fit["eps"] >= RESOLUTION * float(x.min())),
+                    "steps": k,
+                    "spectral_residual": residual,
+                    "spectral": residual <= SPECTRAL_TOL,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -197,12 +207,19 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             (h,) = ax_p.plot(d["sigma"], d["p"], color=color, linewidth=0.6, label=plotting.schedule_label(name))
             # Neighbours' fits dash into each other's gaps: two fits that coincide (Jordan's and You's
             # ε̂ agree at K = 5) both stay visible instead of one hiding the other.
-            ax_p.plot(d["sigma"], d["smoothed_fit"], color=color, linestyle=(4 * (i % 2), (4, 4)), linewidth=1.3,
-                      zorder=4)
+            ax_p.plot(
+                d["sigma"], d["smoothed_fit"], color=color, linestyle=(4 * (i % 2), (4, 4)), linewidth=1.3, zorder=4
+            )
             handles.append(h)
         handles += [
-            Line2D([], [], color="0.3", linestyle=(0, (4, 4)), linewidth=1.3,
-                   label=r"best smoothed polar $\sigma/\sqrt{\sigma^2+\hat\varepsilon^2}$"),
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                linestyle=(0, (4, 4)),
+                linewidth=1.3,
+                label=r"best smoothed polar $\sigma/\sqrt{\sigma^2+\hat\varepsilon^2}$",
+            ),
             Line2D([], [], color=plotting.REFERENCE_COLOR, linestyle=":", linewidth=1.0, label="exact polar"),
         ]
         names = plugins.names_in(frame)
@@ -215,10 +232,15 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             residual = float(d["spectral_residual"].iloc[0])
             note = "" if bool(d["spectral"].iloc[0]) else f"; NOT spectral, residual {residual:.2f}"
             kk = f"K = {k:g}" if np.isfinite(k) else "K unknown"
-            (h,) = ax_p.plot(d["sigma"], d["p"], color=plugins.color(name, names), linewidth=1.5,
-                             label=f"{name} (plug-in, measured, {kk}{note})")
+            (h,) = ax_p.plot(
+                d["sigma"],
+                d["p"],
+                color=plugins.color(name, names),
+                linewidth=1.5,
+                label=f"{name} (plug-in, measured, {kk}{note})",
+            )
             plugin_handles.append(h)
-        handles[len(schedules):len(schedules)] = plugin_handles
+        handles[len(schedules) : len(schedules)] = plugin_handles
         ax_p.set_xscale("log")
         ax_p.set_xlim(config.sigma_min, config.sigma_max)
         if names:  # the y range follows the spectral maps (a non-spectral "p" is only diag(Uᵀ X V))
@@ -241,18 +263,38 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax_e.plot(ok["steps"], ok["eps_hat"], color=color, marker="o")
             low = d[~d["eps_resolved"].astype(bool)]
             if not low.empty:
-                ax_e.plot(low["steps"] + jitter, [floor] * len(low), linestyle="none", marker="v",
-                          markerfacecolor="white", markeredgecolor=color, markersize=5)
+                ax_e.plot(
+                    low["steps"] + jitter,
+                    [floor] * len(low),
+                    linestyle="none",
+                    marker="v",
+                    markerfacecolor="white",
+                    markeredgecolor=color,
+                    markersize=5,
+                )
         for name in names:
             d = frame[frame["plugin"] == name].groupby("steps", dropna=False)[["eps_hat", "eps_resolved"]].first()
             d = d.reset_index()
-            ax_e.plot(d["steps"].fillna(config.panel_steps), np.where(d["eps_resolved"].astype(bool), d["eps_hat"],
-                      floor), color=plugins.color(name, names), marker="*", markersize=7,
-                      linestyle="-" if len(d) > 1 else "none")
+            ax_e.plot(
+                d["steps"].fillna(config.panel_steps),
+                np.where(d["eps_resolved"].astype(bool), d["eps_hat"], floor),
+                color=plugins.color(name, names),
+                marker="*",
+                markersize=7,
+                linestyle="-" if len(d) > 1 else "none",
+            )
         if not levels["eps_resolved"].astype(bool).all():
             ax_e.axhspan(1e-300, floor, color="0.9", zorder=0, linewidth=0)
-            ax_e.text(0.03, 0.03, rf"unresolved: $\hat\varepsilon < {RESOLUTION:g}\,\sigma_{{\min}}$ (open markers)",
-                      transform=ax_e.transAxes, ha="left", va="bottom", fontsize=7, color="0.3")
+            ax_e.text(
+                0.03,
+                0.03,
+                rf"unresolved: $\hat\varepsilon < {RESOLUTION:g}\,\sigma_{{\min}}$ (open markers)",
+                transform=ax_e.transAxes,
+                ha="left",
+                va="bottom",
+                fontsize=7,
+                color="0.3",
+            )
         ax_e.set_yscale("log")
         ymax = float(frame["eps_hat"].max()) * 2.0
         drawn = frame["eps_hat"].to_numpy(float)
@@ -264,7 +306,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax_e.set_ylim(floor / 4.0, ymax)
         ax_e.set_xlabel("Newton–Schulz steps $K$")
         ax_e.set_ylabel(r"fitted smoothing level $\hat\varepsilon$")
-        ks = sorted(set(int(k) for k in levels["steps"]))
+        ks = sorted({int(k) for k in levels["steps"]})
         ax_e.set_xticks(ks)
         plotting.panel_label(ax_e, "b")
 

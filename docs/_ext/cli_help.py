@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -42,7 +42,7 @@ def help_text(command: str | None = None) -> str:
 class CliHelp(SphinxDirective):
     optional_arguments = 1
     has_content = False
-    option_spec: dict[str, Any] = {"caption": directives.unchanged}
+    option_spec: ClassVar[dict[str, Any]] = {"caption": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
         command = self.arguments[0] if self.arguments else None
