@@ -51,7 +51,6 @@ import ast
 import dataclasses
 import importlib
 import importlib.util
-import re
 from types import ModuleType
 
 __all__ = ["MODULES", "REGISTRY", "LazyExperiment", "check_experiment", "describe", "get", "names", "register"]
@@ -98,15 +97,14 @@ def check_experiment(module: ModuleType) -> ModuleType:
 
 #: ``NAME = "..."`` / ``DESCRIPTION = "..."`` at the start of a line (a regex, not a
 #: parse of the whole module: ``list`` and ``--help`` must stay fast).
-_LITERAL = re.compile(r"""^(NAME|DESCRIPTION)\s*(?::\s*str\s*)?=\s*((?:'[^'\n]*'|"[^"\n]*"))\s*(?:#.*)?$""", re.M)
 
 
 @dataclasses.dataclass(frozen=True)
 class LazyExperiment:
     """A registered experiment whose module is not imported yet.
 
-    ``name`` and ``description`` are read from the module's source (the one-line
-    literal assignments ``NAME = "..."`` and ``DESCRIPTION = "..."``) without running it.
+    ``name`` and ``description`` are read from the module's source (the literal
+    assignments ``NAME = "..."`` and ``DESCRIPTION = "..."``, parsed, not run).
     """
 
     module: str
@@ -120,18 +118,25 @@ class LazyExperiment:
             raise ImportError(f"experiment module {module} not found (or not a .py file)")
         with open(spec.origin, encoding="utf-8") as fh:
             source = fh.read()
-        literals = {}
-        for match in _LITERAL.finditer(source):
-            try:
-                value = ast.literal_eval(match.group(2))
-            except (ValueError, SyntaxError):
-                continue
-            if isinstance(value, str):
-                literals.setdefault(match.group(1), value)
+        literals: dict[str, str] = {}
+        for node in ast.parse(source, filename=spec.origin).body:  # parsed, not run
+            target = (
+                node.targets[0]
+                if isinstance(node, ast.Assign) and len(node.targets) == 1
+                else (node.target if isinstance(node, ast.AnnAssign) else None)
+            )
+            value = getattr(node, "value", None)
+            if (
+                isinstance(target, ast.Name)
+                and target.id in ("NAME", "DESCRIPTION")
+                and isinstance(value, ast.Constant)
+                and isinstance(value.value, str)
+            ):
+                literals.setdefault(target.id, value.value)
         missing = [k for k in ("NAME", "DESCRIPTION") if k not in literals]
         if missing:
             raise TypeError(
-                f"experiment module {module}: {' and '.join(missing)} must be assigned a one-line "
+                f"experiment module {module}: {' and '.join(missing)} must be assigned a "
                 "string literal at module level (read without importing, see diagnostics.experiments)"
             )
         if "\n" in literals["DESCRIPTION"].strip():
