@@ -142,10 +142,11 @@ def _envelope(sigma_edges: np.ndarray, steps: int, schedule) -> tuple[np.ndarray
 def draw(schedule, stem: Path) -> list[Path]:
     """Transfer function of ``schedule`` and of the published schedules at the same K.
 
-    (a) the range of ``p_K`` in each log-σ bin (30 a decade) (lines: its ends, light fill between them);
-    (b) the largest ``|1 − p_K|`` in each bin, on an axis cut below the design's own error
-    (a schedule that converges further, cubic NS near σ = 1, leaves the axis at the bottom).
-    A design whose coefficients equal a published schedule's says so in the legend.
+    Panel (a) draws the range of ``p_K`` in each log-σ bin (30 a decade): lines at its ends,
+    a light fill between them.  Panel (b) draws the largest ``|1 − p_K|`` in each bin, on an
+    axis cut below the design's own error (a schedule that converges further, cubic NS near
+    σ = 1, leaves the axis at the bottom).  A design whose coefficients equal a published
+    schedule's says so in the legend.
     """
     from . import plotting
 
