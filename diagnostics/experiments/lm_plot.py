@@ -197,12 +197,14 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ref = stats[stats["best"] & (stats["family"] == "muon") & (stats["ns_steps"] == config.ns_steps)]
             if len(ref):
                 m, s = float(ref["mean"].iloc[0]), float(ref["std"].iloc[0])
-                ax_l.axhspan(m - s, m + s, color=_FAMILY_COLORS["muon"], alpha=0.12, linewidth=0)
+                several = np.isfinite(s) and int(ref["n"].iloc[0]) > 1
+                if several:
+                    ax_l.axhspan(m - s, m + s, color=_FAMILY_COLORS["muon"], alpha=0.12, linewidth=0)
                 ax_l.axhline(m, color=_FAMILY_COLORS["muon"], linewidth=0.6, linestyle="--")
                 ax_l.text(
                     0.02,
                     m,
-                    f"Muon K={config.ns_steps} ± std",
+                    f"Muon K={config.ns_steps}" + (" ± std" if several else ""),
                     transform=ax_l.get_yaxis_transform(),
                     fontsize=6.5,
                     va="bottom",
@@ -212,7 +214,8 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             for ax in (ax_l, ax_a):
                 ax.set_xticks(ks)
                 ax.set_xlabel("Newton–Schulz steps K")
-            ax_l.set_ylabel("final " + _NATS + "\nmean ± std over seeds")
+            one_seed = bool((stats["n"] <= 1).all())
+            ax_l.set_ylabel("final " + _NATS + ("\none seed" if one_seed else "\nmean ± std over seeds"))
             ax_a.set_ylabel(r"alignment $\cos(\Delta W, \mathrm{polar}(M))$" + "\nmean over sampled steps")
             ax_a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
             plotting.panel_label(ax_l, "a")
@@ -274,7 +277,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         fig = plotting.figure("double", 2.8, ncols=2, width_ratios=(1.0, 0.45))
         ax, lax = fig.axes
         sweep = _sweep_table(stats, config)
-        ceiling = max(float(np.nanmax(sweep["mean"])) if sweep["mean"].notna().any() else entropy, entropy) * 1.03
+        # the diverged runs' × sit at the ceiling: above the data, and at the byte entropy only if one diverged
+        top = float(np.nanmax(sweep["mean"])) if sweep["mean"].notna().any() else entropy
+        ceiling = (max(top, entropy) if (sweep["n_diverged"] > 0).any() else top) * 1.03
         for opt in opts:
             d = sweep[sweep["optimizer"] == opt.name].sort_values("lr")
             if d.empty:
