@@ -10,7 +10,7 @@ import inspect
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -338,7 +338,7 @@ def _group_of(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
     return next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
 
 
-def _alignment(before: list[torch.Tensor], hidden: list[torch.Tensor], optimizer) -> dict[str, float]:
+def _alignment(before: list[torch.Tensor], hidden: Sequence[torch.Tensor], optimizer) -> dict[str, float]:
     """Over the hidden matrices: mean and minimum of ``cos(−ΔW, polar(M))`` and the mean of
     ``cos(−ΔW, polar(map input))``, measured by :mod:`matfun.monitor` (the update direction with
     decoupled weight decay separated out, float64); NaN where unknown."""
