@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,7 +164,7 @@ def draw(schedule, stem: Path) -> list[Path]:
         ax_p, ax_e = fig.axes
         for name in (*PUBLISHED, schedule):
             published = isinstance(name, str)
-            style = (
+            style: dict[str, Any] = (
                 {"color": plotting.schedule_color(name), "linewidth": 1.0}
                 if published
                 else {"color": "black", "linewidth": 1.3, "linestyle": (0, (4, 2))}

@@ -62,6 +62,9 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
+    cos: Tensor  # rotary buffers, registered in __init__ only for rotary positions
+    sin: Tensor
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.heads = config.heads

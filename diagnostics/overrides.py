@@ -154,8 +154,8 @@ def _default_of(cls: type, name: str) -> Any:
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
     if field.default is not dataclasses.MISSING:
         return field.default
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return field.default_factory()  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
     return None
 
 

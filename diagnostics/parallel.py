@@ -213,13 +213,13 @@ def _compute_and_store(
 def _wait_for_running(client: Any, digests: Sequence[str]) -> None:
     """Wait until no worker is computing any of ``digests`` (a cancelled task still runs to its end and
     writes its cell; the caller may then remove cells without a worker writing one behind it)."""
-    digests = set(digests)
+    wanted = set(digests)
     while True:
         try:
             running = client.run(_running_cells, on_error="ignore")
         except Exception:  # noqa: BLE001 - a cluster that is gone computes nothing
             return
-        if not any(digests & set(cells) for cells in running.values()):
+        if not any(wanted & set(cells) for cells in running.values()):
             return
         time.sleep(0.05)
 
@@ -269,7 +269,7 @@ def compute_cells(
                 extra,
                 device,
                 seed,
-                shipped.get(cell.get("plugin")),
+                shipped.get(cell.get("plugin") or ""),  # no plug-in is named "" (name_problem)
                 digest not in uncached,
                 key=f"{module.NAME}-{digest}",
                 pure=False,
@@ -302,7 +302,7 @@ def compute_cells(
                 for name, found in notes.items():
                     local[name].notes.update(found)
                 bar.update()
-        return frames  # type: ignore[return-value]
+        return frames
     finally:
         cluster = getattr(client, "cluster", None)
         client.close()

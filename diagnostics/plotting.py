@@ -36,6 +36,7 @@ from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.rcsetup import cycler
 
 __all__ = [
     "DOUBLE_COLUMN",
@@ -113,7 +114,7 @@ RC: dict[str, Any] = {
     "grid.alpha": 0.35,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "axes.prop_cycle": matplotlib.cycler(color=[*list(OKABE_ITO.values())[1:], OKABE_ITO["black"]]),
+    "axes.prop_cycle": cycler(color=[*list(OKABE_ITO.values())[1:], OKABE_ITO["black"]]),
     "figure.dpi": 100,
     "figure.constrained_layout.use": True,
     "savefig.dpi": 300,
@@ -133,7 +134,9 @@ _PNG_METADATA = {"Software": None}
 @contextlib.contextmanager
 def style() -> Iterator[None]:
     """Apply the diagnostics figure style (:data:`RC`) inside a ``with`` block."""
-    with matplotlib.rc_context(RC):
+    # matplotlib >= 3.10's stubs key ``rc`` by a Literal of the rc names (3.8's by str): either accepts Any keys.
+    rc: dict[Any, Any] = RC
+    with matplotlib.rc_context(rc):
         yield
 
 

@@ -60,7 +60,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,7 +121,7 @@ class PluginError(ValueError):
         self.plugin = plugin
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
 
@@ -651,7 +651,7 @@ _ACTIVE: contextvars.ContextVar[tuple[Plugin, ...]] = contextvars.ContextVar("di
 
 
 @contextlib.contextmanager
-def active(plugins: list[Plugin] | tuple[Plugin, ...]) -> Iterator[None]:
+def active(plugins: Sequence[Plugin]) -> Iterator[None]:
     """Make ``plugins`` the maps experiments add to their sweeps inside the block."""
     token = _ACTIVE.set(tuple(plugins))
     try:

@@ -36,6 +36,7 @@ import io
 import math
 import platform
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def _headline(frames: dict[str, pd.DataFrame], plugin: plugins.Plugin, k: float)
     """Rows ``(quantity, yours, Jordan, Polar Express)`` and the raw numbers for the verdict."""
     name = plugin.name
     facts: dict[str, Any] = {}
-    rows = []
+    rows: list[tuple[str, ...]] = []
     kk = k if math.isfinite(k) else REPORT_STEPS
 
     tr = frames["transfer"]
@@ -362,6 +363,7 @@ def _accuracy_figure(acc: pd.DataFrame, plugin: plugins.Plugin, k: float) -> byt
                 d = acc[acc["map"] == m].sort_values("kappa")
                 if d.empty:
                     continue
+                kw: dict[str, Any]
                 if m == plugin.name:
                     kw = {
                         "color": plugins.COLORS[0],
@@ -643,7 +645,7 @@ def render_html(card: Card) -> str:
     return "\n".join(parts)
 
 
-def _wrapped_table(rows: list[tuple[str, ...]], widths: tuple[int, ...]) -> str:
+def _wrapped_table(rows: Sequence[tuple[str, ...]], widths: tuple[int, ...]) -> str:
     """A fixed-width text table whose cells wrap within ``widths`` characters."""
     lines = []
     for row in rows:
@@ -709,7 +711,7 @@ def render_pdf(card: Card, path: Path) -> None:
             fig = Figure(figsize=(width, height))
             for j, (title, data) in enumerate(images[i : i + 2]):
                 img = mpimg.imread(io.BytesIO(data), format="png")
-                ax = fig.add_axes([0.05, 0.52 - 0.48 * j, 0.9, 0.42])
+                ax = fig.add_axes((0.05, 0.52 - 0.48 * j, 0.9, 0.42))
                 ax.imshow(img)
                 ax.set_axis_off()
                 fig.text(0.05, 0.965 - 0.48 * j, title, fontsize=12, weight="bold", va="top")

@@ -118,7 +118,7 @@ def run_module(
         from .parallel import ship_plugins
 
         ship_plugins(plugins)
-    kw = {
+    kw: dict[str, Any] = {
         "results_dir": results_dir,
         "device": device,
         "force": force,
@@ -217,7 +217,7 @@ def run(
     from . import experiments
 
     single = isinstance(names, str)
-    modules = [experiments.get(n) for n in ([names] if single else list(names))]
+    modules = [experiments.get(n) for n in ([names] if isinstance(names, str) else list(names))]
     seed_list = check_seeds(seeds)
     plugins = _plugins.collect(maps)
     for p in plugins:

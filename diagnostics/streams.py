@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import numbers
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,8 +157,13 @@ def _check_int(value: Any, name: str, *, minimum: int) -> int:
     return int(value)
 
 
+def _is_real(value: Any) -> bool:
+    """A real number that is not a bool (a test, not a narrowing: ``numbers.Real`` has no typed operators)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def _check_fraction(value: Any, name: str, *, include_one: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _is_real(value):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     upper_ok = value <= 1.0 if include_one else value < 1.0
     if not (0.0 <= value and upper_ok):
@@ -168,7 +173,7 @@ def _check_fraction(value: Any, name: str, *, include_one: bool) -> float:
 
 
 def _check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _is_real(value):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -179,10 +184,9 @@ def _check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float
 def _check_record_steps(record_steps: Iterable[int] | None, steps: int) -> tuple[int, ...]:
     if record_steps is None:
         return (steps - 1,)
-    if isinstance(record_steps, numbers.Integral):
-        record_steps = [record_steps]
+    steps_given: Iterable[Any] = [record_steps] if isinstance(record_steps, numbers.Integral) else record_steps
     checked = []
-    for step in record_steps:
+    for step in steps_given:
         step = _check_int(step, "every record step", minimum=0)
         if step >= steps:
             raise ValueError(f"record step {step} is beyond the run: steps are 0..{steps - 1} (steps={steps})")
@@ -249,7 +253,7 @@ def _train_and_record(
     kind: str,
     model: nn.Module,
     compute_loss: Callable[[], torch.Tensor],
-    recorded: dict[str, nn.Parameter],
+    recorded: Mapping[str, torch.Tensor],
     settings: _RunSettings,
     config: dict[str, Any],
 ) -> GradientStream:
@@ -264,6 +268,7 @@ def _train_and_record(
         loss = compute_loss()
         loss.backward()
         for name, parameter in recorded.items():
+            assert parameter.grad is not None  # every recorded matrix is a parameter the loss depends on
             gradient = parameter.grad.detach().to(torch.float64, copy=True)
             momentum[name].mul_(settings.beta1).add_(gradient)
             second_moment[name].mul_(settings.beta2).addcmul_(gradient, gradient, value=1.0 - settings.beta2)

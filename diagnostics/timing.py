@@ -135,7 +135,12 @@ def _make_synchroniser(
         raise ValueError("sync='cuda' was requested but CUDA is not available")
     if not devices:
         return torch.cuda.synchronize
-    return lambda: [torch.cuda.synchronize(device) for device in devices]
+
+    def synchronize_all() -> None:
+        for device in devices:
+            torch.cuda.synchronize(device)
+
+    return synchronize_all
 
 
 # ---------------------------------------------------------------------------

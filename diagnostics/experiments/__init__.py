@@ -52,6 +52,7 @@ import dataclasses
 import importlib
 import importlib.util
 from types import ModuleType
+from typing import Any, cast
 
 __all__ = ["MODULES", "REGISTRY", "LazyExperiment", "check_experiment", "describe", "get", "names", "register"]
 
@@ -85,7 +86,8 @@ def check_experiment(module: ModuleType) -> ModuleType:
     Config = module.Config
     if not (isinstance(Config, type) and dataclasses.is_dataclass(Config)):
         raise TypeError(f"experiment module {label}: Config must be a dataclass")
-    if not Config.__dataclass_params__.frozen:
+    # @dataclass sets __dataclass_params__; typeshed's DataclassInstance declares only the fields.
+    if not cast(Any, Config).__dataclass_params__.frozen:
         raise TypeError(f"experiment module {label}: Config must be a frozen dataclass")
     if not (hasattr(Config, "quick") or hasattr(module, "QUICK")):
         raise TypeError(f"experiment module {label}: define Config.quick() or QUICK")

@@ -172,12 +172,9 @@ def _misalignments(X_iterates: list, ref: metrics.Reference) -> list[float]:
 
 
 def _schedule_columns(schedule: matfun.Schedule) -> dict:
-    designed = isinstance(schedule, matfun.DesignedSchedule)
-    return {
-        "lower": schedule.lower if designed else np.nan,
-        "upper": schedule.upper if designed else np.nan,
-        "safety": schedule.safety if designed else np.nan,
-    }
+    if isinstance(schedule, matfun.DesignedSchedule):
+        return {"lower": schedule.lower, "upper": schedule.upper, "safety": schedule.safety}
+    return {"lower": np.nan, "upper": np.nan, "safety": np.nan}
 
 
 def _controlled(config: Config, kappa: float, seed: int) -> pd.DataFrame:
@@ -260,7 +257,7 @@ def _precision(config: Config, device: str, seed: int) -> pd.DataFrame:
         "float32 margin": PRECISION_SAFETY["float32"],
         "bf16 margin": PRECISION_SAFETY["bfloat16"],
     }
-    schedules = {
+    schedules: dict[str, matfun.Schedule] = {
         f"designed ({label})": matfun.design_schedule(lower, upper, config.steps, safety=s)
         for label, s in safeties.items()
     }

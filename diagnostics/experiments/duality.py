@@ -152,6 +152,7 @@ def run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame
         X = to_float64(matfun.Polar(precision="float64")(G))
         rows.append({"map": "polar", "schedule": None, "tile": 0, "eps": np.nan, "step": np.nan, **_scores(X, ref)})
     else:
+        assert family is not None  # a cell without a plug-in is a built-in one: cells() gives it a family
         inner = matfun.NewtonSchulz(config.max_steps, family, config.precision)
         maps = [(0, inner)] + [(int(t), matfun.Tiled(inner, int(t))) for t in config.tiles]
         for tile, map_ in maps:

@@ -131,6 +131,7 @@ Timing
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pandas as pd
 
@@ -258,9 +259,9 @@ class Config:
         return cls.quick_sweep(optimizers=QUICK_RUN_OPTIMIZERS, lrs=rates, lr_grid=(3e-3, 1e-2, 3e-2), seeds=(0,))
 
     @classmethod
-    def quick_sweep(cls, **overrides) -> Config:
+    def quick_sweep(cls, **overrides: Any) -> Config:
         """The quick model swept over the whole grid on one seed (how :data:`QUICK_LRS` was found)."""
-        base = {
+        base: dict[str, Any] = {
             "context": 64,
             "width": 64,
             "depth": 2,

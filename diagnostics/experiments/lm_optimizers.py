@@ -10,8 +10,8 @@ import inspect
 import math
 import re
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -201,9 +201,14 @@ def load_factory(opt: Optimizer) -> Callable:
 
 
 def _source_hash(factory: Callable) -> str:
-    try:
-        source = inspect.getsource(inspect.getmodule(factory))
-    except (OSError, TypeError):
+    module = inspect.getmodule(factory)
+    source: str | None = None
+    if module is not None:
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            pass
+    if source is None:
         source = getattr(factory, "__qualname__", repr(factory))
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
@@ -220,20 +225,26 @@ def split_model(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch.nn.Par
 
 def make_optimizers(config: Config, opt: Optimizer, lr: float, model: GPT, total_steps: int) -> list:
     """``[matrix optimizer, AdamW]`` (just ``[AdamW]`` for ``adamw``)."""
-    adamw_kw = {"lr": lr, "betas": tuple(config.adam_betas), "weight_decay": config.weight_decay, "eps": 1e-8}
+    adamw_kw: dict[str, Any] = {
+        "lr": lr,
+        "betas": tuple(config.adam_betas),
+        "weight_decay": config.weight_decay,
+        "eps": 1e-8,
+    }
     if opt.family == "adamw":
         return [torch.optim.AdamW(model.parameters(), **adamw_kw)]
     hidden, other = split_model(model)
-    common = {
+    common: dict[str, Any] = {
         "lr": lr,
         "weight_decay": config.weight_decay,
         "momentum": config.momentum,
         "adjust_lr_fn": "match_rms_adamw",
     }
+    main: torch.optim.Optimizer
     if opt.family == "muon":
         main = matfun.optim.Muon(hidden, ns_steps=opt.ns_steps, **common)
     elif opt.family == "himuon":
-        tile = opt.tile
+        tile: int | list[tuple[int, int | None]] = opt.tile
         if opt.full_first:
             tile = [(0, None), (max(1, round(config.himuon_full_frac * total_steps)), opt.tile)]
         main = matfun.optim.HiMuon(hidden, tile=tile, ns_steps=opt.ns_steps, **common)
@@ -319,14 +330,15 @@ class _OrthTimer:
                 self.sync()
                 self.seconds += time.perf_counter() - t0
 
-        optimizer._orthogonalize = timed
+        # A per-instance wrap of the method (mypy refuses assigning to a method; setattr says it is meant).
+        setattr(optimizer, "_orthogonalize", timed)  # noqa: B010
 
 
 def _group_of(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
     return next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
 
 
-def _alignment(before: list[torch.Tensor], hidden: list[torch.Tensor], optimizer) -> dict[str, float]:
+def _alignment(before: list[torch.Tensor], hidden: Sequence[torch.Tensor], optimizer) -> dict[str, float]:
     """Over the hidden matrices: mean and minimum of ``cos(−ΔW, polar(M))`` and the mean of
     ``cos(−ΔW, polar(map input))``, measured by :mod:`matfun.monitor` (the update direction with
     decoupled weight decay separated out, float64); NaN where unknown."""

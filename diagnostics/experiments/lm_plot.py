@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ _NATS = "val. loss (nats/byte)"
 
 def style_of(opt: Optimizer, config: Config) -> dict:
     """Colour by family; within a family, K=3 dotted, smaller tiles dashed, full→T dash-dot."""
-    linestyle = "-"
+    linestyle: str | tuple[int, tuple[int, int]] = "-"
     if opt.family in ("muon", "muon2", "muon2f") and opt.ns_steps != config.ns_steps:
         linestyle = ":"
     elif opt.family == "himuon":
@@ -182,7 +182,12 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             ax_l, ax_a = fig.axes
             for fam in kfams:
                 d = stats[stats["best"] & (stats["family"] == fam)].sort_values("ns_steps")
-                kw = {"color": _FAMILY_COLORS[fam], "marker": "o", "capsize": 2, "label": _FAMILY_LABELS[fam]}
+                kw: dict[str, Any] = {
+                    "color": _FAMILY_COLORS[fam],
+                    "marker": "o",
+                    "capsize": 2,
+                    "label": _FAMILY_LABELS[fam],
+                }
                 ax_l.errorbar(d["ns_steps"], d["mean"], yerr=d["std"], **kw)
                 ax_a.plot(d["ns_steps"], d["alignment"], color=kw["color"], marker="o", label=kw["label"])
                 if fam != "muon":
@@ -232,12 +237,12 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
             for full_first, d in him.groupby("full_first"):
                 d = d.sort_values("tile")
                 name = "full→T" if full_first else "T from step 0"
-                kw = {
+                kw2: dict[str, Any] = {
                     "color": _FAMILY_COLORS["himuon"] if not full_first else plotting.OKABE_ITO["reddish_purple"],
                     "marker": "D" if full_first else "s",
                 }
-                ax_l.errorbar(d["tile"], d["mean"], yerr=d["std"], capsize=2, label=f"HiMuon, {name}", **kw)
-                ax_t2.plot(d["tile"], d["step_ms"], label=f"HiMuon, {name}", **kw)
+                ax_l.errorbar(d["tile"], d["mean"], yerr=d["std"], capsize=2, label=f"HiMuon, {name}", **kw2)
+                ax_t2.plot(d["tile"], d["step_ms"], label=f"HiMuon, {name}", **kw2)
             if len(muon):
                 m = muon.iloc[0]
                 ax_l.axhspan(

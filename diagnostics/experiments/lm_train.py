@@ -63,6 +63,7 @@ def _benchmark(config: Config, device: str, seed: int, cell: dict | None = None)
         copy = GPT(config.gpt()).to(device)
         copy.load_state_dict(model.state_dict())
         for q, p in zip(copy.parameters(), model.parameters()):
+            assert p.grad is not None  # the loss above reaches every parameter of the model
             q.grad = p.grad.clone()
         rate = dict(config.lrs).get(opt.name, config.lr_grid[0] if config.lr_grid else 1e-3)
         opts = make_optimizers(config, opt, rate, copy, config.steps)
@@ -160,7 +161,9 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
 
     eval_steps = sorted({0, config.steps, *range(config.eval_every, config.steps, config.eval_every)})
     rows: list[dict] = []
-    step_s, orth_s, batch_losses = [], [], []
+    step_s: list[float] = []
+    orth_s: list[float] = []
+    batch_losses: list[float] = []
     opt_cum = orth_cum = 0.0
     diverged_step = -1
     timer = _OrthTimer(sync)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,13 +54,16 @@ from .ns_convergence import (
     to_float64,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
+
 NAME = "precision"
 DESCRIPTION = (
     "alignment of full Newton-Schulz vs step K in float64, float32 and bfloat16 (native on CUDA, emulated on CPU)"
 )
 
 PRECISION_LABELS = {"float64": "float64", "float32": "float32", "bfloat16": "bfloat16"}
-PRECISION_STYLES = {"float64": "-", "float32": "--", "bfloat16": ":"}
+PRECISION_STYLES: dict[str, LineStyleType] = {"float64": "-", "float32": "--", "bfloat16": ":"}
 
 
 @dataclasses.dataclass(frozen=True)

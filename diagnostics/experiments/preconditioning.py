@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,9 @@ import matfun
 from .. import metrics, plotting, streams
 from ..store import cell_seed
 from ..threads import torch_threads
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
 
 NAME = "preconditioning"
 DESCRIPTION = (
@@ -98,7 +102,7 @@ VARIANT_COLORS = {
     "full": plotting.OKABE_ITO["blue"],
     "factorized": plotting.OKABE_ITO["orange"],
 }
-SCHEDULE_STYLES = {"cubic": "-", "jordan": "--", "you": "-.", "polar_express": ":"}
+SCHEDULE_STYLES: dict[str, LineStyleType] = {"cubic": "-", "jordan": "--", "you": "-.", "polar_express": ":"}
 PUBLISHED_REDUCTION = 0.40
 
 
@@ -282,7 +286,7 @@ def _write_table(table: pd.DataFrame, path: Path) -> None:
 
 _SHORT_SCHEDULE = {"cubic": "cubic", "jordan": "Jordan", "you": "You", "polar_express": "PE"}
 _STREAM_LABELS = {"teacher_student": "teacher–student", "mlp": "MLP"}
-_STEP_STYLES = ["-", (0, (4, 1.5)), (0, (1, 1)), (0, (4, 1, 1, 1))]  # last recorded step solid
+_STEP_STYLES: list[LineStyleType] = ["-", (0, (4, 1.5)), (0, (1, 1)), (0, (4, 1, 1, 1))]  # last recorded step solid
 #: Values below these are drawn on the floor line (log axes): rank-deficient spectra, float32 cosines.
 SPECTRUM_FLOOR, ALIGNMENT_FLOOR = 1e-8, 1e-7
 
@@ -319,7 +323,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
     with plotting.style():
         fig = plotting.figure("double", 5.6)
         fig.clear()
-        top, bottom = fig.subfigures(2, 1, height_ratios=(1.0, 1.25))
+        subfigures = fig.subfigures(2, 1, height_ratios=(1.0, 1.25))
+        assert isinstance(subfigures, np.ndarray)  # more than one subfigure: an array of them
+        top, bottom = subfigures
         *spectra_axes, ax_c = top.subplots(1, len(params) + 1, width_ratios=[1.0] * len(params) + [1.15])
         ax_a, ax_r = bottom.subplots(1, 2)
 

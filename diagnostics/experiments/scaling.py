@@ -45,10 +45,12 @@ counted); drawn with star markers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -236,8 +238,8 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
     if plugin is not None:
         return pd.DataFrame([plugin_row(plugin, config, G, device)])
     B = torch.randn(n, n, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    entries = [
-        (kind, tile, label, int(map_.flops((n, n))), (lambda map_=map_: map_(G)))
+    entries: list[tuple[str, int, str, int, Callable[[], Any]]] = [
+        (kind, tile, label, int(map_.flops((n, n))), functools.partial(map_, G))
         for kind, tile, label, map_ in _maps(config, n)
     ]
     entries.append(("gemm", 0, "dense GEMM", timing.gemm_flops(n), lambda: torch.matmul(G, B)))

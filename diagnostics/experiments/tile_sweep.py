@@ -232,7 +232,7 @@ def _run_cell(config: Config, cell: dict, device: str, seed: int) -> pd.DataFram
 
 def _inputs(frame: pd.DataFrame, config: Config) -> list[tuple]:
     """(label, rows, plot style, row selector) per input family; coupled ones averaged over samples."""
-    out = []
+    out: list[tuple] = []
     coupled = frame[frame["source"] == "coupled"]
     for i, c in enumerate(sorted(set(coupled["coupling"].astype(float)))):
         d = coupled[np.isclose(coupled["coupling"].astype(float), c)]

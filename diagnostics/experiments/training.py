@@ -98,6 +98,7 @@ import functools
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -292,17 +293,18 @@ def split_params(model: nn.Sequential, head_to_adamw: bool) -> tuple[list, list]
 
 def make_optimizers(config: Config, name: str, lr: float, model: nn.Sequential) -> list[torch.optim.Optimizer]:
     family, tile = _parse(name)
-    adamw_kw = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": config.weight_decay}
+    adamw_kw: dict[str, Any] = {"lr": lr, "betas": (0.9, 0.95), "weight_decay": config.weight_decay}
     if family == "adamw":
         return [torch.optim.AdamW(model.parameters(), **adamw_kw)]
     matrix, other = split_params(model, config.head_to_adamw)
-    common = {
+    common: dict[str, Any] = {
         "lr": lr,
         "weight_decay": config.weight_decay,
         "momentum": config.momentum,
         "ns_steps": config.ns_steps,
         "adjust_lr_fn": "match_rms_adamw",
     }
+    main: torch.optim.Optimizer
     if family == "muon":
         main = matfun.optim.Muon(matrix, **common)
     elif family == "himuon":
@@ -418,13 +420,13 @@ def run_names(config: Config) -> list[str]:
 
 # Per run: a dash pattern and a marker besides the colour, so that curves lying on top of each
 # other (Muon, Muon², Muon²-F) stay visible; markers are staggered along the x axis.
-_STYLES = {
+_STYLES: dict[str, dict[str, Any]] = {
     "adamw": {"linestyle": "-", "marker": "o"},
     "muon": {"linestyle": "-", "marker": "s"},
     "muon2": {"linestyle": (0, (5, 2)), "marker": "^"},
     "muon2_f": {"linestyle": (0, (1, 1.5)), "marker": "v"},
 }
-_HIMUON_STYLES = [
+_HIMUON_STYLES: list[dict[str, Any]] = [
     {"linestyle": (0, (6, 2, 1.5, 2)), "marker": "D"},
     {"linestyle": (0, (3, 1.5)), "marker": "P"},
     {"linestyle": (0, (1, 1, 4, 1)), "marker": "X"},
@@ -599,7 +601,7 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         ax_ev.yaxis.set_major_locator(
             LogLocator(base=10, subs=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0))
         )
-        ax_ev.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(0.5, 4.0, 0.05)))
+        ax_ev.yaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(0.5, 4.0, 0.05).tolist()))
         ax_ev.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax_ev.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         ax_lr.set_xscale("log")
@@ -614,7 +616,9 @@ def plot(frame: pd.DataFrame, config: Config, out_dir: Path) -> list[Path]:
         for name in names:
             times = frame[(frame["optimizer"] == name) & (frame["step"] > 0)]["step_ms"].dropna().to_numpy(float)
             a, b, c = np.percentile(times, [25, 50, 75])
-            q25.append(a), med.append(b), q75.append(c)
+            q25.append(a)
+            med.append(b)
+            q75.append(c)
         for y, name, m, a, c in zip(ypos, names, med, q25, q75):
             st = optimizer_style(name, config)
             ax_t.plot([a, c], [y, y], color=st["color"], linewidth=2.5, alpha=0.5, solid_capstyle="butt")
