@@ -106,7 +106,7 @@ def _exact_key(coefficients: Any) -> Any:
     if type(coefficients) is str:
         return ("name", coefficients)
     if type(coefficients) is tuple and len(coefficients) <= 16:
-        key = []
+        key: list[Any] = []
         for entry in coefficients:
             if type(entry) in (float, int):
                 key.append((type(entry), entry))
