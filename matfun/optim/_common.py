@@ -262,7 +262,10 @@ def host_values(scalars: list[Tensor]) -> list[float]:
     for k, t in enumerate(scalars):
         by_device.setdefault(t.device, []).append(k)
     for ks in by_device.values():
-        stacked = torch.stack([scalars[k].detach().reshape(()).to(torch.float64) for k in ks])
+        if len({scalars[k].dtype for k in ks}) == 1:  # one dtype: stack, then widen once (exact)
+            stacked = torch.stack([scalars[k].reshape(()) for k in ks]).detach().to(torch.float64)
+        else:
+            stacked = torch.stack([scalars[k].detach().reshape(()).to(torch.float64) for k in ks])
         for k, v in zip(ks, stacked.cpu().tolist()):
             values[k] = v
     return values
