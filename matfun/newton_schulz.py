@@ -102,6 +102,13 @@ def normalize(X: Any, factor: float = 1.0) -> Any:
     """
     if B._size(X) == 0:
         return X
+    if type(X) is torch.Tensor:  # torch's own operations: the same arithmetic, without the array-API layer
+        Y = X.float() if X.dtype in (torch.bfloat16, torch.float16) else X
+        amax = torch.amax(torch.abs(Y), dim=(-2, -1), keepdim=True)
+        Y = Y / torch.where(amax > 0, amax, torch.ones_like(amax))
+        norm = torch.sqrt(torch.sum(Y * Y, dim=(-2, -1), keepdim=True)) * factor
+        Y = Y / torch.where(norm > 0, norm, torch.ones_like(norm))
+        return Y.to(X.dtype) if Y.dtype != X.dtype else Y
     xp = B.namespace(X)
     low_precision = B.is_torch(X) and X.dtype in (torch.bfloat16, torch.float16)
     Y = X.float() if low_precision else X

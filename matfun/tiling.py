@@ -33,7 +33,7 @@ from . import _backend as B
 from . import _triton_ns
 from .base import Map, Wrapper, batch_size, check_shape
 from .newton_schulz import NewtonSchulz
-from .schedules import Coefficients, ScheduleLike
+from .schedules import Coefficients, Schedule, ScheduleLike
 
 TileLike = int | Sequence[int]
 
@@ -366,8 +366,10 @@ def tiled_newton_schulz_many(
         the batch index inside it), or as for :func:`tiled_newton_schulz`.
     """
     matrices = _materialize(matrices)
-    tiled = Tiled(NewtonSchulz(steps, coefficients, precision, backend), tile, memory_budget)
+    tiled = _tiled_map(steps, coefficients, precision, backend, tile, memory_budget)
     inner = tiled.inner
+    if all(type(G) is torch.Tensor for G in matrices):  # torch tensors: the plan cached by shape
+        return _many_torch(tiled, matrices, check_finite)
     # 1. split every matrix into its tile groups, remembering where each group goes.
     prepared = []
     buckets: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
@@ -414,6 +416,131 @@ def tiled_newton_schulz_many(
             continue
         blocks = [merge_group(results[index, k], g) for k, g in enumerate(groups)]
         outputs.append(B.from_compute(assemble(blocks, groups), G))
+    return outputs
+
+
+#: map objects and plans reused across calls (an optimizer calls with the same configuration
+#: and shapes every step); bounded, cleared when full
+_MAP_CACHE: dict[tuple, Tiled] = {}
+_PLAN_CACHE: dict[tuple, tuple] = {}
+_PRECISION_CACHE: dict[tuple, B.Precision] = {}
+_CACHE_SIZE = 256
+
+
+def _exact(value: Any) -> Any:
+    """``value`` with its type, so that a cache key tells apart what validation tells apart
+    (``True`` from ``1``, ``16`` from ``16.0``); ``None`` when it is not a plain hashable value."""
+    if value is None or type(value) in (int, str):
+        return (type(value), value)
+    if type(value) is tuple and all(type(v) is int for v in value):
+        return (tuple, value)
+    return None
+
+
+def _tiled_map(steps: Any, coefficients: Any, precision: Any, backend: Any, tile: Any, memory_budget: Any) -> Tiled:
+    """``Tiled(NewtonSchulz(steps, coefficients, precision, backend), tile, memory_budget)``, built
+    once per configuration of plain values (a :class:`~matfun.schedules.Schedule` or a name)."""
+    if isinstance(coefficients, Schedule) or type(coefficients) is str:
+        parts = (_exact(steps), coefficients, _exact(precision), _exact(backend), _exact(tile), _exact(memory_budget))
+        if None not in parts:
+            tiled = _MAP_CACHE.get(parts)
+            if tiled is None:
+                tiled = Tiled(NewtonSchulz(steps, coefficients, precision, backend), tile, memory_budget)
+                if len(_MAP_CACHE) >= _CACHE_SIZE:
+                    _MAP_CACHE.clear()
+                _MAP_CACHE[parts] = tiled
+            return tiled
+    return Tiled(NewtonSchulz(steps, coefficients, precision, backend), tile, memory_budget)
+
+
+def _prepare_torch(tiled: Tiled, G: torch.Tensor, check_finite: bool, name: str) -> tuple[Any, B.Precision]:
+    """:meth:`Map._prepare` for a plain torch tensor; the checks without a finiteness scan, and the
+    precision, are done here when the tensor is already in its compute dtype (else the general path)."""
+    if not check_finite and G.ndim >= 2 and G.dtype.is_floating_point and G.device.type != "meta":
+        key = (tiled.precision, G.dtype)
+        prec = _PRECISION_CACHE.get(key)
+        if prec is None:
+            prec = tiled._resolve_precision(G)
+            if len(_PRECISION_CACHE) >= _CACHE_SIZE:
+                _PRECISION_CACHE.clear()
+            _PRECISION_CACHE[key] = prec
+        if B.dtype_name(G) == prec.dtype:
+            return G, prec
+    return tiled._prepare(G, check_finite, name=name)
+
+
+def _many_plan(tiled: Tiled, xs: list[Any], precs: list[B.Precision]) -> tuple:
+    """The batching plan of :func:`tiled_newton_schulz_many` for compute tensors ``xs``: each
+    matrix's tile groups, and per bucket of equal tiles its members, their tile counts and chunks."""
+    key = (tiled.tile, tiled.memory_budget, tuple((tuple(X.shape), X.dtype, X.device, p) for X, p in zip(xs, precs)))
+    plan = _PLAN_CACHE.get(key)
+    if plan is not None:
+        return plan
+    groups_of = [tile_groups(X.shape[-2], X.shape[-1], tiled.tile) if B._size(X) else [] for X in xs]
+    buckets: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+    shapes: dict[tuple[int, int], tuple[int, ...]] = {}
+    for index, (X, prec, groups) in enumerate(zip(xs, precs, groups_of)):
+        lead = tuple(X.shape[:-2])
+        for k, (_, _, nr, nc, th, tw) in enumerate(groups):
+            shapes[index, k] = (*lead, nr, nc, th, tw)
+            key_b = (th, tw, str(X.dtype), str(X.device), prec)
+            buckets.setdefault(key_b, []).append((index, k))
+    bucket_plans = []
+    for key_b, members in buckets.items():
+        counts = [batch_size(shapes[m]) for m in members]
+        i0, k0 = members[0]
+        probe = xs[i0].new_empty((0, *shapes[i0, k0][-2:]))  # dtype, device and tile shape of the bucket
+        chunks = list(_pack(counts, tiled._tiles_per_chunk(probe)))
+        bucket_plans.append((key_b[-1], members, [shapes[m] for m in members], counts, chunks))
+    plan = (groups_of, bucket_plans)
+    if len(_PLAN_CACHE) >= _CACHE_SIZE:
+        _PLAN_CACHE.clear()
+    _PLAN_CACHE[key] = plan
+    return plan
+
+
+def _many_torch(tiled: Tiled, matrices: list[torch.Tensor], check_finite: bool) -> list[Any]:
+    """:func:`tiled_newton_schulz_many` for plain torch tensors, the same operations in the same
+    order, with the plan cached by shapes, dtypes and devices and torch's own view operations."""
+    inner = tiled.inner
+    prepared = [_prepare_torch(tiled, G, check_finite, f"matrices[{index}]") for index, G in enumerate(matrices)]
+    xs = [X for X, _ in prepared]
+    precs = [p for _, p in prepared]
+    groups_of, bucket_plans = _many_plan(tiled, xs, precs)
+    results: dict[tuple[int, int], Any] = {}
+    for prec, members, shapes, counts, chunks in bucket_plans:
+        outputs_of: list[list[Any]] = [[] for _ in members]
+        flat: dict[int, Any] = {}  # contiguous tile batches, made when first needed, dropped when used up
+        for chunk in chunks:
+            pieces = []
+            for j, a, b in chunk:
+                if j not in flat:
+                    i, k = members[j]
+                    rs, cs, nr, nc, th, tw = groups_of[i][k]
+                    X = xs[i]
+                    tiles = X[..., rs, cs].reshape(*X.shape[:-2], nr, th, nc, tw).transpose(-3, -2)
+                    flat[j] = tiles.reshape(counts[j], th, tw)
+                pieces.append(flat[j][a:b])
+                if b == counts[j]:
+                    del flat[j]
+            out = inner._compute_final(torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0], prec)
+            start = 0
+            for j, a, b in chunk:
+                outputs_of[j].append(out[start : start + b - a])
+                start += b - a
+        for m, shape, outs in zip(members, shapes, outputs_of):
+            results[m] = (torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]).reshape(shape)
+    outputs = []
+    for index, (G, X, prec, groups) in enumerate(zip(matrices, xs, precs, groups_of)):
+        if not groups:
+            outputs.append(B.from_compute(inner._compute_final(X, prec), G))
+            continue
+        blocks = []
+        for k, (_, _, nr, nc, th, tw) in enumerate(groups):
+            tiles = results[index, k]
+            blocks.append(tiles.transpose(-3, -2).reshape(*tiles.shape[:-4], nr * th, nc * tw))
+        out = blocks[0] if len(blocks) == 1 else assemble(blocks, groups)
+        outputs.append(out if out.dtype == G.dtype and out.device == G.device else B.from_compute(out, G))
     return outputs
 
 

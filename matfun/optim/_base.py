@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..schedules import Schedule
 from ..sharding import Communication
 from ._checkpoint import loaded_state
 from ._common import (
@@ -33,6 +34,33 @@ from ._common import (
     to_scalar,
 )
 from ._sharded import check_placement, is_sharded, local, reduce_flags
+
+
+def _typed(value: Any) -> Any:
+    """``value`` as a hashable key that keeps types apart (``True``/``1``/``1.0``), or raise
+    ``TypeError`` for a value compared only by identity or not at all (tensors, lists, objects)."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
+        return (kind, value)
+    if kind is tuple:
+        return (tuple, tuple(_typed(v) for v in value))
+    if kind is Schedule:
+        return (Schedule, value)
+    raise TypeError(kind.__name__)
+
+
+def _group_key(group: dict[str, Any]) -> Any:
+    """The hyperparameters of ``group`` as a comparable key (see :meth:`MatrixOptimizer._check_group_once`),
+    or ``None`` when they cannot be compared exactly."""
+    count = group.get("step_count")
+    if "step_count" in group and not (type(count) is int and count >= 0):
+        return None
+    skip = ("params", "param_names", "step_count")
+    try:
+        items = tuple((k, _typed(v)) for k, v in group.items() if k not in skip)
+    except TypeError:
+        return None
+    return (items, "step_count" in group)
 
 
 @dataclass
@@ -119,6 +147,20 @@ class MatrixOptimizer(Optimizer):
         """Validate a group's hyperparameters (subclasses extend)."""
         check_foreign_keys(group, self.defaults, self._name)
         check_bool("check_finite", group["check_finite"])
+
+    def _check_group_once(self, group: dict[str, Any], gi: int) -> None:
+        """:meth:`_check_group`, skipped when the group's hyperparameters are exactly (types
+        included) those that passed it last step; groups with values that cannot be compared so
+        (tensors, lists, other objects) are checked every step.  ``step_count`` is left out of
+        the comparison while it is an integer ``>= 0`` (it changes every step)."""
+        key = _group_key(group)
+        validated = self.__dict__.setdefault("_validated_groups", {})
+        if key is not None and validated.get(gi) == key:
+            return
+        validated.pop(gi, None)
+        self._check_group(group)
+        if key is not None:
+            validated[gi] = key
 
     def _check_params(self, group: dict[str, Any], gi: int) -> None:
         seen: set[int] = set()
@@ -215,7 +257,7 @@ class MatrixOptimizer(Optimizer):
         items = []
         for gi, group in enumerate(self.param_groups):
             try:
-                self._check_group(group)
+                self._check_group_once(group, gi)
                 context = self._group_context(group)
             except (ValueError, TypeError) as error:
                 message = f"{self._name}: param group {gi}: {error}; nothing was updated in this step"

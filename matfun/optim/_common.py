@@ -93,9 +93,46 @@ def check_precision(precision: Any) -> None:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS} or None")
 
 
+#: resolved schedules of hashable specifications (names, tuples of Python floats/ints), so that
+#: the per-step validation and job keys do not rebuild (and re-validate) a Schedule each time
+_RESOLVED: dict[Any, Schedule] = {}
+
+
+def _exact_key(coefficients: Any) -> Any:
+    """A cache key that tells apart everything :func:`resolve_coefficients` tells apart
+    (``True`` from ``1``, ``1`` from ``1.0`` kept as they are), or ``None`` when not cacheable."""
+    if isinstance(coefficients, Schedule):
+        return None  # get_schedule returns it as it is: nothing to save
+    if type(coefficients) is str:
+        return ("name", coefficients)
+    if type(coefficients) is tuple and len(coefficients) <= 16:
+        key: list[Any] = []
+        for entry in coefficients:
+            if type(entry) in (float, int):
+                key.append((type(entry), entry))
+            elif type(entry) is tuple and all(type(v) in (float, int) for v in entry):
+                key.append(tuple((type(v), v) for v in entry))
+            else:
+                return None
+        return ("tuple", tuple(key))
+    return None
+
+
 def resolve_coefficients(coefficients: Any) -> Schedule:
     """A schedule from a name, a :class:`Schedule`, tuples ``(a, b, c)``, or one flat
     ``(a, b, c)`` triple as torch.optim.Muon takes it."""
+    key = _exact_key(coefficients)
+    if key is None:
+        return _resolve_coefficients(coefficients)
+    schedule = _RESOLVED.get(key)
+    if schedule is None:
+        schedule = _resolve_coefficients(coefficients)  # raises for invalid ones: nothing is cached
+        if len(_RESOLVED) < 256:
+            _RESOLVED[key] = schedule
+    return schedule
+
+
+def _resolve_coefficients(coefficients: Any) -> Schedule:
     if (
         isinstance(coefficients, (tuple, list))
         and len(coefficients) == 3
@@ -225,7 +262,10 @@ def host_values(scalars: list[Tensor]) -> list[float]:
     for k, t in enumerate(scalars):
         by_device.setdefault(t.device, []).append(k)
     for ks in by_device.values():
-        stacked = torch.stack([scalars[k].detach().reshape(()).to(torch.float64) for k in ks])
+        if len({scalars[k].dtype for k in ks}) == 1:  # one dtype: stack, then widen once (exact)
+            stacked = torch.stack([scalars[k].reshape(()) for k in ks]).detach().to(torch.float64)
+        else:
+            stacked = torch.stack([scalars[k].detach().reshape(()).to(torch.float64) for k in ks])
         for k, v in zip(ks, stacked.cpu().tolist()):
             values[k] = v
     return values
