@@ -99,10 +99,13 @@ def test_jordan_alignment_is_high_but_not_exact_and_has_margin():
             lambda G, precision=precision: matfun.newton_schulz(G, 5, "jordan", precision=precision),
             precision_profile=profile,
             shapes=SHAPES,
+            seed=0,
         )
         a = r["alignment"]
         assert PROFILES[profile].min_alignment + 0.05 < a.value < 0.999
-        assert "kappa=1e3" in a.detail  # the worst case is named
+        # the worst case is named: the kappa = 1e3 matrix on the fixed shapes, though a drawn shape
+        # can make the low-rank-plus-noise matrix the worst instead
+        assert a.detail.startswith("worst alignment on ") and ("kappa=1e3" in a.detail or "low-rank" in a.detail)
     assert check_orthogonalizer(matfun.polar, shapes=SHAPES)["alignment"].value > 0.9999
 
 
