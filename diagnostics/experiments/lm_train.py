@@ -16,7 +16,7 @@ from ..errors import BadInput
 from ..gpt import GPT
 from ..plugins import USER_ERRORS, _raised
 from ..store import cell_seed
-from .lm_optimizers import _alignment, _OrthTimer, lr_factor, make_optimizers, split_model
+from .lm_optimizers import Optimizer, _alignment, _OrthTimer, lr_factor, make_optimizers, split_model
 
 if TYPE_CHECKING:
     from .lm import Config
@@ -35,6 +35,17 @@ def _corpus_for(config: Config, cell: dict):
             f"the run started with {expected[:12]}); rerun"
         )
     return corpus
+
+
+def _step(opt: Optimizer, opts: list, where: str) -> None:
+    """``step()`` of every optimizer of one run; a plug-in's own error is :class:`BadInput` naming it."""
+    try:
+        for o in opts:
+            o.step()
+    except USER_ERRORS as exc:
+        if opt.family != "plugin":
+            raise
+        raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {_raised(exc)} {where}") from None
 
 
 def _benchmark(config: Config, device: str, seed: int, cell: dict | None = None) -> pd.DataFrame:
@@ -81,15 +92,7 @@ def _benchmark(config: Config, device: str, seed: int, cell: dict | None = None)
             orth0 = timer.seconds
             sync()
             t0 = time.perf_counter()
-            try:
-                for o in opts:
-                    o.step()
-            except USER_ERRORS as exc:
-                if opt.family != "plugin":
-                    raise
-                raise BadInput(
-                    f"plug-in optimizer {opt.name!r} ({opt.target}) raised {_raised(exc)} in the step-time benchmark"
-                ) from None
+            _step(opt, opts, "in the step-time benchmark")
             sync()
             if r >= 0:
                 rows.append(
@@ -208,13 +211,7 @@ def _train(config: Config, cell: dict, device: str, seed: int) -> pd.DataFrame:
         orth_before = timer.seconds
         sync()
         t0 = time.perf_counter()
-        try:
-            for o in opts:
-                o.step()
-        except USER_ERRORS as exc:
-            if opt.family != "plugin":
-                raise
-            raise BadInput(f"plug-in optimizer {opt.name!r} ({opt.target}) raised {_raised(exc)} in step {k}") from None
+        _step(opt, opts, f"in step {k}")
         sync()
         step_s.append(time.perf_counter() - t0)
         orth_s.append(timer.seconds - orth_before)
