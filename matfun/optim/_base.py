@@ -73,19 +73,33 @@ class ParamStep:
     grad: Tensor
     #: the parameter's statistics after this step (keys of ``optimizer.state[param]``)
     new_state: dict[str, Tensor] = field(default_factory=dict)
+    #: statistics the commit writes in place into ``new_state[key]`` (no copy is held through the
+    #: step): ``fn(True)`` performs the update in place, ``fn(False)`` returns the same values out
+    #: of place (the same operations, so bit for bit the same)
+    in_place: dict[str, Callable[[bool], Tensor]] = field(default_factory=dict)
     #: the ``(H, W)`` matrix to orthogonalise, and its orthogonalised form
     direction: Tensor | None = None
     update: Tensor | None = None
     #: the tile it runs with (None: one full Newton–Schulz) and the shape the lr rule sees
     tile: tuple[int, int] | None = None
     lr_shape: tuple[int, int] = (0, 0)
-    #: subclass data (Muon²: the second moment)
+    #: subclass data (Muon²: the new second-moment statistics)
     extra: Any = None
     #: ``‖direction‖_F`` once computed (a finiteness probe, and the ``eps`` floor's norm)
     direction_norm: Tensor | None = None
     #: the commit's scalars: ``θ ← decay·θ − step_size·update`` (checked finite in the plan)
     decay: float = 1.0
     step_size: float = 0.0
+
+    @staticmethod
+    def take_directions(items: list[ParamStep]) -> list[Tensor]:
+        """The items' directions, which the returned list then holds alone: a map that sets an
+        entry to None once its output exists frees the direction (the step keeps one matrix per
+        parameter, not two)."""
+        mats = [item.matrix for item in items]
+        for item in items:
+            item.direction = None
+        return mats
 
     @property
     def matrix(self) -> Tensor:
@@ -277,11 +291,17 @@ class MatrixOptimizer(Optimizer):
         return items
 
     def _commit(self, items: list[ParamStep]) -> None:
-        """Write state, weights and step counts (nothing here can fail)."""
+        """Write state, weights and step counts (nothing here can fail).
+
+        Every statistic is written before any weight, so a gradient that aliases another
+        parameter is read as it was when the plan computed the update."""
         self.last_step_communication = self._communication
         for item in items:
+            for update in item.in_place.values():
+                update(True)
+            self.state[item.param] = item.new_state  # the whole state: keys of another configuration do not linger
+        for item in items:
             p = item.param
-            self.state[p] = item.new_state  # the whole state: keys of another configuration do not linger
             p.mul_(item.decay)  # decoupled weight decay
             assert item.update is not None  # the plan computed every update before the commit
             p.add_(item.update.reshape(p.shape), alpha=-item.step_size)
@@ -323,22 +343,31 @@ class MatrixOptimizer(Optimizer):
         return None
 
     def _prepare(self, item: ParamStep, context: Any) -> None:
-        """torch.optim.Muon's momentum, op for op, out of place and in float32 or wider.
+        """torch.optim.Muon's momentum, op for op, in float32 or wider.
 
         ``B ← B.lerp(g, 1 − μ)`` (= μB + (1 − μ)g), then the direction
         ``g.lerp(B, μ)`` (Nesterov) or ``B``.  This EMA form is ``(1 − μ)`` times
         the heavy-ball sum ``B ← μB + g`` of the Muon post; the normalised maps
         are scale invariant, so the orthogonalised update is the same.
+
+        With Nesterov the new ``B`` is a temporary here (only the direction is kept
+        through the step) and the commit repeats ``B.lerp_(g, 1 − μ)`` in place: the
+        step holds one matrix per parameter instead of two, and allocates no new buffer.
         """
         group, state = item.group, self.state[item.param]
         dtype = statistics_dtype(item.param.dtype)
         g = item.grad.to(dtype)
-        momentum = group["momentum"]
+        weight = 1 - group["momentum"]
         buf = state.get("momentum_buffer")
         buf = torch.zeros_like(g, memory_format=torch.preserve_format) if buf is None else buf.to(dtype)
-        new = buf.lerp(g, 1 - momentum)
-        item.new_state["momentum_buffer"] = new
-        item.direction = as_matrix(g.lerp(new, momentum) if group["nesterov"] else new)
+        new = buf.lerp(g, weight)
+        item.new_state["momentum_buffer"] = buf
+        if group["nesterov"]:
+            item.direction = as_matrix(g.lerp(new, group["momentum"]))
+            item.in_place["momentum_buffer"] = lambda write: buf.lerp_(g, weight) if write else buf.lerp(g, weight)
+        else:  # the new momentum is the direction: keep it as the new state
+            item.new_state["momentum_buffer"] = new
+            item.direction = as_matrix(new)
         item.lr_shape = matrix_shape(item.param)
 
     def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
@@ -378,30 +407,50 @@ class MatrixOptimizer(Optimizer):
         return self._check_finite_exactly(items)
 
     def _check_finite_exactly(self, items: list[ParamStep]) -> list[float]:
-        """:meth:`_check_finite` entry by entry (one ``isfinite`` flag per tensor)."""
+        """:meth:`_check_finite` entry by entry (one ``isfinite`` flag per tensor).
+
+        A statistic the commit writes in place (the Nesterov momentum ``B'``) is covered by the
+        direction ``U = g.lerp(B', μ)``: with ``g`` finite, ``U`` is finite only if ``B'`` is.  Only
+        when ``U`` is not is ``B'`` recomputed, to tell its overflow from ``U``'s own.
+        """
         checks: list[tuple[ParamStep, str | None, Tensor]] = []
         for item in items:
             if item.group["check_finite"]:
                 checks.append((item, None, item.grad))
-                checks.extend((item, key, value) for key, value in item.new_state.items())
+                checks.extend((item, k, v) for k, v in item.new_state.items() if k not in item.in_place)
+                checks.append((item, "", item.matrix))
         extras = self._sync_extras(items)
-        flags = [torch.isfinite(local(t)).all() for _, _, t in checks]
-        sharded = next((item.param for item in items if is_sharded(item.param)), None)
-        if sharded is not None and flags:  # every rank sees every rank's flags, and raises with them
-            flags = list(reduce_flags(torch.stack(flags), sharded))
-        values = host_values(flags + list(extras))
+        values = self._finite_flags([t for _, _, t in checks], items, extras)
         for (item, key, _), ok in zip(checks, values):
             if ok:
                 continue
+            if key == "":  # the gradient is finite: a statistic written in place, or U itself, overflowed
+                deferred = list(item.in_place)
+                flags = self._finite_flags([item.in_place[k](False) for k in deferred], items, [])
+                key = next((k for k, finite in zip(deferred, flags) if not finite), "")
             if key is None:
                 what = f"the gradient of parameter {item.name} contains NaN or Inf"
                 hint = "check the loss, or use gradient clipping / a loss scaler that skips such steps"
+            elif not key:
+                what = f"the update direction of parameter {item.name} overflows"
+                hint = "its gradient and momentum are near the largest float: scale the loss or clip gradients"
             else:
                 what = f"the statistic {key!r} of parameter {item.name} would become NaN or Inf"
                 dtype = statistics_dtype(item.param.dtype)
                 hint = f"its {dtype} accumulator overflows: scale the loss or clip gradients"
             raise ValueError(f"{self._name}: {what}; no parameter or optimizer state was updated in this step ({hint})")
         return values[len(checks) :]
+
+    @staticmethod
+    def _finite_flags(tensors: list[Tensor], items: list[ParamStep], extras: list[Tensor]) -> list[float]:
+        """Host values of one ``isfinite(t).all()`` flag per tensor (reduced over the ranks when a
+        parameter is sharded: every rank sees every rank's flags, and raises with them), then of
+        ``extras``, in one synchronisation."""
+        flags = [torch.isfinite(local(t)).all() for t in tensors]
+        sharded = next((item.param for item in items if is_sharded(item.param)), None)
+        if sharded is not None and flags:
+            flags = list(reduce_flags(torch.stack(flags), sharded))
+        return host_values(flags + list(extras))
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:  # pragma: no cover
         """Set ``item.update`` for every item."""

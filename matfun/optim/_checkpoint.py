@@ -134,7 +134,8 @@ def _loaded_param_state(opt: MatrixOptimizer, where: str, name: str, p: torch.Te
             )
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{where}: state {key!r} of parameter {name} contains NaN or Inf")
-        out[key] = value.to(device=p.device, dtype=dtype)
+        # a copy: the step updates the momentum in place, and the caller's state dict stays as it was
+        out[key] = value.to(device=p.device, dtype=dtype, copy=True)
     try:
         opt._check_state(name, p, group, out)
     except ValueError as error:

@@ -222,7 +222,7 @@ class Muon(MatrixOptimizer):
                 self._communication += comm
             else:
                 outs = orthogonalize(
-                    [item.matrix for item in members],
+                    ParamStep.take_directions(members),
                     group["ns_steps"],
                     group["ns_coefficients"],
                     group["precision"],
@@ -259,7 +259,8 @@ def orthogonalize(
     ``norms``: the host values of ``‖U‖_F`` (only compared with ``eps``).  Matrices of
     equal shape, dtype and device above the floor go through one batched call (the map
     normalises each matrix of a batch by its own norm).  ``maps`` caches the map objects
-    across calls (keyed by steps, schedule and precision).
+    across calls (keyed by steps, schedule and precision).  Each entry of ``mats`` is set
+    to None once it has been read (its memory is freed if the list held the only reference).
     """
     schedule = resolve_coefficients(coefficients)
     maps = {} if maps is None else maps
@@ -277,6 +278,7 @@ def orthogonalize(
             aug[:H, :W] = X / eps
             aug[H, W] = math.sqrt(max(1.0 - (n / eps) ** 2, 0.0))
             outs[k] = ns(aug, check_finite=False)[:H, :W]
+            mats[k] = None  # type: ignore[call-overload]
         else:
             # NS runs on the wide orientation: a tall matrix joins the batch of its transpose's shape;
             # large matrices run alone (stacking them costs a copy and saves little)
@@ -284,10 +286,14 @@ def orthogonalize(
             batches.setdefault((key, shape, X.dtype, X.device), []).append(k)
     for (key, *_), ks in batches.items():
         if len(ks) == 1:
-            outs[ks[0]] = maps[key](mats[ks[0]], check_finite=False)
+            X, mats[ks[0]] = mats[ks[0]], None  # type: ignore[call-overload]
+            outs[ks[0]] = maps[key](X, check_finite=False)
+            del X
             continue
         tall = [mats[k].shape[0] > mats[k].shape[1] for k in ks]
         stacked = torch.stack([mats[k].mT if t else mats[k] for k, t in zip(ks, tall)])
+        for k in ks:
+            mats[k] = None  # type: ignore[call-overload]
         for k, t, out in zip(ks, tall, maps[key](stacked, check_finite=False).unbind(0)):
             outs[k] = out.mT if t else out
     return outs  # type: ignore[return-value]

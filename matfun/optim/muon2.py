@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 import matfun
-from matfun import _backend as B
 from matfun.precondition import _quotient64
 
 from ._base import MatrixOptimizer, ParamStep
@@ -202,30 +201,26 @@ class Muon2(MatrixOptimizer):
         sharded = is_sharded(item.param)
         # FSDP2 row shards: every statistic on this rank's rows; the column sums of G²
         # are summed over ranks (Muon²-F's column statistic is replicated)
-        G2 = as_matrix(local(item.grad).to(item.matrix.dtype)).square()
+        G = as_matrix(local(item.grad).to(item.matrix.dtype))
         keys = _MOMENT_KEYS[group["factorized"]]
-        fresh: tuple[Tensor, ...]
-        if group["factorized"]:
+        beta2 = group["beta2"]
+        old = [local(state[k]).to(G.dtype) for k in keys] if all(k in state for k in keys) else None
+        # out of place: the finiteness check comes first, in one sync
+        if group["factorized"]:  # SecondMoment.update's recurrence on the row and column sums of G⊙G
+            G2 = G.square()
             cols = G2.sum(-2)
             fresh = (G2.sum(-1), all_reduce_sum(cols, item.param) if sharded else cols)
-        else:
-            fresh = (G2,)
-        beta2 = group["beta2"]
-        # SecondMoment.update's recurrence, out of place (the finiteness check comes first, in one sync)
-        if all(k in state for k in keys):
-            new = [beta2 * local(state[k]).to(G2.dtype) + (1 - beta2) * f for k, f in zip(keys, fresh)]
-        else:
-            new = [(1 - beta2) * f for f in fresh]
+            if old is None:
+                new = [(1 - beta2) * f for f in fresh]
+            else:
+                new = [beta2 * v + (1 - beta2) * f for v, f in zip(old, fresh)]
+        else:  # torch.optim.Adam's exp_avg_sq, op for op: V·β₂ + (1 − β₂)·G⊙G by one addcmul
+            start = torch.zeros_like(G) if old is None else old[0] * beta2
+            new = [start.addcmul_(G, G, value=1 - beta2)]
         item.new_state.update(
             (k, like(v, item.param) if sharded and k != "exp_avg_sq_col" else v) for k, v in zip(keys, new)
         )
-        moment = matfun.SecondMoment(beta2=beta2, eps=group["eps"], factorized=group["factorized"])
-        moment.shape = tuple(G2.shape)
-        if moment.factorized:
-            moment.row, moment.col = new
-        else:
-            (moment.full,) = new
-        item.extra = moment
+        item.extra = new  # the second moment's new statistics (see _second_moment)
         item.tile, item.lr_shape = tile_plan(tile, item.lr_shape, group["small_matrix"])
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
@@ -236,13 +231,13 @@ class Muon2(MatrixOptimizer):
         full = [item for item in items if item.tile is None and item.group["eps"] > 0 and not is_sharded(item.matrix)]
         self._orthogonalize_full(full)
         for item in items:
-            if is_sharded(item.matrix) or item.update is not None:
+            if item.update is not None or is_sharded(item.matrix):
                 continue
             group = item.group
             try:
                 item.update = matfun.preconditioned_newton_schulz(
                     item.matrix,
-                    item.extra,
+                    _second_moment(item),
                     group["eps"],
                     group["ns_steps"],
                     resolve_coefficients(group["ns_coefficients"]),
@@ -271,12 +266,18 @@ class Muon2(MatrixOptimizer):
         for (key, eps, *_), members in batches.items():
             ns = self._maps.get(key) or self._maps.setdefault(key, matfun.NewtonSchulz(*key))
             tall = [m.matrix.shape[0] > m.matrix.shape[1] for m in members]
-            M = torch.stack([m.matrix.mT if t else m.matrix for m, t in zip(members, tall)])
-            V = torch.stack([m.extra.V.mT if t else m.extra.V for m, t in zip(members, tall)])
+            M = _stack([m.matrix.mT if t else m.matrix for m, t in zip(members, tall)])
+            Vs = [m.extra[0] if len(m.extra) == 1 else _second_moment(m).V for m in members]
+            V = _stack([v.mT if t else v for v, t in zip(Vs, tall)])
+            del Vs
+            for m in members:  # M and V hold them now: the directions are freed once Q exists
+                m.direction = m.extra = None
+            dtype = M.dtype
             X, precision = ns._prepare(M, False)
-            V = B.to_compute(V, B.Precision("float64", "float64", False), ns.prefers_torch)
+            del M
             Q = _quotient(X, V, eps).to(X.dtype)
-            out = B.from_compute(ns._compute_final(Q, precision), M)
+            del X, V
+            out = ns._compute_final(Q, precision).to(dtype)
             for m, t, o in zip(members, tall, out.unbind(0)):
                 m.update = o.mT if t else o
 
@@ -297,7 +298,7 @@ class Muon2(MatrixOptimizer):
             directions = []
             for item in members:
                 try:
-                    directions.append(like(item.extra.precondition(local(item.matrix)), item.matrix))
+                    directions.append(like(_second_moment(item).precondition(local(item.matrix)), item.matrix))
                 except ValueError as error:
                     raise ValueError(
                         f"{self._name}: parameter {item.name}: {error}; nothing was updated in this step"
@@ -316,17 +317,41 @@ class Muon2(MatrixOptimizer):
                 item.update = out
 
 
+def _second_moment(item: ParamStep) -> matfun.SecondMoment:
+    """The parameter's :class:`matfun.SecondMoment` after this step (built only where a map needs
+    one: the tiled, factorized, sharded and ``eps = 0`` paths)."""
+    group = item.group
+    moment = matfun.SecondMoment(beta2=group["beta2"], eps=group["eps"], factorized=group["factorized"])
+    moment.shape = tuple(item.matrix.shape)
+    if moment.factorized:
+        moment.row, moment.col = item.extra
+    else:
+        (moment.full,) = item.extra
+    return moment
+
+
+def _stack(mats: list[Tensor]) -> Tensor:
+    """The matrices as one ``(n, H, W)`` batch: a view for one matrix, a stacked copy otherwise."""
+    return mats[0][None] if len(mats) == 1 else torch.stack(mats)
+
+
 def _quotient(X: Tensor, V: Tensor, eps: float) -> Tensor:
-    """``X ⊘ (√V + ε)`` in float64, times a power of two per matrix that brings its largest entry
-    into ``[0.5, 1)``: :func:`matfun.precondition._quotient64`'s scaled form up to a power of two
-    per matrix (which the normalised map does not see), in fewer operations.  For float32 or
-    narrower ``X`` (and ``ε > 0``, which the caller ensures) the float64 quotient itself can
-    neither overflow nor underflow (``|X| ≤ 3.4e38``, ``√V + ε ≥ ε``); otherwise the exact
-    scaled form is used."""
+    """``X ⊘ (√V + ε)`` in float64, times a power of two per matrix where that is needed to bring
+    it into float32's normal range: :func:`matfun.precondition._quotient64`'s scaled form up to a
+    power of two per matrix (which the normalised map does not see, the scaling being exact), in
+    fewer operations.  For float32 or narrower ``X`` (and ``ε > 0``, which the caller ensures) the
+    float64 quotient itself can neither overflow nor underflow (``|X| ≤ 3.4e38``,
+    ``√V + ε ≥ ε``); otherwise the exact scaled form is used."""
     if X.dtype == torch.float64:
-        return _quotient64(X, V, eps, scaled=True)
-    Q = X.to(torch.float64) / (V.sqrt() + eps)
-    _, exponent = torch.frexp(Q.abs().amax(dim=(-2, -1), keepdim=True))
+        return _quotient64(X, V.to(torch.float64), eps, scaled=True)
+    Q = X.to(torch.float64).div_(V.to(torch.float64).sqrt_().add_(eps))
+    amax = Q.abs().amax(dim=(-2, -1), keepdim=True)
+    # on CPU (where reading amax costs no device synchronisation) a quotient that float32 holds as
+    # it is skips the scaling pass: then only entries below 2^-100·max|Q| may round differently
+    # (to float32 subnormals), far below what the normalised map resolves
+    if Q.device.type == "cpu" and bool(((amax > 2.0**-100) & (amax < 2.0**100)).all()):
+        return Q
+    _, exponent = torch.frexp(amax)
     return torch.ldexp(Q, -exponent.to(torch.float64))
 
 
