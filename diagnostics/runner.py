@@ -138,8 +138,7 @@ def run_module(
                 _discard_plugin_cells(module, config, exc.plugin, seeds, device, Path(results_dir))
             raise
         frame = pd.concat([r.frame for r in results], ignore_index=True)
-        results_path = Path(results_dir) / module.NAME / "results.csv"
-        store.atomic_write_bytes(results_path, frame.to_csv(index=False, lineterminator="\n").encode())
+        results_path = store.write_results(Path(results_dir) / module.NAME, frame)
         figures: list[Path] = []
         fig_dir = Path(figures_dir) / module.NAME if figures_dir is not None else results_path.parent
         if figures_dir is not None:

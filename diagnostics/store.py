@@ -2,10 +2,23 @@
 
 Layout (``RESULTS`` is the results root, e.g. ``results/``)::
 
-    RESULTS/NAME/cells/<hash>.csv    one finished cell: tidy rows
+    RESULTS/NAME/cells/<hash>.csv    one finished cell: tidy rows (the columns that vary)
     RESULTS/NAME/cells/<hash>.json   its completion marker (see below)
-    RESULTS/NAME/results.csv         all cells of the last run, concatenated
+    RESULTS/NAME/results.csv         all cells of the last run, concatenated (the columns that vary)
+    RESULTS/NAME/results.json        its constant columns, column order and checksum
     FIGURES/NAME/<stem>.pdf|.png     the experiment's figures
+
+Constant columns
+    A column that holds one value on every row (the config, the seed, the versions; in
+    a cell also the cell's entries and the experiment's per-cell summaries) is written
+    once, in the JSON beside the CSV (``"constants": {column: value}``, with
+    ``"columns"``, the full column order), not on every row of the CSV.  Read the files
+    back with :func:`load_results` (or the cache), which restores those columns: the
+    frame is the one a single CSV holding every column would give, values and dtypes
+    alike (a column whose rebuilt form would differ, e.g. ``0.0`` beside ``-0.0``, stays
+    in the CSV; so does every column of a one-row frame, and at least one column).
+    ``results.csv`` alone is plain CSV without those columns.  Files of
+    :data:`FILE_FORMAT` 1 (every column in the CSV, no ``results.json``) still read.
 
 Cache key
     ``<hash>`` is the first 20 hex digits of the SHA-256 of the canonical JSON of
@@ -17,9 +30,10 @@ Cache key
 Completion marker
     A cell's CSV is written first (temporary file in the same directory, flushed,
     ``fsync``-ed, then ``os.replace``-d into place), and only then its JSON sidecar
-    ``{"format", "key", "rows", "columns", "sha256"}`` (same atomic procedure).  A
-    cell counts as cached only if the sidecar exists, parses, its ``key`` equals the
-    requested key, and the CSV's SHA-256, row count and columns match it.  Anything
+    ``{"format", "key", "rows", "columns", "constants", "sha256"}`` (same atomic
+    procedure).  A cell counts as cached only if the sidecar exists, parses, its ``key``
+    equals the requested key, and the CSV's SHA-256, row count and columns (with the
+    constants) match it.  Anything
     else — CSV without sidecar (crash between the two writes), truncated or edited
     CSV, stale sidecar — raises a :class:`CorruptCacheWarning` and the cell is
     recomputed; a bad cache file is never trusted.
@@ -37,16 +51,18 @@ Resuming
     interrupted sweep (exception, Ctrl-C, crash) resumes at the first unfinished
     cell.  ``force=True`` recomputes every cell; ``replot=True`` computes nothing and
     fails with :class:`CacheMissingError` if any cell is not cached.  A replot
-    writes nothing into the results directory when ``results.csv`` already holds
-    what it would write, so a read-only (shared) results directory can be replotted.
+    writes nothing into the results directory when ``results.csv`` and ``results.json``
+    already hold what it would write, so a read-only (shared) results directory can be
+    replotted.
     Nothing is cached from a failed cell: its files are written only after
     ``run_cell`` returned a valid frame.  The cells of a plug-in that cannot be
     identified (:func:`diagnostics.plugins.cacheable`) are never read from or written
     to the cache: they are computed every run.
 
 Files
-    Cache files and ``results.csv`` get mode ``0o666 & ~umask``, like any file the
-    user creates (a group-readable umask gives a results directory colleagues can read).
+    Cache files, ``results.csv`` and ``results.json`` get mode ``0o666 & ~umask``, like
+    any file the user creates (a group-readable umask gives a results directory
+    colleagues can read).
 
 Seeds
     ``run_cell`` receives the run's seed unchanged; experiments that draw random
@@ -74,6 +90,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "FILE_FORMAT",
     "STORE_FORMAT",
     "CacheMissingError",
     "CorruptCacheWarning",
@@ -87,10 +104,16 @@ __all__ = [
     "load_results",
     "run_experiment",
     "version_columns",
+    "write_results",
 ]
 
-#: Bump when the on-disk format or the key changes: old caches are then ignored.
+#: Bump when the key changes or cached values must be recomputed: old caches are then ignored.
 STORE_FORMAT = 1
+#: Layout of the cell markers and of ``results.json`` (1: every column in the CSV; 2: constant
+#: columns in the JSON).  Not part of the key: a cell cached in an older layout still reads.
+FILE_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
+_RESULTS_CSV, _RESULTS_JSON = "results.csv", "results.json"
 _HASH_DIGITS = 20
 
 
@@ -315,6 +338,115 @@ def _read_csv(data: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), **_READ_CSV_KW)
 
 
+# ---------------------------------------------------------------- constant columns
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _broadcast(value: Any, index: pd.Index) -> pd.Series:
+    """``value`` on every row of ``index``, with the dtype pandas gives a CSV column of it."""
+    return pd.Series(value, index=index)
+
+
+def _constant_value(column: pd.Series) -> tuple[bool, Any]:
+    """``(True, value)`` when ``column`` holds ``value`` on every row, else ``(False, None)``.
+
+    ``value`` is a JSON scalar (bool, int, float, str) and :func:`_broadcast` of it
+    gives ``column`` back exactly: same dtype and, for floats, the same bits (so
+    ``-0.0`` beside ``0.0`` is not constant).
+    """
+    value = column.iloc[0]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, (bool, int, float, str)):
+        return False, None
+    rebuilt = _broadcast(value, column.index)
+    if rebuilt.dtype != column.dtype:
+        return False, None
+    if column.dtype == np.float64:
+        same = np.array_equal(column.to_numpy().view(np.uint64), rebuilt.to_numpy().view(np.uint64))
+    else:
+        same = column.equals(rebuilt)
+    return (True, value) if same else (False, None)
+
+
+def _split_constants(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``frame`` without its constant columns, and ``{column: value}`` of those.
+
+    A frame of fewer than two rows keeps every column (nothing repeats), and one
+    column always stays (the CSV must still count the rows).
+    """
+    if len(frame) < 2:
+        return frame, {}
+    constants: dict[str, Any] = {}
+    for name in frame.columns:
+        found, value = _constant_value(frame[name]) if isinstance(name, str) else (False, None)
+        if found:
+            constants[name] = value
+    if len(constants) == len(frame.columns):
+        del constants[frame.columns[0]]
+    return frame.drop(columns=list(constants)), constants
+
+
+def _encode(frame: pd.DataFrame) -> tuple[bytes, dict[str, Any]]:
+    """``frame`` as CSV bytes of its varying columns and the layout that restores the rest.
+
+    ``frame`` must be as a CSV reads back (the store's frames are); the layout is
+    ``{"format", "rows", "columns", "constants", "sha256"}``.
+    """
+    varying, constants = _split_constants(frame)
+    data = _csv_bytes(varying)
+    layout = {
+        "format": FILE_FORMAT,
+        "rows": len(frame),
+        "columns": [str(c) for c in frame.columns],
+        "constants": constants,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    return data, layout
+
+
+def _decode(data: bytes, layout: Mapping[str, Any], name: str) -> pd.DataFrame:
+    """The frame :func:`_encode` wrote as ``data`` and ``layout``.
+
+    ``ValueError`` saying what does not match, about the CSV file called ``name``.
+    """
+    if hashlib.sha256(data).hexdigest() != layout.get("sha256"):
+        raise ValueError(f"{name} does not match its checksum (truncated or modified)")
+    try:
+        frame = _read_csv(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        raise ValueError(f"{name} cannot be parsed: {exc}") from None
+    columns, constants = layout.get("columns"), layout.get("constants", {})
+    if (
+        not isinstance(columns, list)
+        or not all(isinstance(c, str) for c in columns)
+        or not isinstance(constants, dict)
+        or not all(isinstance(v, (bool, int, float, str)) for v in constants.values())
+        or len(set(columns)) != len(columns)
+        or set(frame.columns) & set(constants)
+        or set(frame.columns) | set(constants) != set(columns)
+        or len(frame) != layout.get("rows")
+    ):
+        raise ValueError(f"{name} has {len(frame)} rows / columns that differ from its marker")
+    if constants:
+        frame = pd.concat([frame, pd.DataFrame({k: _broadcast(v, frame.index) for k, v in constants.items()})], axis=1)
+    return frame if list(frame.columns) == columns else frame[columns]
+
+
+def _read_layout(path: Path) -> dict[str, Any]:
+    """The JSON beside a CSV (a cell's marker, ``results.json``); ``ValueError`` saying what is wrong."""
+    try:
+        layout = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable {path.name}: {exc}") from None
+    if not isinstance(layout, dict) or layout.get("format") not in _READABLE_FORMATS:
+        raise ValueError(f"{path.name} has an unknown format")
+    return layout
+
+
 # ----------------------------------------------------------------------- the cells
 
 
@@ -358,51 +490,41 @@ def _load_cell(cells_dir: Path, key: Mapping[str, Any], digest: str) -> tuple[pd
     if not meta_path.exists():
         return None, f"{csv_path.name} has no completion marker {meta_path.name} (interrupted write?)"
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        return None, f"unreadable completion marker {meta_path.name}: {exc}"
-    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
-        return None, f"{meta_path.name} has an unknown format"
+        meta = _read_layout(meta_path)
+    except ValueError as exc:
+        return None, str(exc)
     if meta.get("key") != key:
         return None, f"{meta_path.name} belongs to a different cell (hash collision or edited file)"
     try:
         data = csv_path.read_bytes()
     except OSError as exc:
         return None, f"unreadable {csv_path.name}: {exc.strerror or exc}"
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        return None, f"{csv_path.name} does not match its checksum (truncated or modified)"
     try:
-        frame = _read_csv(data)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
-        return None, f"{csv_path.name} cannot be parsed: {exc}"
-    if len(frame) != meta.get("rows") or list(frame.columns) != meta.get("columns"):
-        return None, f"{csv_path.name} has {len(frame)} rows / columns that differ from its marker"
-    return frame, None
+        return _decode(data, meta, csv_path.name), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _cell_files(frame: pd.DataFrame) -> tuple[bytes, dict[str, Any]]:
+    """A computed cell's CSV bytes and marker layout (:func:`_encode` of the frame a plain CSV reads back)."""
+    return _encode(_read_csv(_csv_bytes(frame)))
 
 
 def _as_stored(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` as it would read back from its cache file (for a cell that is never cached)."""
-    return _read_csv(_csv_bytes(frame)) if len(frame.columns) else frame
+    return _decode(*_cell_files(frame), "the cell")
 
 
 def _store_cell(cells_dir: Path, key: Mapping[str, Any], digest: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Write a cell (CSV, then marker) and return it as it reads back from disk."""
     csv_path, meta_path = _cell_paths(cells_dir, digest)
-    data = _csv_bytes(frame)
-    stored = _read_csv(data) if len(frame.columns) else frame
+    data, layout = _cell_files(frame)
     # Remove a stale marker first: a crash after the CSV write must not leave an old
     # marker next to a new CSV (the checksum would catch it anyway; this is belt and braces).
     meta_path.unlink(missing_ok=True)
     atomic_write_bytes(csv_path, data)
-    meta = {
-        "format": STORE_FORMAT,
-        "key": key,
-        "rows": len(stored),
-        "columns": [str(c) for c in stored.columns],
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-    atomic_write_bytes(meta_path, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
-    return stored
+    atomic_write_bytes(meta_path, _json_bytes({**layout, "key": key}))
+    return _decode(data, layout, csv_path.name)
 
 
 # --------------------------------------------------------------------------- runner
@@ -570,10 +692,7 @@ def run_experiment(
             computed += len(todo)
 
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    results_path = exp_dir / "results.csv"
-    data = _csv_bytes(frame)
-    if not (replot and _same_bytes(results_path, data)):  # a replot may read a read-only directory
-        atomic_write_bytes(results_path, data)
+    results_path = write_results(exp_dir, frame)
 
     figures: list[Path] = []
     fig_dir = Path(figures_dir) / name if figures_dir is not None else exp_dir
@@ -599,9 +718,51 @@ def run_experiment(
     )
 
 
+def write_results(exp_dir: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Write a run's combined frame as ``exp_dir/results.csv`` and ``exp_dir/results.json``.
+
+    The CSV holds the columns that vary, the JSON the constant ones (see the module
+    docstring); :func:`load_results` gives ``frame`` back.  Files that already hold
+    these bytes are left alone (a replot may read a read-only directory).
+
+    Parameters
+    ----------
+    exp_dir
+        The experiment's results directory, ``RESULTS/NAME``.
+    frame
+        The frame as the store gives it (:attr:`RunResult.frame`, or several of them
+        concatenated): as a CSV reads back.
+
+    Returns
+    -------
+    Path
+        The path of ``results.csv``.
+    """
+    exp_dir = Path(exp_dir)
+    csv_path, json_path = exp_dir / _RESULTS_CSV, exp_dir / _RESULTS_JSON
+    data, layout = _encode(frame)
+    meta = _json_bytes(layout)
+    if not (_same_bytes(csv_path, data) and _same_bytes(json_path, meta)):
+        atomic_write_bytes(csv_path, data)
+        atomic_write_bytes(json_path, meta)
+    return csv_path
+
+
 def load_results(name: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
-    """The combined frame ``results_dir/NAME/results.csv`` of the last run."""
-    path = Path(results_dir) / name / "results.csv"
+    """The combined frame of the last run: ``results.csv`` with ``results.json``'s constant columns.
+
+    A results directory written before :data:`FILE_FORMAT` 2 (no ``results.json``)
+    reads as its CSV.  :class:`StoreError` when the two files do not belong together
+    (an interrupted write or an edited file).
+    """
+    exp_dir = Path(results_dir) / name
+    path, json_path = exp_dir / _RESULTS_CSV, exp_dir / _RESULTS_JSON
     if not path.exists():
         raise CacheMissingError(f"no results for {name!r} at {path}; run the experiment first")
-    return _read_csv(path.read_bytes())
+    data = path.read_bytes()
+    if not json_path.exists():
+        return _read_csv(data)
+    try:
+        return _decode(data, _read_layout(json_path), _RESULTS_CSV)
+    except ValueError as exc:
+        raise StoreError(f"cannot read the results in {exp_dir}: {exc}; run {name!r} again") from None

@@ -123,8 +123,8 @@ def test_cache_files_and_results_respect_the_umask(fake, tmp_path, umask, mode):
     finally:
         os.umask(previous)
     exp = tmp_path / "results" / "fake_hard"
-    files = [exp / "results.csv", *(exp / "cells").iterdir()]
-    assert len(files) == 11 and {f.stat().st_mode & 0o777 for f in files} == {mode}
+    files = [exp / "results.csv", exp / "results.json", *(exp / "cells").iterdir()]
+    assert len(files) == 12 and {f.stat().st_mode & 0o777 for f in files} == {mode}
 
 
 # ------------------------------------------------- item 11: validate never passes falsely

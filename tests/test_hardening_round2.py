@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import matfun
-from diagnostics import cli, overrides, plugins, runner
+from diagnostics import cli, overrides, plugins, runner, store
 
 TINY = [
     "--set",
@@ -163,7 +163,7 @@ def test_sys_exit_in_an_lm_factory_is_one_line_exit_2(usermod, tmp_path, capsys,
 def test_optimizer_option_is_added_to_the_overridden_optimizers(usermod, tmp_path, capsys, tiny_corpus):
     args = [*lm_args(tiny_corpus), "--set", "optimizers=adamw", "--optimizer", f"mine={usermod}:opt_sgd"]
     assert run_cli(args, tmp_path) == 0
-    frame = pd.read_csv(tmp_path / "out" / "results" / "lm" / "results.csv")
+    frame = store.load_results("lm", tmp_path / "out" / "results")
     assert set(frame["optimizer"]) == {"adamw", "mine"}
 
 
@@ -380,12 +380,12 @@ def test_unidentifiable_plugin_with_jobs_is_not_cached_by_the_workers(tmp_path, 
 def test_lm_corpus_rewritten_in_place_is_recomputed(tmp_path, capsys, tiny_corpus):
     args = [*lm_args(tiny_corpus), "--set", "optimizers=adamw"]
     assert run_cli(args, tmp_path) == 0
-    first = pd.read_csv(tmp_path / "out" / "results" / "lm" / "results.csv")
+    first = store.load_results("lm", tmp_path / "out" / "results")
     tiny_corpus.write_bytes(tiny_corpus.read_bytes()[::-1])  # same path, other content
     capsys.readouterr()
     assert run_cli(args, tmp_path) == 0
     assert "1 computed, 0 cached" in capsys.readouterr().out
-    second = pd.read_csv(tmp_path / "out" / "results" / "lm" / "results.csv")
+    second = store.load_results("lm", tmp_path / "out" / "results")
     import hashlib
 
     assert (second["corpus_sha256"] == hashlib.sha256(tiny_corpus.read_bytes()).hexdigest()).all()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import matfun
-from diagnostics import cli, experiments, overrides, plotting, plugins, runner, seeds
+from diagnostics import cli, experiments, overrides, plotting, plugins, runner, seeds, store
 
 PLUGIN_SOURCE = '''
 import os
@@ -256,7 +256,7 @@ def test_run_with_maps_names_them_in_rows_and_legends_and_caches_per_plugin(user
         *TINY,
     ]
     assert run_cli(args, tmp_path) == 0
-    frame = pd.read_csv(tmp_path / "out" / "results" / "ns_convergence" / "results.csv")
+    frame = store.load_results("ns_convergence", tmp_path / "out" / "results")
     assert set(frame["plugin"].dropna()) == {"cubic", "tiled"}
     cubic = frame[frame["plugin"] == "cubic"]
     assert sorted(cubic["step"]) == [1, 2, 3, 4]  # a factory: one point per K
@@ -325,7 +325,7 @@ def test_figures_with_maps_and_seeds_show_spread(usermod, tmp_path, capsys):
     ]
     assert run_cli(args, tmp_path) == 0
     for name in ("ns_convergence", "duality"):
-        frame = pd.read_csv(tmp_path / "out" / "results" / name / "results.csv")
+        frame = store.load_results(name, tmp_path / "out" / "results")
         assert set(frame["seed"]) == {0, 1} and "cubic" in set(frame["plugin"].dropna())
         assert (tmp_path / "out" / "figures" / name).glob("*.png")
     # seeds are part of the cache key: seed 1 alone is now fully cached, seed 2 is not
@@ -373,7 +373,7 @@ def test_overrides_change_the_cache_key(tmp_path, capsys):
     assert run_cli([*args, "--set", "n_sigma=17"], tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
     assert "2 computed" in out[0] and "2 computed" in out[1]
-    frame = pd.read_csv(tmp_path / "out" / "results" / "transfer" / "results.csv")
+    frame = store.load_results("transfer", tmp_path / "out" / "results")
     from diagnostics.experiments import transfer
 
     grid = transfer.sigma_grid(transfer.Config(schedules=("jordan",), steps=(2, 3), panel_steps=3, n_sigma=17))[0]
@@ -465,7 +465,7 @@ TWO_KAPPAS = [*TINY, "--set", "condition_numbers=10,1000"]
 
 
 def results(tmp_path, out: str, experiment: str = "ns_convergence") -> pd.DataFrame:
-    return pd.read_csv(tmp_path / out / "results" / experiment / "results.csv")
+    return store.load_results(experiment, tmp_path / out / "results")
 
 
 def test_map_with_jobs_two_equals_jobs_one(usermod, tmp_path, capsys):
