@@ -361,13 +361,13 @@ class MatrixOptimizer(Optimizer):
         buf = state.get("momentum_buffer")
         buf = torch.zeros_like(g, memory_format=torch.preserve_format) if buf is None else buf.to(dtype)
         new = buf.lerp(g, weight)
-        item.new_state["momentum_buffer"] = buf
         if group["nesterov"]:
             item.direction = as_matrix(g.lerp(new, group["momentum"]))
+            item.new_state["momentum_buffer"] = buf
             item.in_place["momentum_buffer"] = lambda write: buf.lerp_(g, weight) if write else buf.lerp(g, weight)
-        else:  # the new momentum is the direction: keep it as the new state
-            item.new_state["momentum_buffer"] = new
+        else:  # the new momentum is the direction: it becomes the new state
             item.direction = as_matrix(new)
+            item.new_state["momentum_buffer"] = new
         item.lr_shape = matrix_shape(item.param)
 
     def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
