@@ -356,10 +356,13 @@ class MatrixOptimizer(Optimizer):
         """
         group, state = item.group, self.state[item.param]
         dtype = statistics_dtype(item.param.dtype)
-        g = item.grad.to(dtype)
+        g = item.grad if item.grad.dtype == dtype else item.grad.to(dtype)
         weight = 1 - group["momentum"]
         buf = state.get("momentum_buffer")
-        buf = torch.zeros_like(g, memory_format=torch.preserve_format) if buf is None else buf.to(dtype)
+        if buf is None:
+            buf = torch.zeros_like(g, memory_format=torch.preserve_format)
+        elif buf.dtype != dtype:
+            buf = buf.to(dtype)
         new = buf.lerp(g, weight)
         if group["nesterov"]:
             item.direction = as_matrix(g.lerp(new, group["momentum"]))
@@ -397,6 +400,10 @@ class MatrixOptimizer(Optimizer):
         raises naming the parameter, or finds that the probe merely overflowed).
         """
         if not any(is_sharded(item.param) for item in items):
+            unmeasured = [item for item in items if item.group["check_finite"] and item.direction_norm is None]
+            if unmeasured:  # one call for every direction norm
+                for item, norm in zip(unmeasured, torch._foreach_norm([item.matrix for item in unmeasured])):
+                    item.direction_norm = norm
             probes = [t for item in items if item.group["check_finite"] for t in self._finite_probes(item)]
             extras = self._sync_extras(items)
             values = host_values(probes + list(extras))

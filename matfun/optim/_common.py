@@ -255,6 +255,10 @@ def param_name(group: dict, gi: int, j: int) -> str:
     return f"param_groups[{gi}][{j}]"
 
 
+def _zero_d(t: Tensor) -> Tensor:
+    return t if t.ndim == 0 else t.reshape(())
+
+
 def host_values(scalars: list[Tensor]) -> list[float]:
     """The values of 0-d tensors as Python floats: one host synchronisation per device."""
     values = [0.0] * len(scalars)
@@ -263,9 +267,9 @@ def host_values(scalars: list[Tensor]) -> list[float]:
         by_device.setdefault(t.device, []).append(k)
     for ks in by_device.values():
         if len({scalars[k].dtype for k in ks}) == 1:  # one dtype: stack, then widen once (exact)
-            stacked = torch.stack([scalars[k].reshape(()) for k in ks]).detach().to(torch.float64)
+            stacked = torch.stack([_zero_d(scalars[k]) for k in ks]).detach().to(torch.float64)
         else:
-            stacked = torch.stack([scalars[k].detach().reshape(()).to(torch.float64) for k in ks])
+            stacked = torch.stack([_zero_d(scalars[k]).detach().to(torch.float64) for k in ks])
         for k, v in zip(ks, stacked.cpu().tolist()):
             values[k] = v
     return values

@@ -20,6 +20,7 @@ meshes) are rejected, naming the parameter, before any state changes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 
+@functools.cache
 def _dtensor_type() -> type[DTensor] | None:
     try:
         from torch.distributed.tensor import DTensor

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 import matfun
@@ -190,17 +191,19 @@ class HiMuon(MatrixOptimizer):
         """One :func:`matfun.tiled_newton_schulz_many` call per configuration (normally one per
         step, two when some parameters are small enough for a full Newton–Schulz)."""
         jobs: dict[tuple, list[ParamStep]] = {}
+        configs: dict[tuple[int, torch.device], tuple] = {}  # per group and device, computed once
         for item in items:
             group = item.group
-            key = (
-                item.tile,
-                group["ns_steps"],
-                resolve_coefficients(group["ns_coefficients"]),
-                default_precision(group["precision"], item.matrix.device),
-                group["memory_budget"],
-                is_sharded(item.direction),
-            )
-            jobs.setdefault(key, []).append(item)
+            where = (id(group), item.matrix.device)
+            config = configs.get(where)
+            if config is None:
+                config = configs[where] = (
+                    group["ns_steps"],
+                    resolve_coefficients(group["ns_coefficients"]),
+                    default_precision(group["precision"], item.matrix.device),
+                    group["memory_budget"],
+                )
+            jobs.setdefault((item.tile, *config, is_sharded(item.direction)), []).append(item)
         for (tile, steps, schedule, precision, budget, sharded), members in jobs.items():
 
             def run(
