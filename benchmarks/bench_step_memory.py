@@ -22,8 +22,8 @@ import resource
 import subprocess
 import sys
 
-#: glibc settings under which ``malloc`` keeps the memory a process frees
-RETAIN = {"MALLOC_TRIM_THRESHOLD_": "4000000000", "MALLOC_MMAP_THRESHOLD_": "4000000000"}
+from bench_step_overhead import RETAIN
+
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 2
 
 

@@ -386,10 +386,18 @@ class MatrixOptimizer(Optimizer):
         statistic adds the sum of its entries.  A probe may also be non-finite for finite
         inputs (a norm or sum that overflows): :meth:`_check_finite` then checks exactly.
         """
-        norm = item.direction_norm
-        if norm is None:
-            norm = item.direction_norm = torch.linalg.vector_norm(item.matrix)
+        (norm,) = self._direction_norms([item])
         return [norm] + [v.sum() for k, v in item.new_state.items() if k != "momentum_buffer"]
+
+    @staticmethod
+    def _direction_norms(items: list[ParamStep]) -> list[Tensor]:
+        """``‖U‖_F`` of each item's direction, computed once per step (those not yet known in one
+        ``_foreach_norm`` call) and kept on the item."""
+        unknown = [item for item in items if item.direction_norm is None]
+        if unknown:
+            for item, norm in zip(unknown, torch._foreach_norm([item.matrix for item in unknown])):
+                item.direction_norm = norm
+        return [item.direction_norm for item in items]  # type: ignore[misc]
 
     def _check_finite(self, items: list[ParamStep]) -> list[float]:
         """Raise on the first NaN/Inf gradient or statistic; return the host values of
@@ -400,10 +408,7 @@ class MatrixOptimizer(Optimizer):
         raises naming the parameter, or finds that the probe merely overflowed).
         """
         if not any(is_sharded(item.param) for item in items):
-            unmeasured = [item for item in items if item.group["check_finite"] and item.direction_norm is None]
-            if unmeasured:  # one call for every direction norm
-                for item, norm in zip(unmeasured, torch._foreach_norm([item.matrix for item in unmeasured])):
-                    item.direction_norm = norm
+            self._direction_norms([item for item in items if item.group["check_finite"]])
             probes = [t for item in items if item.group["check_finite"] for t in self._finite_probes(item)]
             extras = self._sync_extras(items)
             values = host_values(probes + list(extras))

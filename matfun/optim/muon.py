@@ -189,13 +189,7 @@ class Muon(MatrixOptimizer):
     def _sync_extras(self, items: list[ParamStep]) -> list[Tensor]:
         """‖U‖_F of each direction of a group with an ``eps`` floor (fetched with the finiteness
         flags, in the same host synchronisation)."""
-        norms = []
-        for item in items:
-            if item.group["eps"] > 0 and not is_sharded(item.matrix):
-                if item.direction_norm is None:
-                    item.direction_norm = torch.linalg.vector_norm(item.matrix)
-                norms.append(item.direction_norm)
-        return norms
+        return self._direction_norms([item for item in items if item.group["eps"] > 0 and not is_sharded(item.matrix)])
 
     def _orthogonalize(self, items: list[ParamStep], extras: list[float]) -> None:
         norms = iter(extras)

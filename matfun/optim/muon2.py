@@ -343,7 +343,7 @@ def _quotient(X: Tensor, V: Tensor, eps: float) -> Tensor:
     float64 quotient itself can neither overflow nor underflow (``|X| ≤ 3.4e38``,
     ``√V + ε ≥ ε``); otherwise the exact scaled form is used."""
     if X.dtype == torch.float64:
-        return _quotient64(X, V.to(torch.float64), eps, scaled=True)
+        return _quotient64(X, V, eps, scaled=True)
     Q = X.to(torch.float64).div_(V.to(torch.float64, copy=True).sqrt_().add_(eps))  # V may be the new state
     amax = Q.abs().amax(dim=(-2, -1), keepdim=True)
     # on CPU (where reading amax costs no device synchronisation) a quotient that float32 holds as
